@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """A mistake the user can fix (bad flag, missing file, offline download). The CLI prints it without a traceback."""
 
 

@@ -1,0 +1,151 @@
+"""Causal multi-head self-attention (with grouped-query heads and optional rotary embeddings).
+
+Two equal paths compute the same thing: `attention_manual` writes it out (scores, mask, softmax, weighted
+values); `attention_fused` calls torch's scaled_dot_product_attention. A test checks they agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmscratch.model.kv_cache import KVCache
+
+
+def attention_manual(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    is_causal: bool,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Attention written out. q (B, nh, T, hd); k, v (B, nkv, S, hd); mask (B|1, 1, T, S) bool, True = may attend."""
+    n_rep = q.shape[1] // k.shape[1]
+    if n_rep > 1:  # grouped-query attention: each kv head serves n_rep query heads
+        k = k.repeat_interleave(n_rep, dim=1)  # (B, nh, S, hd)
+        v = v.repeat_interleave(n_rep, dim=1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, nh, T, S)
+    if is_causal:
+        T, S = scores.shape[-2:]
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p, training=True)
+    return weights @ v  # (B, nh, T, hd)
+
+
+def attention_fused(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    is_causal: bool,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """The same attention through torch's scaled_dot_product_attention."""
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, enable_gqa=q.shape[1] != k.shape[1]
+    )
+
+
+def attention_mask(
+    positions: torch.Tensor, end: int, pad_mask: torch.Tensor | None
+) -> tuple[torch.Tensor | None, bool]:
+    """The mask for queries at slots `positions` (T,) over key slots [0, end): (mask, is_causal).
+
+    Returns (None, True) for a plain causal prefill from slot 0, (None, False) when every key may be seen
+    (one decode step without padding), else a bool mask (B|1, 1, T, end), True where attending is allowed.
+    pad_mask (B, >= end) marks real tokens True and padding False.
+    """
+    T = positions.shape[0]
+    plain = pad_mask is None or bool(pad_mask[:, :end].all())
+    if plain and T == end:
+        return None, True
+    if plain and T == 1:
+        return None, False
+    keys = torch.arange(end, device=positions.device)
+    mask = keys[None, :] <= positions[:, None]  # (T, end) causal
+    mask = mask[None, None]  # (1, 1, T, end)
+    if pad_mask is not None:
+        mask = mask & pad_mask[:, None, None, :end]  # (B, 1, T, end)
+        # A padding query sees no real key before it; let it see itself so softmax stays finite.
+        mask = mask | torch.eye(end, dtype=torch.bool, device=mask.device)[positions][None, None]
+    return mask, False
+
+
+def position_ids(positions: torch.Tensor, pad_mask: torch.Tensor | None) -> torch.Tensor:
+    """Positions of the tokens in their own sequence: slot index minus the padding before it. (B|1, T)"""
+    if pad_mask is None:
+        return positions[None, :]  # (1, T)
+    return (pad_mask.long().cumsum(-1) - 1).clamp(min=0)[:, positions]  # (B, T)
+
+
+RotaryFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with one fused q/k/v projection and grouped key/value heads.
+
+    GPT-2 uses n_kv_heads == n_heads and biases; Llama uses fewer kv heads and rotary embeddings (`rotary`).
+    """
+
+    def __init__(
+        self,
+        emb_dim: int,
+        n_heads: int,
+        n_kv_heads: int,
+        head_dim: int,
+        qkv_bias: bool,
+        out_bias: bool,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if n_heads % n_kv_heads:
+            raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.qkv = nn.Linear(emb_dim, (n_heads + 2 * n_kv_heads) * head_dim, bias=qkv_bias)
+        self.proj = nn.Linear(n_heads * head_dim, emb_dim, bias=out_bias)
+        self.dropout = dropout
+        self.fused = True  # False: the written-out path
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        positions: torch.Tensor | None = None,
+        end: int = 0,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        nh, nkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        qkv = self.qkv(x)  # (B, T, (nh + 2 nkv) hd)
+        q, k, v = qkv.split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+        q = q.view(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        v = v.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        if cache is not None:
+            k, v = cache.update(layer, positions, end, k, v)  # (B, nkv, end, hd)
+        attend = attention_fused if self.fused else attention_manual
+        p = self.dropout if self.training else 0.0
+        y = attend(q, k, v, mask, is_causal, p)  # (B, nh, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, nh * hd)  # (B, T, nh hd)
+        return self.proj(y)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding, Hugging Face rotate-half convention. x (B, h, T, hd); cos, sin (B|1, 1, T, hd)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
