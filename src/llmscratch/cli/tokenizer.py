@@ -1,0 +1,118 @@
+"""`llmscratch tokenizer train|encode|decode`: our byte-level BPE from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from llmscratch.utils import UserError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "tokenizer",
+        help="train a byte-level BPE tokenizer, encode text to ids, decode ids to text",
+        description="Byte-level BPE tokenizers (our own implementation): train one on a text file, or "
+        "encode/decode with GPT-2's tokenizer, a saved tokenizer file or a Hugging Face tokenizer.json.",
+    )
+    sub = parser.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
+
+    p = sub.add_parser("train", help="learn a BPE vocabulary from a text file and save it")
+    p.add_argument("--input", required=True, metavar="FILE", help="UTF-8 text file to learn from")
+    p.add_argument("--vocab-size", required=True, type=int, metavar="N",
+                   help="tokens in total: 256 byte tokens + merges + special tokens")
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="tokenizer file to write (JSON); a readable .vocab view is written beside it")
+    p.add_argument("--special-token", action="append", default=[], metavar="TOKEN",
+                   help="a special token, e.g. '<|endoftext|>' (repeat for more); gets an id after the merges")
+    p.add_argument("--pre", default="gpt2", choices=["gpt2", "smollm", "llama-bpe"],
+                   help="pre-tokenizer that cuts text into chunks before merging (default: gpt2)")
+    p.add_argument("--min-frequency", type=int, default=1, metavar="N",
+                   help="stop when no pair occurs at least N times (default: 1)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("encode", help="print the token ids of a text (or only their count)")
+    _tokenizer_flag(p)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--text", metavar="T", help="text to encode")
+    src.add_argument("--input", metavar="FILE", help="UTF-8 file to encode (default: standard input)")
+    p.add_argument("--count", action="store_true", help="print only the number of tokens")
+    p.add_argument("--allow-special", action="store_true",
+                   help="encode special-token strings such as <|endoftext|> as special tokens "
+                   "(without this flag, text containing one is refused)")
+    p.set_defaults(func=_encode)
+
+    p = sub.add_parser("decode", help="print the text of token ids")
+    _tokenizer_flag(p)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--ids", metavar='"1 2 3"', help="token ids, separated by spaces or commas")
+    src.add_argument("--input", metavar="FILE", help="file of token ids (default: standard input)")
+    p.set_defaults(func=_decode)
+
+
+def _tokenizer_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tokenizer", default="gpt2", metavar="SPEC",
+                        help="'gpt2', a tokenizer file saved by 'tokenizer train', a Hugging Face "
+                        "tokenizer.json, or a folder holding one (default: gpt2)")
+
+
+def _read_text(path: str | None) -> str:
+    if path is None:
+        return sys.stdin.read()
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"input file not found: {p}")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p} is not UTF-8 text: {e}") from None
+
+
+def _train(args: argparse.Namespace) -> None:
+    import time
+
+    from llmscratch.tokenizer import train
+    from llmscratch.tokenizer.bpe import vocab_view_path
+
+    text = _read_text(args.input)
+    start = time.perf_counter()
+    try:
+        tok = train(text, args.vocab_size, args.special_token, pre=args.pre,
+                    min_frequency=args.min_frequency, progress=True)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    seconds = time.perf_counter() - start
+    tok.save(args.output)
+    note = "" if tok.vocab_size == args.vocab_size else f" (asked for {args.vocab_size}: the text ran out of pairs)"
+    print(f"trained {tok.vocab_size} tokens{note}: {len(tok.merges)} merges, "
+          f"{len(tok.special_tokens)} special, in {seconds:.1f} s")
+    print(f"wrote {args.output} and {vocab_view_path(args.output)}")
+
+
+def _encode(args: argparse.Namespace) -> None:
+    from llmscratch.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(args.tokenizer)
+    text = args.text if args.text is not None else _read_text(args.input)
+    try:
+        ids = tok.encode(text, allowed_special="all" if args.allow_special else ())
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    print(len(ids) if args.count else " ".join(map(str, ids)))
+
+
+def _decode(args: argparse.Namespace) -> None:
+    from llmscratch.tokenizer import load_tokenizer
+
+    raw = args.ids if args.ids is not None else _read_text(args.input)
+    try:
+        ids = [int(x) for x in raw.replace(",", " ").split()]
+    except ValueError:
+        raise UserError("token ids must be integers separated by spaces or commas") from None
+    tok = load_tokenizer(args.tokenizer)
+    try:
+        text = tok.decode(ids)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
