@@ -9,9 +9,10 @@ from pathlib import Path
 from llmscratch.model.base import LanguageModel
 from llmscratch.model.gpt import GPT, GPT_PRESETS, GPTConfig
 from llmscratch.model.kv_cache import KVCache
+from llmscratch.model.llama import LLAMA_PRESETS, Llama, LlamaConfig
 
-FAMILIES: dict[str, tuple[type, type]] = {"gpt2": (GPTConfig, GPT)}
-PRESETS: dict[str, object] = {**GPT_PRESETS}
+FAMILIES: dict[str, tuple[type, type]] = {"gpt2": (GPTConfig, GPT), "llama": (LlamaConfig, Llama)}
+PRESETS: dict[str, object] = {**GPT_PRESETS, **LLAMA_PRESETS}
 
 
 def get_config(name: str, **overrides):
@@ -56,6 +57,6 @@ def load_config(path: str | Path):
 
 
 __all__ = [
-    "FAMILIES", "GPT", "GPTConfig", "KVCache", "LanguageModel", "PRESETS",
+    "FAMILIES", "GPT", "GPTConfig", "KVCache", "LanguageModel", "Llama", "LlamaConfig", "PRESETS",
     "build_model", "config_from_dict", "config_to_dict", "get_config", "load_config", "save_config",
 ]

