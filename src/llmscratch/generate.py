@@ -8,6 +8,8 @@ The loop knows nothing of GPT or Llama: it only calls `model(ids, cache, positio
 from __future__ import annotations
 
 import codecs
+import dataclasses
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -42,6 +44,20 @@ class SamplingConfig:
             raise UserError("stop strings must not be empty")
 
 
+@dataclass
+class GenerationStats:
+    """Filled in by a generation when passed as `stats`: counts and wall-clock times."""
+
+    prompt_tokens: int = 0  # longest prompt (with padding, every row has this many slots)
+    new_tokens: int = 0  # tokens produced, all rows together (rows stopped early still count until the end)
+    seconds: float = 0.0  # from the start to the last token produced
+    first_token_seconds: float = 0.0  # the prefill: time to the first new token
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
 def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
     """Pick one token per row from logits (B, vocab): greedy, or sampled with temperature, top-k and top-p."""
     if cfg.temperature == 0:
@@ -72,7 +88,11 @@ def check_fits(model, prompt_len: int, max_new_tokens: int) -> None:
 
 @torch.inference_mode()
 def generate_steps(
-    model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, use_cache: bool = True
+    model,
+    prompts: Sequence[Sequence[int]],
+    cfg: SamplingConfig,
+    use_cache: bool = True,
+    stats: GenerationStats | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every prompt, (B,) per step, until max_new_tokens or every row has stopped.
 
@@ -81,42 +101,65 @@ def generate_steps(
     cfg.validate()
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UserError("every prompt needs at least one token (an empty prompt has nothing to continue)")
+    vocab = model.config.vocab_size
+    bad = [t for p in prompts for t in p if not 0 <= t < vocab]
+    if bad:
+        raise UserError(f"prompt token id {bad[0]} is outside the model's vocabulary (0..{vocab - 1})")
     B, L = len(prompts), max(len(p) for p in prompts)
     check_fits(model, L, cfg.max_new_tokens)
+    started = time.perf_counter()
+    if stats is not None:
+        stats.prompt_tokens = L
     if cfg.max_new_tokens == 0:
         return
     device = next(model.parameters()).device
-    ids = torch.zeros(B, L + cfg.max_new_tokens, dtype=torch.long, device=device)
-    pad_mask = torch.zeros(B, L + cfg.max_new_tokens, dtype=torch.bool, device=device)
+    total = L + cfg.max_new_tokens
+    ids = torch.zeros(B, total, dtype=torch.long, device=device)
+    pad_mask = torch.zeros(B, total, dtype=torch.bool, device=device)
     for i, p in enumerate(prompts):  # left padding
         ids[i, L - len(p) : L] = torch.tensor(list(p), dtype=torch.long)
         pad_mask[i, L - len(p) :] = True
-    padded = not bool(pad_mask[:, :L].all())
+    mask = pad_mask if not bool(pad_mask[:, :L].all()) else None
+    slots = torch.arange(total, device=device)  # positions are views of this: no allocation per step
     generator = None
     if cfg.seed is not None:
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
     stop_ids = torch.tensor(list(cfg.stop_ids), dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    cache = model.new_cache(B, L + cfg.max_new_tokens) if use_cache else None
-    mask = pad_mask if padded else None
-    n = L
-    for step in range(cfg.max_new_tokens):
-        if cache is None:
-            logits = model(ids[:, :n], pad_mask=None if mask is None else mask[:, :n])[:, -1]
-        elif step == 0:
-            positions = torch.arange(L, device=device)
-            logits = model(ids[:, :L], cache, positions, None if mask is None else mask[:, :L])[:, -1]
-        else:
-            positions = torch.tensor([n - 1], device=device)
-            logits = model(ids[:, n - 1 : n], cache, positions, None if mask is None else mask[:, :n])[:, -1]
-        nxt = sample_next(logits, cfg, generator)  # (B,)
-        ids[:, n] = nxt
-        n += 1
-        yield nxt
-        if len(stop_ids):
-            done |= torch.isin(nxt, stop_ids)
-            if bool(done.all()):
-                return
+    was_training = model.training
+    model.eval()  # no dropout while generating; the mode is restored afterwards
+    try:
+        cache = model.new_cache(B, total) if use_cache else None
+        n = L
+        for step in range(cfg.max_new_tokens):
+            if cache is None:  # the whole sequence again, every step
+                logits = _last_logits(model, ids[:, :n], None, None, None if mask is None else mask[:, :n])
+            elif step == 0:  # prefill: the prompt fills slots 0..L-1 of the cache
+                logits = _last_logits(model, ids[:, :L], cache, slots[:L], None if mask is None else mask[:, :L])
+            else:  # decode: one token at slot n-1
+                pm = None if mask is None else mask[:, :n]
+                logits = _last_logits(model, ids[:, n - 1 : n], cache, slots[n - 1 : n], pm)
+            nxt = sample_next(logits, cfg, generator)  # (B,)
+            ids[:, n] = nxt
+            n += 1
+            if stats is not None:
+                stats.new_tokens += B
+                stats.seconds = time.perf_counter() - started
+                if step == 0:
+                    stats.first_token_seconds = stats.seconds
+            yield nxt
+            if len(stop_ids):
+                done |= torch.isin(nxt, stop_ids)
+                if bool(done.all()):
+                    return
+    finally:
+        model.train(was_training)
+
+
+def _last_logits(model, ids, cache, positions, pad_mask) -> torch.Tensor:
+    """Logits of the last position only, (B, vocab): the output head runs on one row per sequence."""
+    h = model.hidden_states(ids, cache, positions, pad_mask)  # (B, T, emb)
+    return model.head(h[:, -1])  # (B, vocab)
 
 
 def _stop_index(text: str, stop_strings: Sequence[str]) -> int:
@@ -126,18 +169,31 @@ def _stop_index(text: str, stop_strings: Sequence[str]) -> int:
 
 
 def generate(
-    model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, use_cache: bool = True, tokenizer=None
+    model,
+    prompts: Sequence[Sequence[int]],
+    cfg: SamplingConfig,
+    use_cache: bool = True,
+    tokenizer=None,
+    stats: GenerationStats | None = None,
 ) -> list[list[int]]:
     """New token ids for each prompt (batch), each cut at its first stop id (excluded) or stop string.
 
     Stop strings need `tokenizer` (to see text); the ids returned stop before the token that completed one.
     """
+    return [kept for kept, _ in _generate_rows(model, prompts, cfg, use_cache, tokenizer, stats)]
+
+
+def _generate_rows(
+    model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, use_cache: bool, tokenizer, stats=None
+) -> list[tuple[list[int], list[int]]]:
+    """For each prompt: (ids kept, [the token that completed a stop string] or [])."""
     if cfg.stop_strings and tokenizer is None:
         raise UserError("stop strings need a tokenizer")
     out: list[list[int]] = [[] for _ in prompts]
+    completing: list[list[int]] = [[] for _ in prompts]
     stopped = [False] * len(prompts)
     stop_ids = set(cfg.stop_ids)
-    for nxt in generate_steps(model, prompts, cfg, use_cache):
+    for nxt in generate_steps(model, prompts, cfg, use_cache, stats):
         for i, t in enumerate(nxt.tolist()):
             if stopped[i]:
                 continue
@@ -147,10 +203,10 @@ def generate(
             out[i].append(t)
             if cfg.stop_strings and _stop_index(_tail_text(tokenizer, out[i], cfg.stop_strings), cfg.stop_strings) >= 0:
                 stopped[i] = True
-                out[i].pop()
+                completing[i].append(out[i].pop())
         if all(stopped):
             break
-    return out
+    return list(zip(out, completing))
 
 
 def _tail_text(tokenizer, ids: list[int], stop_strings: Sequence[str]) -> str:
@@ -160,14 +216,21 @@ def _tail_text(tokenizer, ids: list[int], stop_strings: Sequence[str]) -> str:
 
 
 def stream_text(
-    model, tokenizer, prompt_ids: Sequence[int], cfg: SamplingConfig, use_cache: bool = True
+    model,
+    tokenizer,
+    prompt_ids: Sequence[int],
+    cfg: SamplingConfig,
+    use_cache: bool = True,
+    stats: GenerationStats | None = None,
 ) -> Iterator[str]:
-    """Yield text increments of one generation. Never splits a multi-byte character; stops before a stop string."""
+    """Yield text increments of one generation. Never splits a multi-byte character; stops before a stop string
+    and at the tokenizer's EOS."""
+    cfg = _with_eos(cfg, tokenizer)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     stop_ids = set(cfg.stop_ids)
     pending = ""  # text held back: it may be the start of a stop string
     hold = max((len(s) for s in cfg.stop_strings), default=1) - 1
-    for nxt in generate_steps(model, [prompt_ids], cfg, use_cache):
+    for nxt in generate_steps(model, [prompt_ids], cfg, use_cache, stats):
         t = int(nxt[0])
         if t in stop_ids:
             break
@@ -199,7 +262,12 @@ def _held_suffix(text: str, stop_strings: Sequence[str], hold: int) -> int:
 
 
 def generate_text(
-    model, tokenizer, prompts: str | Sequence[str], cfg: SamplingConfig, use_cache: bool = True
+    model,
+    tokenizer,
+    prompts: str | Sequence[str],
+    cfg: SamplingConfig,
+    use_cache: bool = True,
+    stats: GenerationStats | None = None,
 ) -> list[str]:
     """Generated text (without the prompt) for each prompt string; stops at the tokenizer's EOS by default."""
     if isinstance(prompts, str):
@@ -207,8 +275,16 @@ def generate_text(
     if any(not p for p in prompts):
         raise UserError("the prompt is empty; give some text to continue")
     encoded = [tokenizer.encode(p, allowed_special="all") for p in prompts]
-    outs = generate(model, encoded, cfg, use_cache, tokenizer)
-    texts = [tokenizer.decode(o) for o in outs]
-    if cfg.stop_strings:
-        texts = [t[: i] if (i := _stop_index(t, cfg.stop_strings)) >= 0 else t for t in texts]
+    rows = _generate_rows(model, encoded, _with_eos(cfg, tokenizer), use_cache, tokenizer, stats)
+    texts = [tokenizer.decode(kept + completing) for kept, completing in rows]
+    if cfg.stop_strings:  # the text ends where the stop string starts, inside a token or not
+        texts = [t[:i] if (i := _stop_index(t, cfg.stop_strings)) >= 0 else t for t in texts]
     return texts
+
+
+def _with_eos(cfg: SamplingConfig, tokenizer) -> SamplingConfig:
+    """`cfg` with the tokenizer's end-of-sequence id added to its stop ids (when it has one)."""
+    eos = getattr(tokenizer, "eos_id", None)
+    if eos is None or eos in cfg.stop_ids:
+        return cfg
+    return dataclasses.replace(cfg, stop_ids=(*cfg.stop_ids, eos))

@@ -71,12 +71,11 @@ def attention_mask(
     if plain and T == 1:
         return None, False
     keys = torch.arange(end, device=positions.device)
-    mask = keys[None, :] <= positions[:, None]  # (T, end) causal
-    mask = mask[None, None]  # (1, 1, T, end)
+    mask = (keys[None, :] <= positions[:, None])[None, None]  # (1, 1, T, end) causal
     if pad_mask is not None:
         mask = mask & pad_mask[:, None, None, :end]  # (B, 1, T, end)
         # A padding query sees no real key before it; let it see itself so softmax stays finite.
-        mask = mask | torch.eye(end, dtype=torch.bool, device=mask.device)[positions][None, None]
+        mask = mask | (keys[None, :] == positions[:, None])[None, None]
     return mask, False
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from llmscratch.model.attention import attention_mask
 from llmscratch.model.kv_cache import KVCache
@@ -75,3 +78,91 @@ class LanguageModel(nn.Module):
             seen.add(id(p))
             total += p.numel()
         return total
+
+
+class _SkipInPlace(TorchFunctionMode):
+    """Turns in-place tensor calls (normal_, uniform_, zero_, fill_...) into no-ops: random init is skipped."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name.endswith("_") and not name.startswith("_"):
+            for a in (*args, *kwargs.values()):
+                if isinstance(a, torch.Tensor):
+                    return a
+        return func(*args, **kwargs)
+
+
+def meta_model(config) -> LanguageModel:
+    """The model of `config` on the meta device: shapes only, no memory, no random init (fast for any size).
+
+    For counting parameters, and as a skeleton to load weights into (`to_empty`, then copy). Buffers that a
+    model computes at init (rotary tables) are not computed.
+    """
+    from llmscratch.model import build_model
+
+    with torch.device("meta"), _SkipInPlace():
+        return build_model(config)
+
+
+@dataclass
+class ModelSize:
+    """What a model costs in memory, from its config."""
+
+    params: int  # distinct parameters (a tied head counted once)
+    params_read_per_token: int  # read to generate one token at batch 1 (embedding tables: one row each)
+    kv_values_per_token: int  # keys + values stored per token per sequence (all layers)
+    context_length: int
+
+    def weight_bytes(self, bytes_per_value: int) -> int:
+        return self.params * bytes_per_value
+
+    def bytes_read_per_token(self, bytes_per_value: int) -> int:
+        return self.params_read_per_token * bytes_per_value
+
+    def kv_cache_bytes(self, bytes_per_value: int, tokens: int | None = None, batch: int = 1) -> int:
+        """KV cache size for `batch` sequences of `tokens` (default: the full context)."""
+        return self.kv_values_per_token * (tokens or self.context_length) * batch * bytes_per_value
+
+
+def model_size(model_or_config) -> ModelSize:
+    """Sizes of a model (or of the model a config describes, built on the meta device)."""
+    model = model_or_config if isinstance(model_or_config, nn.Module) else meta_model(model_or_config)
+    c = model.config
+    linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    lookups = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    read, seen = 0, set()
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        only_looked_up = id(p) in lookups and id(p) not in linear
+        read += p.shape[-1] if only_looked_up else p.numel()
+    return ModelSize(
+        params=model.num_params(),
+        params_read_per_token=read,
+        kv_values_per_token=2 * c.n_layers * c.n_kv_heads * c.head_dim,
+        context_length=c.context_length,
+    )
+
+
+def set_weight_layout(model: nn.Module, transposed: bool = True) -> nn.Module:
+    """Store every Linear weight in memory as (in, out) rows (`transposed`), or as torch's usual (out, in) rows.
+
+    Names, shapes, values and tied weights stay the same: only the memory order changes (each parameter's
+    `.data` is swapped in place). A batch-1 decode step multiplies one vector by every weight matrix, and on
+    some CPUs (MKL on AMD EPYC, measured by `llmscratch bench generate`) that product streams an (in, out)
+    matrix faster. For inference: training keeps the usual layout (gradient buckets expect it).
+    """
+    seen: set[int] = set()
+    with torch.no_grad():
+        for m in model.modules():
+            if not isinstance(m, nn.Linear) or id(m.weight) in seen:
+                continue
+            seen.add(id(m.weight))
+            w = m.weight
+            if transposed and w.is_contiguous():
+                w.data = w.data.t().contiguous().t()  # (out, in) shape, strides (1, out)
+            elif not transposed and not w.is_contiguous():
+                w.data = w.data.contiguous()
+    return model

@@ -78,8 +78,10 @@ class GPTBlock(nn.Module):
         self.drop = nn.Dropout(c.dropout)
 
     def forward(self, x, mask, is_causal, cache, layer, positions, end):
-        x = x + self.drop(self.attn(self.norm1(x), mask, is_causal, None, cache, layer, positions, end))
-        return x + self.drop(self.ffn(self.norm2(x)))
+        a = self.attn(self.norm1(x), mask, is_causal, None, cache, layer, positions, end)
+        x = x + (self.drop(a) if self.training else a)  # dropout is the identity in eval: skip the call
+        f = self.ffn(self.norm2(x))
+        return x + (self.drop(f) if self.training else f)
 
 
 class GPT(LanguageModel):
@@ -114,7 +116,8 @@ class GPT(LanguageModel):
     ) -> torch.Tensor:
         positions, end, mask, is_causal = self._prepare(ids, cache, positions, pad_mask)
         x = self.tok_emb(ids) + self.pos_emb(position_ids(positions, pad_mask))  # (B, T, emb)
-        x = self.drop(x)
+        if self.training:
+            x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, mask, is_causal, cache, i, positions, end)
         return self.final_norm(x)  # (B, T, emb)

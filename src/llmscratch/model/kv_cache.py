@@ -40,7 +40,8 @@ class KVCache(nn.Module):
         self, layer: int, positions: torch.Tensor, end: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, n_kv_heads, T, head_dim) at slots `positions` (T,); return slots [0, end) of the layer."""
-        k_buf, v_buf = self.k[layer], self.v[layer]  # (B, n_kv_heads, max_len, head_dim)
+        buffers = self._buffers  # direct access: update runs once per layer per token
+        k_buf, v_buf = buffers["k"][layer], buffers["v"][layer]  # (B, n_kv_heads, max_len, head_dim)
         k_buf.index_copy_(2, positions, k)
         v_buf.index_copy_(2, positions, v)
         return k_buf[:, :, :end], v_buf[:, :, :end]

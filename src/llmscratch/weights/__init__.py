@@ -1,1 +1,149 @@
-"""weights"""
+"""Loading any model by one name: `load_model(spec) -> LoadedModel`.
+
+`spec` may be, in this order:
+- a path: one of our model folders (config.json with "family" + model.safetensors + tokenizer), a Hugging Face
+  folder (config.json with "model_type" + safetensors + tokenizer files), or a .gguf file;
+- a registered model name (weights/registry.py, e.g. "gpt2", "smollm2-135m-instruct"), fetched when needed;
+- a model preset name (e.g. "gpt2-124m"): random weights from a fixed seed, for benchmarks and tests;
+- a Hugging Face Hub id ("openai-community/gpt2-medium"), downloaded through huggingface_hub's cache.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmscratch.utils import UserError
+
+PRESET_SEED = 0
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to use (eval mode), with its tokenizer (None when it has none) and chat template."""
+
+    model: Any  # llmscratch.model.LanguageModel
+    tokenizer: Any  # llmscratch.tokenizer.Tokenizer | None
+    name: str
+    chat_template: str | None = None
+    source: str = ""
+
+    @property
+    def random_weights(self) -> bool:
+        """True for a preset: weights from a seed, not trained."""
+        return self.source.startswith("preset:")
+
+
+def load_model(
+    spec: str | os.PathLike, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> LoadedModel:
+    """Load the model `spec` names (see the module docstring) onto `device` (default CPU), float32 unless `dtype`."""
+    from llmscratch.model import PRESETS
+    from llmscratch.weights.registry import MODELS, fetch
+
+    text = os.fspath(spec)
+    path = Path(text).expanduser()
+    if path.exists():
+        return load_path(path, path.resolve().name, device, dtype)
+    if text in MODELS:
+        return load_path(fetch(text), text, device, dtype, source=f"registry:{text}")
+    if text in PRESETS:
+        return load_preset(text, device, dtype)
+    if _looks_like_hub_id(text):
+        from llmscratch.weights.hf import hub_download
+
+        return load_path(hub_download(text), text, device, dtype, source=f"hub:{text}")
+    raise UserError(
+        f"unknown model {text!r}: not a file or folder, not a registered model ({', '.join(MODELS)}), not a "
+        f"preset ({', '.join(PRESETS)}), not a Hugging Face Hub id (owner/name)"
+    )
+
+
+def load_path(path: str | os.PathLike, name: str, device=None, dtype=None, source: str | None = None) -> LoadedModel:
+    """A model from a local folder (ours or Hugging Face) or .gguf file."""
+    from llmscratch.weights.hf import is_hf_folder, load_hf_folder
+    from llmscratch.weights.ours import is_checkpoint, load_checkpoint
+
+    path = Path(path)
+    if path.is_file() and path.suffix == ".gguf":
+        from llmscratch.weights.gguf import load_gguf
+
+        g = load_gguf(path, device, dtype)
+        return LoadedModel(g.model, g.tokenizer, g.name, g.chat_template, source or f"gguf:{path}")
+    if path.is_dir() and is_checkpoint(path):
+        model, tok, template = load_checkpoint(path, device, dtype)
+        return LoadedModel(model, tok, name, template, source or f"ours:{path}")
+    if path.is_dir() and is_hf_folder(path):
+        model, tok, template = load_hf_folder(path, device, dtype)
+        return LoadedModel(model, tok, name, template, source or f"hf:{path}")
+    if path.is_dir():
+        raise UserError(
+            f"{path} is not a model folder: it needs config.json (with 'family', ours; or 'model_type', Hugging "
+            "Face) and safetensors weights"
+        )
+    raise UserError(f"{path} is not a model: give a model folder or a .gguf file")
+
+
+def load_preset(
+    name: str, device=None, dtype=None, seed: int = PRESET_SEED, with_tokenizer: bool = True
+) -> LoadedModel:
+    """A preset with random weights from `seed`; GPT-2-sized presets come with GPT-2's tokenizer (unless not
+    `with_tokenizer`: benchmarks need none)."""
+    from llmscratch.model import build_model, get_config
+
+    config = get_config(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(config)
+    tokenizer = None
+    if with_tokenizer and config.family == "gpt2" and config.vocab_size == 50257:
+        from llmscratch.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer("gpt2")
+    model = model.to(device=device or "cpu", dtype=dtype or torch.float32).eval()
+    return LoadedModel(model, tokenizer, name, None, f"preset:{name}")
+
+
+def model_config(spec: str | os.PathLike):
+    """The config of a preset, or of a model folder or .gguf file, read without loading any weights."""
+    import json
+
+    from llmscratch.model import PRESETS, config_from_dict, get_config
+
+    text = os.fspath(spec)
+    path = Path(text).expanduser()
+    if text in PRESETS and not path.exists():
+        return get_config(text)
+    if path.is_file() and path.suffix == ".gguf":
+        from llmscratch.weights.gguf import config_from_gguf, open_gguf
+
+        return config_from_gguf(open_gguf(path))
+    if path.is_dir() and (path / "config.json").is_file():
+        try:
+            data = json.loads((path / "config.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{path / 'config.json'} is not valid JSON: {e}") from None
+        if isinstance(data, dict) and "family" in data:
+            try:
+                return config_from_dict(data)
+            except (TypeError, ValueError) as e:
+                raise UserError(f"{path / 'config.json'}: {e}") from None
+        from llmscratch.weights.hf import IMPORTERS, read_hf_config
+
+        hf = read_hf_config(path)
+        if hf["model_type"] not in IMPORTERS:
+            raise UserError(f"{path}: Hugging Face model_type {hf['model_type']!r} is not supported")
+        return IMPORTERS[hf["model_type"]].config_from_hf(hf)
+    raise UserError(f"{text!r} is neither a preset ({', '.join(PRESETS)}) nor a model folder or .gguf file")
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
+
+
+__all__ = ["LoadedModel", "load_model", "load_path", "load_preset", "model_config"]

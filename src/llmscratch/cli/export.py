@@ -1,0 +1,41 @@
+"""`llmscratch export`: write a model as a Hugging Face folder (transformers loads it) or as one of ours."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="export a model to the Hugging Face format (or ours)",
+        description="Load --model (registered name, model folder, .gguf file, Hub id or preset) and write it to "
+        "-o DIR. --format hf writes config.json + model.safetensors + tokenizer files that "
+        "transformers' from_pretrained loads (GPT-2: GPT2LMHeadModel, with vocab.json + merges.txt; Llama: "
+        "LlamaForCausalLM; tokenizer.json for every byte-level BPE tokenizer). --format ours writes our own "
+        "model folder. The folder is replaced atomically.",
+    )
+    p.add_argument("--model", required=True, help="model name or path")
+    p.add_argument("--format", choices=["hf", "ours"], default="hf", help="hf (default) or ours")
+    p.add_argument("-o", "--out", required=True, help="output folder (replaced if it exists)")
+    p.set_defaults(func=_export)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from llmscratch.weights import load_model
+    from llmscratch.weights.hf import export_hf
+    from llmscratch.weights.ours import save_pretrained
+
+    loaded = load_model(args.model)
+    if args.format == "hf":
+        folder = export_hf(loaded.model, loaded.tokenizer, args.out, loaded.chat_template)
+    else:
+        folder = save_pretrained(loaded.model, loaded.tokenizer, args.out, loaded.chat_template)
+    files = sorted(Path(folder).iterdir())
+    size = sum(f.stat().st_size for f in files)
+    print(f"exported {loaded.name} ({loaded.model.num_params():,} parameters) to {folder} as {args.format}: "
+          f"{', '.join(f.name for f in files)} ({size / 1e6:.1f} MB)")
+    if loaded.tokenizer is None:
+        print("note: this model has no tokenizer, so none was written")

@@ -1,0 +1,77 @@
+"""`llmscratch generate`: continue a prompt with any model (registered, folder, GGUF, Hub id or preset)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="generate text from a prompt",
+        description="Continue --prompt with a model. --model takes a registered name (see `llmscratch models "
+        "list`), one of our model folders, a Hugging Face model folder, a .gguf file, a Hugging Face Hub id, or a "
+        "preset name (random weights: the text is gibberish, useful for speed tests). Prints the generated text "
+        "(without the prompt) and, on stderr, a one-line summary (tokens, tokens/s).",
+    )
+    p.add_argument("--model", required=True, help="model name or path (see above)")
+    p.add_argument("--prompt", required=True, help="the text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=50, help="most tokens to generate (default 50)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="sampling temperature; 0 (default) picks the most likely token every time (greedy)")
+    p.add_argument("--top-k", type=int, default=None, help="sample only among the K most likely tokens")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="sample only among the most likely tokens whose probabilities add up to P (0 < P <= 1)")
+    p.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same text")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop before this text (repeatable); generation also stops at the end-of-text token")
+    p.add_argument("--no-kv-cache", action="store_true",
+                   help="recompute the whole sequence for every token (slow; for comparison)")
+    p.add_argument("--stream", action="store_true", help="print the text as it is generated")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="weight precision (default float32)")
+    p.set_defaults(func=_generate)
+
+
+def _generate(args: argparse.Namespace) -> None:
+    import torch
+
+    from llmscratch.generate import GenerationStats, SamplingConfig, generate_text, stream_text
+    from llmscratch.model.base import set_weight_layout
+    from llmscratch.utils import UserError, pick_device
+    from llmscratch.weights import load_model
+
+    cfg = SamplingConfig(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        seed=args.seed, stop_strings=tuple(args.stop),
+    )
+    cfg.validate()
+    if not args.prompt:
+        raise UserError("the prompt is empty; give some text to continue")
+    device = pick_device(args.device)
+    loaded = load_model(args.model, device=device, dtype=getattr(torch, args.dtype))
+    if device.type == "cpu":
+        set_weight_layout(loaded.model)  # faster batch-1 decoding on CPUs (see `llmscratch bench generate`)
+    if loaded.random_weights:
+        print(f"warning: {loaded.name} is a preset with random weights (not trained): expect gibberish",
+              file=sys.stderr)
+    tok = loaded.tokenizer
+    if tok is None:
+        raise UserError(f"model {args.model!r} has no tokenizer, so it cannot read a text prompt")
+    use_cache = not args.no_kv_cache
+    stats = GenerationStats()
+    if args.stream:
+        ids = tok.encode(args.prompt, allowed_special="all")
+        for piece in stream_text(loaded.model, tok, ids, cfg, use_cache, stats):
+            print(piece, end="", flush=True)
+        print()
+    else:
+        print(generate_text(loaded.model, tok, args.prompt, cfg, use_cache, stats)[0])
+    print(
+        f"{stats.new_tokens} tokens in {stats.seconds:.2f} s ({stats.tokens_per_second:.1f} tokens/s; prompt "
+        f"{stats.prompt_tokens} tokens, first token after {stats.first_token_seconds:.2f} s; KV cache "
+        f"{'on' if use_cache else 'off'}; {loaded.name} on {next(loaded.model.parameters()).device})",
+        file=sys.stderr,
+    )

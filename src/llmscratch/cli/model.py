@@ -1,0 +1,66 @@
+"""`llmscratch model info NAME`: parameter count and memory needs of a model preset or model folder."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "model",
+        help="facts about model presets (sizes, memory)",
+        description="Facts about model presets and model folders, computed from the config without loading "
+        "weights.",
+    )
+    sub = parser.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    p = sub.add_parser(
+        "info",
+        help="parameter count and memory estimate of a preset or model folder",
+        description="Parameter count, weight memory in float32 and bfloat16, the KV cache at full context "
+        "(batch 1), and the bytes read per generated token (the memory traffic that bounds batch-1 decoding).",
+    )
+    p.add_argument("name", help="a preset (e.g. gpt2-124m; `llmscratch model list` shows them) or a model folder")
+    p.set_defaults(func=_info)
+    p = sub.add_parser("list", help="the model presets")
+    p.set_defaults(func=_list)
+
+
+def _size(n: float) -> str:
+    """Bytes for people (decimal units)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.{2 if unit == 'GB' else 1}f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n / 1e3:.1f} K"
+
+
+def _info(args: argparse.Namespace) -> None:
+    from llmscratch.model import config_to_dict
+    from llmscratch.model.base import model_size
+    from llmscratch.weights import model_config
+
+    config = model_config(args.name)
+    size = model_size(config)
+    c = config_to_dict(config)
+    print(f"{args.name}: {config.family}, {config.n_layers} layers, {config.n_heads} heads "
+          f"({config.n_kv_heads} key/value heads) of {config.head_dim}, width {config.emb_dim}, "
+          f"context {config.context_length}, vocabulary {config.vocab_size}"
+          f"{', tied head' if c.get('tie_embeddings') else ''}")
+    print(f"parameters: {size.params:,} ({_count(size.params)})")
+    print(f"weights: {_size(size.weight_bytes(4))} in float32, {_size(size.weight_bytes(2))} in bfloat16")
+    print(f"KV cache at full context ({config.context_length} tokens, batch 1): "
+          f"{_size(size.kv_cache_bytes(4))} in float32, {_size(size.kv_cache_bytes(2))} in bfloat16")
+    print(f"read per generated token (batch 1): {_size(size.bytes_read_per_token(4))} in float32, "
+          f"{_size(size.bytes_read_per_token(2))} in bfloat16")
+
+
+def _list(args: argparse.Namespace) -> None:
+    from llmscratch.model import PRESETS
+    from llmscratch.model.base import model_size
+
+    for name, config in PRESETS.items():
+        print(f"{name:18s} {config.family:6s} {_count(model_size(config).params):>9s} parameters, "
+              f"context {config.context_length}")

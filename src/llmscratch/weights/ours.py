@@ -1,0 +1,222 @@
+"""Our own model folders: weights, config and tokenizer, never pickled.
+
+    FOLDER/model.safetensors       every weight; a tied tensor stored once, its other names in the metadata
+                                   ("aliases": {"head.weight": "tok_emb.weight"})
+    FOLDER/config.json             our config dict (with "family"), see llmscratch.model.config_to_dict
+    FOLDER/tokenizer.json          the tokenizer in our file format (Tokenizer.save), or
+    FOLDER/tokenizer.ref.json      {"tokenizer": "gpt2"}: a tokenizer named, not stored
+    FOLDER/chat_template.jinja     optional
+
+The training loop writes the same layout for its final and best models. A folder is written beside its final
+name and renamed into place, so a reader never sees half a folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from llmscratch.model import build_model, config_from_dict, config_to_dict
+from llmscratch.model.base import LanguageModel, meta_model
+from llmscratch.utils import UserError, atomic_write_text
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+TOKENIZER = "tokenizer.json"
+TOKENIZER_REF = "tokenizer.ref.json"
+CHAT_TEMPLATE = "chat_template.jinja"
+
+
+def is_checkpoint(folder: str | os.PathLike) -> bool:
+    """True for a folder holding our config.json (one with "family") and model.safetensors."""
+    folder = Path(folder)
+    if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
+        return False
+    try:
+        return "family" in json.loads((folder / CONFIG).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+        return False
+
+
+# ---------------------------------------------------------------------------------------------- weights
+
+
+def model_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The state dict with each shared tensor kept once: (tensors on CPU, contiguous; {alias: stored name})."""
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = t.detach().to("cpu").contiguous()
+    return tensors, aliases
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """All weights of `model` to one safetensors file (tied tensors once, their aliases in the metadata)."""
+    from safetensors.torch import save_file
+
+    tensors, aliases = model_tensors(model)
+    save_file(tensors, str(path), metadata={"format": "pt", "aliases": json.dumps(aliases)})
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, aliases (from our metadata) included; UserError if unreadable."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path} is not a readable safetensors file: {e}") from None
+    try:
+        aliases = json.loads(meta.get("aliases", "{}"))
+    except json.JSONDecodeError:
+        raise UserError(f"{path}: damaged 'aliases' metadata") from None
+    for alias, stored in aliases.items():
+        if stored not in tensors:
+            raise UserError(f"{path}: alias {alias} points to a missing tensor {stored}")
+        tensors[alias] = tensors[stored]
+    return tensors
+
+
+def model_from_state_dict(
+    config,
+    state: Mapping[str, torch.Tensor],
+    source: str = "checkpoint",
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> LanguageModel:
+    """A model of `config` holding `state` (our parameter names), in eval mode, float32 unless `dtype`.
+
+    Every tensor is checked: a missing, misshapen or unexpected one is a UserError naming it. The tied head may
+    be absent from `state`. Models without buffers are built without random init (the weights overwrite it).
+    """
+    model = meta_model(config)
+    tied = _tied_names(model)
+    expected = model.state_dict()
+    for name, t in expected.items():
+        if name not in state and name not in tied:
+            raise UserError(f"{source}: tensor {name} is missing")
+        if name in state and tuple(state[name].shape) != tuple(t.shape):
+            raise UserError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, expected {tuple(t.shape)}")
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise UserError(f"{source}: unexpected tensors for this {config.family} config: {', '.join(unexpected[:5])}")
+    if any(True for _ in model.buffers()):  # buffers computed at init (rotary tables): build for real
+        model = build_model(config)
+    else:
+        model = model.to_empty(device="cpu")
+        for alias, first in tied.items():  # to_empty made two parameters of a tied one: tie them again
+            owner, _, attr = alias.rpartition(".")
+            setattr(model.get_submodule(owner), attr, model.get_parameter(first))
+    full = {name: state.get(name, state.get(tied.get(name, ""))) for name in expected}
+    with torch.no_grad():
+        for name, p in [*model.named_parameters(remove_duplicate=False), *model.named_buffers()]:
+            if full.get(name) is not None:
+                p.copy_(full[name])
+    model = model.to(device=device or "cpu", dtype=dtype or torch.float32)
+    return model.eval()
+
+
+def _tied_names(model: nn.Module) -> dict[str, str]:
+    """{alias: first name} for parameters reachable under two names (a tied head)."""
+    first: dict[int, str] = {}
+    tied: dict[str, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            tied[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return tied
+
+
+# ---------------------------------------------------------------------------------------------- folders
+
+
+def save_pretrained(
+    model: LanguageModel, tokenizer_or_spec=None, folder: str | os.PathLike = "model", chat_template: str | None = None
+) -> Path:
+    """Write `model` (+ its tokenizer: a Tokenizer object, or a spec such as "gpt2" stored as a reference) to
+    `folder`, replacing what was there atomically. Returns the folder."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        save_weights(model, tmp / WEIGHTS)
+        atomic_write_text(tmp / CONFIG, json.dumps(config_to_dict(model.config), indent=2) + "\n")
+        if tokenizer_or_spec is None or isinstance(tokenizer_or_spec, (str, os.PathLike)):
+            ref = None if tokenizer_or_spec is None else os.fspath(tokenizer_or_spec)
+            atomic_write_text(tmp / TOKENIZER_REF, json.dumps({"tokenizer": ref}) + "\n")
+        else:
+            tokenizer_or_spec.save(tmp / TOKENIZER, vocab_view=False)
+        if chat_template:
+            atomic_write_text(tmp / CHAT_TEMPLATE, chat_template)
+        replace_folder(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return folder
+
+
+def replace_folder(new: Path, folder: Path) -> None:
+    """Move the finished folder `new` onto `folder` (whose old content, if any, is removed), with the usual
+    permissions (temporary folders and files are private to their owner)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in new.iterdir():
+        f.chmod(0o666 & ~umask)
+    new.chmod(0o777 & ~umask)
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        os.replace(folder, old)
+        os.replace(new, folder)
+        shutil.rmtree(old)
+    else:
+        os.replace(new, folder)
+
+
+def load_tokenizer_of(folder: Path):
+    """The tokenizer stored in (or named by) one of our folders, or None when it has none."""
+    from llmscratch.tokenizer import load_tokenizer
+
+    if (folder / TOKENIZER).is_file():
+        return load_tokenizer(folder / TOKENIZER)
+    if (folder / TOKENIZER_REF).is_file():
+        try:
+            ref = json.loads((folder / TOKENIZER_REF).read_text()).get("tokenizer")
+        except (json.JSONDecodeError, AttributeError):
+            raise UserError(f"{folder / TOKENIZER_REF} is damaged") from None
+        if ref is None:
+            return None
+        if not Path(ref).is_absolute() and (folder / ref).exists():  # a path relative to the folder
+            ref = str(folder / ref)
+        return load_tokenizer(ref)
+    return None
+
+
+def load_checkpoint(folder: str | os.PathLike, device=None, dtype=None):
+    """One of our model folders -> (model, tokenizer or None, chat template or None)."""
+    folder = Path(folder)
+    try:
+        config = config_from_dict(json.loads((folder / CONFIG).read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as e:
+        raise UserError(f"{folder / CONFIG} is not a valid model config: {e}") from None
+    model = model_from_state_dict(config, read_weights(folder / WEIGHTS), str(folder / WEIGHTS), device, dtype)
+    template = (folder / CHAT_TEMPLATE).read_text() if (folder / CHAT_TEMPLATE).is_file() else None
+    return model, load_tokenizer_of(folder), template
