@@ -1,5 +1,7 @@
 """The KV-cache benchmark: new tokens per second of batch-1 greedy decoding, with and without our KV cache, for
-several output lengths, against transformers' GPT2LMHeadModel holding the same weights (cache on and off).
+several output lengths, against transformers holding the same weights (cache on and off): GPT2LMHeadModel for
+GPT-2 models, LlamaForCausalLM for Llama-family ones (SmolLM2, built from our dequantized GGUF weights).
+Several models may be benchmarked in one run (`model="gpt2-124m,smollm2-135m-instruct"`): one section each.
 
 Everything runs in one process, interleaved (each round runs every variant once) so that machine load hits
 all variants alike; the table shows medians. The ceiling for batch-1 decoding is memory bandwidth: each new
@@ -61,7 +63,8 @@ class Variant:
 
 
 def _transformers_model(model):
-    """transformers' GPT2LMHeadModel with the same weights as our GPT (None when transformers is absent)."""
+    """transformers' model of the same family (GPT2LMHeadModel or LlamaForCausalLM) with the same weights as
+    ours, float32 (None when transformers is absent)."""
     try:
         import transformers
     except ImportError:
@@ -69,10 +72,17 @@ def _transformers_model(model):
     from llmscratch.weights.hf import tensors_for_transformers
 
     hf_config, tensors = tensors_for_transformers(model)
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config)).eval()
+    family = model.config.family
+    if family == "gpt2":
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config))
+    elif family == "llama":
+        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_config))
+    else:
+        raise ValueError(f"no transformers counterpart for family {family!r}")
+    hf = hf.to(torch.float32).eval()
     missing, unexpected = hf.load_state_dict(tensors, strict=False)
     if unexpected or [m for m in missing if m != "lm_head.weight"]:
-        raise RuntimeError(f"weights did not fit transformers' GPT-2: missing {missing}, unexpected {unexpected}")
+        raise RuntimeError(f"weights did not fit transformers' {family}: missing {missing}, unexpected {unexpected}")
     hf.tie_weights()
     return hf
 
@@ -121,111 +131,165 @@ def _variants(model, hf, prompt: list[int]) -> list[Variant]:
     return variants
 
 
-def run_generate_bench(cfg: GenerateBenchConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure, print a table, write JSON + PNG into cfg.out; returns the JSON content."""
+@dataclass
+class _Section:
+    """One model's measurements (before the bandwidth test turns rates into shares of the limit)."""
+
+    spec: str
+    loaded: Any
+    params: int
+    bytes_per_token: int
+    variants: list[Variant]
+    times: dict[tuple[str, int], list[float]]
+    outputs_identical: bool
+    with_hf: bool
+
+
+def _model_specs(cfg: GenerateBenchConfig) -> list[str]:
+    return [m.strip() for m in cfg.model.split(",") if m.strip()]
+
+
+def _bench_model(spec: str, cfg: GenerateBenchConfig, echo: Callable[[str], None]) -> _Section:
+    """Load one model, check greedy outputs agree, time every variant and length interleaved."""
     from llmscratch.model import PRESETS
     from llmscratch.model.base import model_size, set_weight_layout
     from llmscratch.utils import UserError
     from llmscratch.weights import load_model, load_preset
 
+    if spec in PRESETS:  # no tokenizer needed: prompts are token ids
+        loaded = load_preset(spec, "cpu", torch.float32, with_tokenizer=False)
+    else:
+        loaded = load_model(spec, device="cpu", dtype=torch.float32)
+    model = loaded.model
+    if model.config.family not in ("gpt2", "llama"):
+        raise UserError(f"the generation benchmark compares GPT-2 and Llama models; {spec} is {model.config.family}")
+    if cfg.prompt_tokens + max(cfg.tokens) > model.config.context_length:
+        raise UserError(f"{cfg.prompt_tokens} prompt + {max(cfg.tokens)} new tokens exceed the context "
+                        f"length {model.config.context_length} of {spec}")
+    size = model_size(model)
+    bytes_per_token = size.bytes_read_per_token(4)
+    tied = " (tied embedding/head read once, as the head)" if getattr(model.config, "tie_embeddings", True) else ""
+    echo(f"model: {loaded.name} ({loaded.source}), {model.config.family}, {size.params:,} parameters, float32, CPU, "
+         f"batch 1, prompt {cfg.prompt_tokens} tokens, greedy; {bytes_per_token / 1e6:.1f} MB of weights read per "
+         f"token{tied}")
+    g = torch.Generator().manual_seed(cfg.seed)
+    prompt = torch.randint(0, model.config.vocab_size, (cfg.prompt_tokens,), generator=g).tolist()
+
+    hf = _transformers_model(model) if cfg.transformers else None
+    if cfg.transformers and hf is None:
+        echo("transformers is not installed: benchmarking ours only")
+    variants = _variants(model, hf, prompt)
+
+    check_n = min(20, max(cfg.tokens))
+    outputs = {}
+    for v in variants:  # also the warm-up
+        v.setup()
+        outputs[v.name] = v.run(check_n)
+    agree = len({tuple(o) for o in outputs.values()}) == 1
+    echo(f"greedy outputs of all variants for {check_n} tokens: {'identical' if agree else 'DIFFERENT'}")
+
+    cases = {  # interleaved: every variant and length once per round
+        (v.name, n): common.Case(partial(v.run, n), cfg.repeats if v.cache else cfg.no_cache_repeats, v.setup)
+        for n in cfg.tokens for v in variants
+    }
+    named = common.interleaved_times({f"{name}, {n} tokens": c for (name, n), c in cases.items()},
+                                     cfg.repeats, warmup=False, progress=cfg.progress,
+                                     desc=f"generate bench {loaded.name}")
+    set_weight_layout(model, transposed=False)  # leave the model in torch's usual layout
+    return _Section(spec, loaded, size.params, bytes_per_token, variants, dict(zip(cases, named.values())), agree,
+                    hf is not None)
+
+
+def _results(sec: _Section, tokens, limit: float) -> list[dict]:
+    rows = []
+    for v in sec.variants:
+        for n in tokens:
+            ts = sec.times[(v.name, n)]
+            if not ts:
+                continue
+            med = common.median(ts)
+            rows.append({
+                "model": sec.loaded.name, "variant": v.name, "impl": v.impl, "cache": v.cache, "note": v.note,
+                "new_tokens": n, "times_s": [round(t, 4) for t in ts], "median_s": round(med, 4),
+                "tokens_per_s": round(n / med, 2), "fraction_of_limit": round(n / med / limit, 3),
+            })
+    return rows
+
+
+def run_generate_bench(cfg: GenerateBenchConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure, print a table per model, write JSON + PNG into cfg.out; returns the JSON content.
+
+    The JSON's top-level "model", "decode_limit_tokens_per_s" and "ratios" describe the first model (as in a
+    one-model run); "models" has one section per model; "results" holds every model's rows.
+    """
+    from llmscratch.utils import UserError
+
     if cfg.repeats < 1 or cfg.no_cache_repeats < 0:
         raise UserError("--repeats must be >= 1 and --no-cache-repeats >= 0")
     if not cfg.tokens or min(cfg.tokens) < 1:
         raise UserError("--tokens needs positive counts, e.g. 50,200,500")
+    specs = _model_specs(cfg)
+    if not specs:
+        raise UserError("--model needs at least one model")
     started = time.perf_counter()
     threads_before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     try:
         machine = common.machine_info()
         echo(common.format_machine(machine))
-        if cfg.model in PRESETS:  # no tokenizer needed: prompts are token ids
-            loaded = load_preset(cfg.model, "cpu", torch.float32, with_tokenizer=False)
-        else:
-            loaded = load_model(cfg.model, device="cpu", dtype=torch.float32)
-        model = loaded.model
-        if model.config.family != "gpt2":
-            raise UserError(f"the generation benchmark compares GPT-2 models; {cfg.model} is {model.config.family}")
-        if cfg.prompt_tokens + max(cfg.tokens) > model.config.context_length:
-            raise UserError(f"{cfg.prompt_tokens} prompt + {max(cfg.tokens)} new tokens exceed the context "
-                            f"length {model.config.context_length} of {cfg.model}")
-        size = model_size(model)
-        bytes_per_token = size.bytes_read_per_token(4)
-        echo(f"model: {loaded.name} ({loaded.source}), {size.params:,} parameters, float32, CPU, batch 1, "
-             f"prompt {cfg.prompt_tokens} tokens, greedy; {bytes_per_token / 1e6:.1f} MB of weights read per token")
-        g = torch.Generator().manual_seed(cfg.seed)
-        prompt = torch.randint(0, model.config.vocab_size, (cfg.prompt_tokens,), generator=g).tolist()
-
-        hf = _transformers_model(model) if cfg.transformers else None
-        if cfg.transformers and hf is None:
-            echo("transformers is not installed: benchmarking ours only")
-        variants = _variants(model, hf, prompt)
-
-        check_n = min(20, max(cfg.tokens))
-        outputs = {}
-        for v in variants:  # also the warm-up
-            v.setup()
-            outputs[v.name] = v.run(check_n)
-        agree = len({tuple(o) for o in outputs.values()}) == 1
-        echo(f"greedy outputs of all variants for {check_n} tokens: {'identical' if agree else 'DIFFERENT'}")
-
-        cases = {  # interleaved: every variant and length once per round
-            (v.name, n): common.Case(partial(v.run, n), cfg.repeats if v.cache else cfg.no_cache_repeats, v.setup)
-            for n in cfg.tokens for v in variants
-        }
-        named = common.interleaved_times({f"{name}, {n} tokens": c for (name, n), c in cases.items()},
-                                         cfg.repeats, warmup=False, progress=cfg.progress, desc="generate bench")
-        times = dict(zip(cases, named.values()))
-        set_weight_layout(model, transposed=False)  # leave the model in torch's usual layout
+        sections = [_bench_model(spec, cfg, echo) for spec in specs]
         peak_mb = common.peak_memory_mb()  # before the bandwidth test's large arrays
 
         matrix, total = ((32 << 20), (64 << 20)) if cfg.quick else ((512 << 20), (1 << 30))
         bw = common.measure_bandwidth(matrix, total)
-        limit = bw.matvec_gbs * 1e9 / bytes_per_token
         echo(f"memory bandwidth: matrix-vector {bw.matvec_gbs:.1f} GB/s ({bw.matrix_mb:.0f} MB matrix; W @ x "
              f"{bw.rows_gbs:.1f}, x @ W {bw.columns_gbs:.1f}), sum {bw.sum_gbs:.1f} GB/s ({bw.sum_mb:.0f} MB)")
-        echo(f"batch-1 decode limit = bandwidth / bytes per token = {bw.matvec_gbs:.1f} GB/s / "
-             f"{bytes_per_token / 1e6:.1f} MB = {limit:.1f} tokens/s")
 
-        results = []
-        for v in variants:
-            for n in cfg.tokens:
-                ts = times[(v.name, n)]
-                if not ts:
-                    continue
-                med = common.median(ts)
-                results.append({
-                    "variant": v.name, "impl": v.impl, "cache": v.cache, "note": v.note, "new_tokens": n,
-                    "times_s": [round(t, 4) for t in ts], "median_s": round(med, 4),
-                    "tokens_per_s": round(n / med, 2), "fraction_of_limit": round(n / med / limit, 3),
-                })
-        rate = {(r["variant"], r["new_tokens"]): r["tokens_per_s"] for r in results}
-        ratios = _ratios(rate, cfg.tokens, hf is not None)
+        parts, charts = [], []
+        for sec in sections:
+            limit = bw.matvec_gbs * 1e9 / sec.bytes_per_token
+            results = _results(sec, cfg.tokens, limit)
+            rate = {(r["variant"], r["new_tokens"]): r["tokens_per_s"] for r in results}
+            ratios = _ratios(rate, cfg.tokens, sec.with_hf)
+            echo("")
+            echo(f"{sec.loaded.name}: batch-1 decode limit = bandwidth / bytes per token = {bw.matvec_gbs:.1f} GB/s "
+                 f"/ {sec.bytes_per_token / 1e6:.1f} MB = {limit:.1f} tokens/s")
+            echo(_table(sec.variants, cfg.tokens, rate, limit))
+            for line in _ratio_lines(ratios, cfg.tokens):
+                echo(line)
+            parts.append({
+                "model": {"spec": sec.spec, "name": sec.loaded.name, "source": sec.loaded.source,
+                          "family": sec.loaded.model.config.family, "params": sec.params,
+                          "bytes_read_per_token": sec.bytes_per_token, "dtype": "float32"},
+                "decode_limit_tokens_per_s": round(limit, 2),
+                "outputs_identical": sec.outputs_identical,
+                "results": results,
+                "ratios": ratios,
+            })
+            charts.append((sec.loaded.name, sec.variants, rate, limit))
         machine_end = common.machine_info()
+        first = parts[0]
         data = {
             "benchmark": "generate",
             "machine": machine,
             "load_avg_at_end": machine_end["load_avg_1_5_15min"],
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-            "model": {"spec": cfg.model, "name": loaded.name, "source": loaded.source, "params": size.params,
-                      "bytes_read_per_token": bytes_per_token, "dtype": "float32"},
+            "model": first["model"],
             "bandwidth": asdict(bw),
-            "decode_limit_tokens_per_s": round(limit, 2),
-            "outputs_identical": agree,
-            "results": results,
-            "ratios": ratios,
+            "decode_limit_tokens_per_s": first["decode_limit_tokens_per_s"],
+            "outputs_identical": all(p["outputs_identical"] for p in parts),
+            "results": [r for p in parts for r in p["results"]],
+            "ratios": first["ratios"],
+            "models": parts,
             "peak_memory_mb": round(peak_mb, 1),  # generation only (the bandwidth test comes after)
             "wall_s": round(time.perf_counter() - started, 1),
         }
         echo("")
-        echo(_table(variants, cfg.tokens, rate, limit))
-        echo("")
-        for line in _ratio_lines(ratios, cfg.tokens):
-            echo(line)
         echo(f"load average at the end: {' / '.join(str(x) for x in machine_end['load_avg_1_5_15min'] or [])}; "
              f"peak memory while generating {data['peak_memory_mb']:.0f} MB (maxrss); wall time {data['wall_s']:.0f} s")
         cfg.out.mkdir(parents=True, exist_ok=True)
         json_path = common.write_json(cfg.out / JSON_NAME, data)
-        png_path = _chart(cfg, variants, rate, limit, loaded.name, machine)
+        png_path = _chart(cfg, charts, machine)
         echo(f"wrote {json_path} and {png_path}")
         return data
     finally:
@@ -267,17 +331,50 @@ def _table(variants, tokens, rate: dict, limit: float) -> str:
     return common.format_table(headers, rows)
 
 
-def _chart(cfg, variants, rate: dict, limit: float, name: str, machine: dict) -> Path:
+def _chart(cfg, charts: list, machine: dict) -> Path:
+    """One panel per model: tokens/s of each variant against new tokens, and the model's bandwidth limit."""
+    load = machine.get("load_avg_1_5_15min") or ["?"]
+    note = f"medians of interleaved runs; load average {load[0]} at start"
+    title = f"Batch-1 greedy decoding, float32, CPU ({machine['torch_threads']} threads)"
+    if len(charts) == 1:
+        name, variants, rate, limit = charts[0]
+        return common.line_chart(
+            cfg.out / PNG_NAME, _series(cfg.tokens, variants, rate),
+            title=f"Batch-1 greedy decoding, {name}, float32, CPU ({machine['torch_threads']} threads)",
+            xlabel="new tokens generated", ylabel="new tokens per second (log scale)",
+            hlines={"memory-bandwidth limit": limit}, logy=True, note=note,
+        )
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from llmscratch.utils import atomic_path
+
+    fig, axes = plt.subplots(1, len(charts), figsize=(6.5 * len(charts), 5), dpi=110, squeeze=False)
+    for ax, (name, variants, rate, limit) in zip(axes[0], charts):
+        series = _series(cfg.tokens, variants, rate)
+        for label, (xs, ys) in series.items():
+            ax.plot(xs, ys, marker="o", label=label)
+        ax.axhline(limit, linestyle="--", color=f"C{len(series)}", label="memory-bandwidth limit")
+        ax.set_yscale("log")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("new tokens generated")
+        ax.set_ylabel("new tokens per second (log scale)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{title}\n{note}", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(cfg.out / PNG_NAME) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return cfg.out / PNG_NAME
+
+
+def _series(tokens, variants, rate: dict) -> dict:
     series = {}
     for v in variants:
-        xs = [n for n in cfg.tokens if (v.name, n) in rate]
+        xs = [n for n in tokens if (v.name, n) in rate]
         if xs:
             series[v.name] = (xs, [rate[(v.name, n)] for n in xs])
-    load = machine.get("load_avg_1_5_15min") or ["?"]
-    return common.line_chart(
-        cfg.out / PNG_NAME, series,
-        title=f"Batch-1 greedy decoding, {name}, float32, CPU ({machine['torch_threads']} threads)",
-        xlabel="new tokens generated", ylabel="new tokens per second (log scale)",
-        hlines={"memory-bandwidth limit": limit}, logy=True,
-        note=f"medians of interleaved runs; load average {load[0]} at start",
-    )
+    return series

@@ -128,12 +128,12 @@ class CausalSelfAttention(nn.Module):
         B, T, _ = x.shape
         nh, nkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = self.qkv(x)  # (B, T, (nh + 2 nkv) hd)
-        q, k, v = qkv.split([nh * hd, nkv * hd, nkv * hd], dim=-1)
-        q = q.view(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
-        k = k.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        qk, v = qkv.split([(nh + nkv) * hd, nkv * hd], dim=-1)
+        qk = qk.view(B, T, nh + nkv, hd).transpose(1, 2)  # (B, nh + nkv, T, hd)
+        if rotary is not None:  # q and k rotated together: one set of elementwise ops per layer, not two
+            qk = apply_rotary(qk, *rotary)
+        q, k = qk.split([nh, nkv], dim=1)  # (B, nh, T, hd), (B, nkv, T, hd)
         v = v.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
-        if rotary is not None:
-            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if cache is not None:
             k, v = cache.update(layer, positions, end, k, v)  # (B, nkv, end, hd)
         attend = attention_fused if self.fused else attention_manual
