@@ -1,0 +1,275 @@
+"""Training throughput: our GPT against transformers' GPT2LMHeadModel, same config, weights and optimizer.
+
+One training step = forward, cross-entropy over every position, backward, AdamW step (fused where available,
+weight decay on matrices), gradients cleared. Both models get the same batch and the same loss function, with
+the same dropout; eager is compared with eager and torch.compile with torch.compile. The cases run
+interleaved (ours, theirs, ours, theirs, ...) together with a large float32 matmul that measures this
+machine's peak in the same conditions, so load hits all of them alike; medians are reported.
+
+Model FLOPs per token (the PaLM convention, causal mask not discounted): 6 x (matmul parameters, the head
+included) + 12 x layers x context x width for attention scores and values. MFU = achieved / matmul peak.
+transformers is imported lazily: it is a benchmark reference, never a dependency.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from llmscratch.utils import UserError
+
+# torch (and transformers) are imported inside the functions: `llmscratch --help` builds these flags.
+
+
+@dataclass
+class TrainBenchConfig:
+    """What to measure."""
+
+    preset: str = "gpt2-124m"
+    batch_size: int = 8
+    seq_len: int = 256
+    repeats: int = 5
+    dropout: float = 0.0
+    eager: bool = True
+    compiled: bool = True
+    with_transformers: bool = True
+    matmul_n: int = 4096
+    seed: int = 0
+    out_dir: str = "bench-results"
+    progress: bool = True
+
+    @classmethod
+    def quick(cls) -> TrainBenchConfig:
+        """A smoke test of seconds: the tiny preset, short sequences."""
+        return cls(preset="gpt2-tiny", batch_size=4, seq_len=32, repeats=3, matmul_n=512)
+
+
+@dataclass
+class CaseResult:
+    name: str
+    seconds: list[float]
+    tokens_per_step: int
+    flops_per_token: float
+
+    @property
+    def median_s(self) -> float:
+        import statistics
+
+        return statistics.median(self.seconds)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_per_step / self.median_s
+
+    @property
+    def gflops(self) -> float:
+        return self.tokens_per_s * self.flops_per_token / 1e9
+
+
+@dataclass
+class TrainBenchResult:
+    config: dict
+    machine: dict
+    peak_gflops: float
+    flops_per_token: float
+    cases: dict[str, dict] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
+    max_logit_diff: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def train_flops_per_token(config, seq_len: int) -> float:
+    """Model FLOPs of one training step per token (forward + backward = 3 x forward)."""
+    d, L, V = config.emb_dim, config.n_layers, config.vocab_size
+    ffn = 4 * d
+    matmul_params = L * (d * 3 * d + d * d + 2 * d * ffn) + V * d  # qkv, proj, two FFN layers; the head
+    return 6 * matmul_params + 12 * L * seq_len * d
+
+
+def build_models(cfg: TrainBenchConfig):
+    """(ours, theirs or None, config): our GPT from a seed and transformers' GPT-2 holding the same weights."""
+    import torch
+
+    from llmscratch.model import build_model, get_config
+
+    config = get_config(cfg.preset, dropout=cfg.dropout)
+    if cfg.seq_len > config.context_length:
+        raise UserError(f"seq_len {cfg.seq_len} exceeds the context length {config.context_length} of {cfg.preset}")
+    if config.family != "gpt2":
+        raise UserError(f"the training benchmark compares GPT-2 models; {cfg.preset} is {config.family}")
+    torch.manual_seed(cfg.seed)
+    ours = build_model(config).train()
+    if not cfg.with_transformers:
+        return ours, None, config
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        raise UserError("the comparison needs transformers (a dev dependency): pip install transformers, or "
+                        "pass --no-transformers") from None
+    from llmscratch.weights.hf import tensors_for_transformers
+
+    hf_config, tensors = tensors_for_transformers(ours)
+    hf_config = {k: v for k, v in hf_config.items() if k not in ("architectures", "model_type", "torch_dtype")}
+    theirs = GPT2LMHeadModel(GPT2Config(**hf_config, attn_implementation="sdpa"))
+    missing, unexpected = theirs.load_state_dict(tensors, strict=False)
+    missing = [m for m in missing if m != "lm_head.weight" and not m.endswith((".attn.bias", ".attn.masked_bias"))]
+    if missing or unexpected:
+        raise RuntimeError(f"weights did not map onto transformers' GPT-2: missing {missing}, unexpected {unexpected}")
+    theirs.tie_weights()
+    return ours, theirs.train(), config
+
+
+def _optimizer(model):
+    import torch
+
+    from llmscratch.train.config import TrainConfig
+    from llmscratch.train.loop import build_optimizer
+
+    return build_optimizer(model, TrainConfig(lr=4e-4, weight_decay=0.1), torch.device("cpu"))
+
+
+def _forward(who: str, model):
+    """logits = forward(ids) for our model or transformers' (which returns an output object)."""
+    if who == "ours":
+        return model
+    return lambda ids: model(input_ids=ids, use_cache=False).logits
+
+
+def _step_fn(forward, optimizer, x, y):
+    import torch.nn.functional as F
+
+    def step():
+        logits = forward(x)  # (B, T, vocab)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def matmul_case(n: int):
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return lambda: a @ b
+
+
+def run_train_bench(cfg: TrainBenchConfig) -> TrainBenchResult:
+    """Measure, print a table, write bench_train.json and bench_train.png under cfg.out_dir; return the result."""
+    from pathlib import Path
+
+    import torch
+
+    from llmscratch.bench.common import (
+        format_machine,
+        format_table,
+        interleaved_times,
+        line_chart,
+        machine_info,
+        write_json,
+    )
+
+    if cfg.batch_size < 1 or cfg.seq_len < 1 or cfg.repeats < 1:
+        raise UserError("batch size, sequence length and repeats must be >= 1")
+    if not (cfg.eager or cfg.compiled):
+        raise UserError("nothing to measure: both eager and compiled are off")
+    info = machine_info()
+    print(format_machine(info))
+    ours, theirs, config = build_models(cfg)
+    g = torch.Generator().manual_seed(cfg.seed)
+    ids = torch.randint(0, config.vocab_size, (cfg.batch_size, cfg.seq_len + 1), generator=g)
+    x, y = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()  # (B, T) each
+    flops = train_flops_per_token(config, cfg.seq_len)
+    result = TrainBenchResult(config=dict(cfg.__dict__), machine=info, peak_gflops=0.0, flops_per_token=flops)
+    print(f"{cfg.preset}: {ours.num_params() / 1e6:.1f} M parameters, batch {cfg.batch_size} x {cfg.seq_len} tokens, "
+          f"dropout {cfg.dropout}; {flops / 1e9:.2f} GFLOP per token per training step")
+
+    if theirs is not None:
+        with torch.no_grad():
+            ours.eval(), theirs.eval()
+            diff = (ours(x) - theirs(input_ids=x, use_cache=False).logits).abs().max().item()
+            ours.train(), theirs.train()
+        result.max_logit_diff = diff
+        print(f"same weights check: max |logit difference| = {diff:.2e}")
+        if diff > 1e-3:
+            raise RuntimeError(f"the two models disagree (max logit difference {diff}); the comparison is void")
+
+    cases = {}
+    for mode in [m for m, on in (("eager", cfg.eager), ("compiled", cfg.compiled)) if on]:
+        for who, model in (("ours", ours), ("transformers", theirs)):
+            if model is not None:
+                target = torch.compile(model) if mode == "compiled" else model
+                cases[f"{who} {mode}"] = _step_fn(_forward(who, target), _optimizer(model), x, y)
+    cases["matmul peak"] = matmul_case(cfg.matmul_n)
+    if cfg.compiled:
+        t0 = time.perf_counter()
+        for name, fn in cases.items():
+            if "compiled" in name:
+                fn()  # compile outside the timings
+        print(f"compiled in {time.perf_counter() - t0:.0f} s")
+    times = interleaved_times(cases, cfg.repeats, warmup=True, progress=cfg.progress, desc="train steps")
+
+    peak = CaseResult("matmul", times.pop("matmul peak"), 1, 2 * cfg.matmul_n**3)
+    result.peak_gflops = peak.tokens_per_s * peak.flops_per_token / 1e9
+    rows = []
+    tokens = cfg.batch_size * cfg.seq_len
+    for name, secs in times.items():
+        c = CaseResult(name, secs, tokens, flops)
+        result.cases[name] = {"seconds": secs, "median_s": c.median_s, "tokens_per_s": c.tokens_per_s,
+                              "gflops": c.gflops, "mfu": c.gflops / result.peak_gflops}
+        rows.append([name, f"{c.median_s * 1000:.0f}", f"{c.tokens_per_s:,.0f}", f"{c.gflops:.1f}",
+                     f"{c.gflops / result.peak_gflops:.2f}"])
+    for mode in ("eager", "compiled"):
+        a, b = result.cases.get(f"ours {mode}"), result.cases.get(f"transformers {mode}")
+        if a and b:
+            result.ratios[mode] = a["tokens_per_s"] / b["tokens_per_s"]
+    print(format_table(["case", "step ms", "tokens/s", "GFLOP/s", "MFU"], rows))
+    print(f"matmul peak ({cfg.matmul_n}^3 float32, same run): {result.peak_gflops:.1f} GFLOP/s")
+    for mode, r in result.ratios.items():
+        print(f"ours / transformers, {mode}: {r:.2f}x")
+
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = write_json(out / "bench_train.json", result)
+    series = {name: (list(range(1, len(v["seconds"]) + 1)), [tokens / s for s in v["seconds"]])
+              for name, v in result.cases.items()}
+    title = f"training tokens/s, {cfg.preset}, batch {cfg.batch_size} x {cfg.seq_len}"
+    png = line_chart(out / "bench_train.png", series, title=title, xlabel="repeat (interleaved)", ylabel="tokens/s",
+                     note=f"load {info.get('load_avg_1_5_15min')}, {info['torch_threads']} threads, matmul peak "
+                     f"{result.peak_gflops:.0f} GFLOP/s")
+    print(f"wrote {json_path} and {png}")
+    return result
+
+
+def add_arguments(p) -> None:
+    """The flags of `llmscratch bench train` and benchmarks/bench_train.py."""
+    d = TrainBenchConfig()
+    p.add_argument("--preset", default=d.preset, help=f"GPT-2 model preset (default: {d.preset})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"sequences per step (default: {d.batch_size})")
+    p.add_argument("--seq-len", type=int, default=d.seq_len, help=f"tokens per sequence (default: {d.seq_len})")
+    p.add_argument("--repeats", type=int, default=d.repeats, help=f"timed steps per case (default: {d.repeats})")
+    p.add_argument("--dropout", type=float, default=d.dropout, help=f"dropout of both models (default: {d.dropout})")
+    p.add_argument("--no-eager", action="store_true", help="skip the eager cases")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile cases (compiling takes minutes)")
+    p.add_argument("--compile", action="store_true", help="with --quick: include the torch.compile cases")
+    p.add_argument("--no-transformers", action="store_true", help="measure our model only")
+    p.add_argument("--out", default=d.out_dir, help=f"folder for bench_train.json and .png (default: {d.out_dir})")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test in seconds: tiny preset, batch 4 x 32, 3 repeats, eager only")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def config_from_args(args) -> TrainBenchConfig:
+    """A TrainBenchConfig from parsed `add_arguments` flags (--quick replaces the size defaults)."""
+    cfg = TrainBenchConfig.quick() if args.quick else TrainBenchConfig()
+    if not args.quick:
+        cfg.preset, cfg.batch_size, cfg.seq_len, cfg.repeats = args.preset, args.batch_size, args.seq_len, args.repeats
+    cfg.dropout = args.dropout
+    cfg.eager = not args.no_eager
+    cfg.compiled = not args.no_compile and (args.compile or not args.quick)
+    cfg.with_transformers = not args.no_transformers
+    cfg.out_dir = args.out
+    cfg.progress = not args.no_progress
+    return cfg

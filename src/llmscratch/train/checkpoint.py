@@ -1,0 +1,323 @@
+"""Checkpoints: one folder per saved step, written atomically, verified on load, no pickle anywhere.
+
+Layout of `OUT/checkpoints/step-00000120/`:
+
+    model.safetensors      every model weight (a tensor shared by two names, e.g. a tied head, stored once)
+    config.json            the model config (with "family"), so the folder loads like a final model folder
+    tokenizer.json|.ref    the tokenizer file (our format) or, for a named tokenizer, a JSON reference to it
+    optimizer.safetensors  optimizer tensors (AdamW moments and step counts) keyed "state.<param>.<name>"
+    optimizer.json         the rest of the optimizer state (param groups, hyperparameters, parameter names)
+    rng.safetensors        per-rank torch / CUDA / numpy generator states
+    state.json             step, data position (epoch, batch), tokens seen, best val loss, schedule, python RNG,
+                           the training config
+    manifest.json          size and sha256 of every other file (written last)
+
+The folder is written as `.tmp-step-...` and renamed into place, so a crash never leaves a half folder under a
+real name; a file damaged later (truncated, missing) fails the manifest check and the previous good checkpoint
+is used instead. Only the newest `keep_last` folders are kept; the model with the best validation loss is
+written apart, as a model folder (`OUT/best/`, see loop.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from llmscratch.utils import UserError, atomic_write_text
+from llmscratch.weights.ours import TOKENIZER, TOKENIZER_REF, read_weights, save_weights
+
+CHECKPOINT_RE = re.compile(r"^step-(\d{8,})$")
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(Exception):
+    """A checkpoint folder that is incomplete or damaged."""
+
+
+@dataclass
+class TrainState:
+    """Where training stands: enough, with weights, optimizer and RNG, to continue exactly."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current epoch (0-based)
+    batch: int = 0  # next micro-batch index of this epoch (per rank)
+    tokens_seen: int = 0  # over all ranks
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0  # evaluations since the last improvement (early stopping)
+    world_size: int = 1
+    recent_losses: list[float] = field(default_factory=list)  # train losses since the last evaluation
+    extra: dict = field(default_factory=dict)
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+# ------------------------------------------------------------------------------------------------ weights
+
+
+def save_model_weights(model: nn.Module, path: str | Path) -> None:
+    """All model weights to one safetensors file; a tied tensor once, its other names in the metadata."""
+    save_weights(model, path)
+
+
+def load_model_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a file written by `save_model_weights` into `model` (every tensor must match)."""
+    try:
+        tensors = read_weights(path)
+        model.load_state_dict(tensors, strict=True)
+    except (UserError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+# ------------------------------------------------------------------------------------------------ optimizer
+
+
+def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[list[str]]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [[names.get(id(p), "?") for p in g["params"]] for g in optimizer.param_groups]
+
+
+def save_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, folder: Path) -> None:
+    """Optimizer state: tensors to optimizer.safetensors, everything else to optimizer.json."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, dict] = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"state.{idx}.{k}"] = v.detach().to("cpu").contiguous()
+            else:
+                plain.setdefault(str(idx), {})[k] = v
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    save_file(tensors, str(folder / "optimizer.safetensors"))
+    meta = {"param_groups": groups, "plain_state": plain, "param_names": _param_names(model, optimizer)}
+    (folder / "optimizer.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, folder: Path) -> None:
+    meta = json.loads((folder / "optimizer.json").read_text())
+    if meta["param_names"] != _param_names(model, optimizer):
+        raise CheckpointError(f"{folder}: the optimizer's parameters differ from the model's trainable parameters")
+    state: dict[int, dict] = {}
+    for key, t in load_file(str(folder / "optimizer.safetensors")).items():
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = t
+    for idx, st in meta["plain_state"].items():
+        state.setdefault(int(idx), {}).update(st)
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+# ------------------------------------------------------------------------------------------------ RNG
+
+
+def capture_rng() -> dict:
+    """This process's generator states: tensors under "tensors", JSON-able values under "plain"."""
+    np_state = np.random.get_state()
+    tensors = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np_state[1].astype(np.int64))}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s
+    py = random.getstate()
+    plain = {
+        "numpy": {"algo": np_state[0], "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
+                  "cached_gaussian": float(np_state[4])},
+        "python": {"version": py[0], "state": list(py[1]), "gauss_next": py[2]},
+    }
+    return {"tensors": tensors, "plain": plain}
+
+
+def restore_rng(rng: dict) -> None:
+    t, p = rng["tensors"], rng["plain"]
+    torch.set_rng_state(t["torch"])
+    cuda = [t[k] for k in sorted((k for k in t if k.startswith("cuda.")), key=lambda k: int(k.split(".")[1]))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    n = p["numpy"]
+    np.random.set_state((n["algo"], t["numpy"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    py = p["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+
+
+def _save_rng(states: list[dict], folder: Path) -> dict:
+    tensors = {f"rank{r}.{k}": v.contiguous() for r, s in enumerate(states) for k, v in s["tensors"].items()}
+    save_file(tensors, str(folder / "rng.safetensors"))
+    return {str(r): s["plain"] for r, s in enumerate(states)}
+
+
+def _load_rng(folder: Path, plain: dict) -> list[dict]:
+    tensors = load_file(str(folder / "rng.safetensors"))
+    states = []
+    for r in sorted(plain, key=int):
+        prefix = f"rank{r}."
+        states.append({"tensors": {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
+                       "plain": plain[r]})
+    return states
+
+
+# ------------------------------------------------------------------------------------------------ manifest
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """manifest.json: size and sha256 of every file in `folder` (flushed to disk first)."""
+    files = {}
+    for p in sorted(folder.iterdir()):
+        if p.name == MANIFEST or not p.is_file():
+            continue
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+        files[p.name] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+    (folder / MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n")
+
+
+def verify(folder: str | Path) -> None:
+    """Raise CheckpointError when a file of the checkpoint is missing, of the wrong size, or altered."""
+    folder = Path(folder)
+    mpath = folder / MANIFEST
+    if not mpath.is_file():
+        raise CheckpointError(f"{folder}: {MANIFEST} is missing (incomplete checkpoint)")
+    try:
+        files = json.loads(mpath.read_text())["files"]
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{folder}: {MANIFEST} is unreadable: {e}") from None
+    for name, info in files.items():
+        p = folder / name
+        if not p.is_file():
+            raise CheckpointError(f"{folder}: {name} is missing")
+        if p.stat().st_size != info["size"]:
+            raise CheckpointError(
+                f"{folder}: {name} has {p.stat().st_size} bytes, expected {info['size']} (truncated?)"
+            )
+        if _sha256(p) != info["sha256"]:
+            raise CheckpointError(f"{folder}: {name} does not match its sha256 (corrupted)")
+
+
+# ------------------------------------------------------------------------------------------------ save / load
+
+
+def write_tokenizer(folder: Path, tokenizer=None, tokenizer_ref: str | None = None) -> None:
+    """The tokenizer beside the weights: our file as tokenizer.json when we have the object and it can be saved
+    and no named reference is given; else tokenizer.ref.json holding the reference ("gpt2", a path)."""
+    if tokenizer_ref is not None or tokenizer is None or not hasattr(tokenizer, "save"):
+        atomic_write_text(folder / TOKENIZER_REF, json.dumps({"tokenizer": tokenizer_ref}) + "\n")
+    else:
+        tokenizer.save(folder / TOKENIZER, vocab_view=False)
+
+
+def save_checkpoint(
+    root: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: TrainState,
+    rng_states: list[dict],
+    train_config: dict,
+    model_config: dict | None = None,
+    tokenizer=None,
+    tokenizer_ref: str | None = None,
+    keep_last: int = 3,
+) -> Path:
+    """Write checkpoint `step-<state.step>` under `root` atomically; then drop all but the newest keep_last."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_name(state.step)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        save_model_weights(model, tmp / "model.safetensors")
+        if model_config is not None:
+            (tmp / "config.json").write_text(json.dumps(model_config, indent=2) + "\n")
+        write_tokenizer(tmp, tokenizer, tokenizer_ref)
+        save_optimizer(optimizer, model, tmp)
+        rng_plain = _save_rng(rng_states, tmp)
+        payload = {"state": asdict(state), "rng": rng_plain, "train_config": train_config}
+        (tmp / "state.json").write_text(json.dumps(payload, indent=1) + "\n")
+        write_manifest(tmp)
+        if final.exists():  # the same step saved again (after a resume): replace it
+            old = root / f".old-{final.name}-{os.getpid()}"
+            os.replace(final, old)
+            shutil.rmtree(old)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    prune(root, keep_last)
+    return final
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Checkpoint folders under `root`, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def prune(root: Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` checkpoints; clear leftover folders of interrupted saves."""
+    ckpts = list_checkpoints(root)
+    for p in ckpts[: max(0, len(ckpts) - keep_last)]:
+        shutil.rmtree(p, ignore_errors=True)
+    for p in root.glob(".old-step-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def find_resumable(root: str | Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint that passes `verify`, and a message per newer one that did not."""
+    problems = []
+    for p in reversed(list_checkpoints(root)):
+        try:
+            verify(p)
+            return p, problems
+        except CheckpointError as e:
+            problems.append(str(e))
+    return None, problems
+
+
+def load_checkpoint(
+    folder: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
+) -> tuple[TrainState, list[dict], dict]:
+    """Load weights (and optimizer state) from a verified checkpoint: (state, per-rank RNG states, train config)."""
+    folder = Path(folder)
+    verify(folder)
+    load_model_weights(model, folder / "model.safetensors")
+    if optimizer is not None:
+        load_optimizer(optimizer, model, folder)
+    payload = json.loads((folder / "state.json").read_text())
+    state = TrainState(**payload["state"])
+    return state, _load_rng(folder, payload["rng"]), payload["train_config"]
+
+
+def read_tokenizer_ref(folder: str | Path) -> str | None:
+    """The tokenizer spec to reload a checkpoint's tokenizer: its file, or the reference it holds."""
+    folder = Path(folder)
+    if (folder / TOKENIZER).is_file():
+        return str(folder / TOKENIZER)
+    ref = folder / TOKENIZER_REF
+    if ref.is_file():
+        return json.loads(ref.read_text()).get("tokenizer")
+    raise UserError(f"{folder} holds no tokenizer (tokenizer.json or tokenizer.ref.json)")

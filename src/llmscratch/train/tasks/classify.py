@@ -1,0 +1,114 @@
+"""Classification as a training task: cross-entropy on the last real token's class logits, accuracy as metric.
+
+Batches are right-padded (`llmscratch.data.classification.collate_classification`). The prediction is read at
+each row's last real token. Right padding needs no attention mask: attention is causal, so a real token never
+sees the padding after it, and its output is the same as without padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from llmscratch.data.classification import ClassificationDataset, collate_classification
+from llmscratch.data.pretrain import EpochSampler
+from llmscratch.train.tasks import BaseTask
+
+# (input_ids (B, T), attention_mask (B, T) bool, last_index (B,), labels (B,)): a tuple, so the loop moves it.
+ClassifyBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def last_token_logits(model, input_ids: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
+    """Class logits (B, num_classes) read at each row's last real token of a right-padded batch."""
+    logits = model(input_ids)  # (B, T, num_classes)
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    return logits[rows, last_index]  # (B, num_classes)
+
+
+class ClassificationTask(BaseTask):
+    """Train on `train`, evaluate on `val`: loss = cross-entropy of the last-token logits; metric = accuracy.
+
+    The training order of epoch e is a pure function of (seed, e): `EpochSampler`'s permutation, cut into
+    batches; the last incomplete global batch is dropped (as the book's `drop_last=True`).
+    """
+
+    name = "classify"
+    produces_text = False
+
+    def __init__(self, train: ClassificationDataset, val: ClassificationDataset, pad_id: int, seed: int = 123):
+        self.train = train
+        self.val = val
+        self.pad_id = int(pad_id)
+        self.seed = seed
+        self._eval_logits: tuple | None = None  # (model, input ids, logits) of the last batch evaluated
+
+    def _collate(self, dataset: ClassificationDataset, indices: list[int]) -> ClassifyBatch:
+        b = collate_classification([dataset[i] for i in indices], self.pad_id)
+        return b.input_ids, b.attention_mask, b.last_index, b.labels
+
+    def num_train_batches(self, batch_size: int, world_size: int = 1) -> int:
+        return len(self.train) // (batch_size * world_size)
+
+    def train_batches(
+        self, epoch: int, batch_size: int, start: int = 0, rank: int = 0, world_size: int = 1
+    ) -> Iterator[ClassifyBatch]:
+        sampler = EpochSampler(
+            len(self.train), shuffle=True, seed=self.seed, rank=rank, world_size=world_size, drop_last=True
+        )
+        order = sampler.order(epoch)
+        for b in range(start, self.num_train_batches(batch_size, world_size)):
+            yield self._collate(self.train, order[b * batch_size : (b + 1) * batch_size])
+
+    def val_batches(self, batch_size: int, rank: int = 0, world_size: int = 1) -> Iterator[ClassifyBatch]:
+        yield from eval_batches(self.val, batch_size, self.pad_id, rank, world_size)
+
+    def loss(self, model, batch: ClassifyBatch) -> torch.Tensor:
+        ids, _, last, labels = batch
+        logits = last_token_logits(model, ids, last)
+        if not torch.is_grad_enabled():  # evaluation: `metrics` of this batch comes next and reuses the logits
+            self._eval_logits = (model, ids, logits)
+        return F.cross_entropy(logits, labels)
+
+    def metrics(self, model, batch: ClassifyBatch) -> dict[str, tuple[float, int]]:
+        ids, _, last, labels = batch
+        cached, self._eval_logits = self._eval_logits, None
+        if cached is not None and cached[0] is model and cached[1] is ids:
+            logits = cached[2]
+        else:
+            logits = last_token_logits(model, ids, last)
+        predicted = logits.argmax(dim=-1)
+        return {"accuracy": (float((predicted == labels).sum()), len(labels))}
+
+    def batch_tokens(self, batch: ClassifyBatch) -> int:
+        return int(batch[1].sum())
+
+
+def eval_batches(
+    dataset: ClassificationDataset, batch_size: int, pad_id: int, rank: int = 0, world_size: int = 1
+) -> Iterator[ClassifyBatch]:
+    """Batches of `dataset` for this rank (every row once when world_size == 1), rows sorted by length so that
+    a batch holds little padding (evaluation only: the order does not change sums and counts)."""
+    by_length = sorted(range(len(dataset)), key=lambda i: len(dataset.encoded[i]))
+    indices = by_length[rank::world_size]
+    for i in range(0, len(indices), batch_size):
+        b = collate_classification([dataset[j] for j in indices[i : i + batch_size]], pad_id)
+        yield b.input_ids, b.attention_mask, b.last_index, b.labels
+
+
+@torch.no_grad()
+def evaluate_classifier(model, dataset: ClassificationDataset, batch_size: int, pad_id: int) -> dict[str, float]:
+    """Mean loss and accuracy of `model` over every row of `dataset` (eval mode, no gradients)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    loss_sum, correct, n = 0.0, 0, 0
+    for ids, _, last, labels in eval_batches(dataset, batch_size, pad_id):
+        ids, last, labels = ids.to(device), last.to(device), labels.to(device)
+        logits = last_token_logits(model, ids, last).float()
+        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+        correct += int((logits.argmax(-1) == labels).sum())
+        n += len(labels)
+    model.train(was_training)
+    return {"loss": loss_sum / max(n, 1), "accuracy": correct / max(n, 1), "count": n}

@@ -1,0 +1,84 @@
+"""DistributedDataParallel on CPU (gloo): 2 processes launched by torchrun follow the loss curve of one process
+with the same global batch, only rank 0 writes, and both ranks resume from the same checkpoint after a crash."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+from llmscratch.cli import main
+from llmscratch.train.checkpoint import list_checkpoints
+from llmscratch.train.loop import KILL_ENV
+from llmscratch.train.plots import read_metrics
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from llmscratch.tokenizer import train as train_bpe
+
+    folder = tmp_path_factory.mktemp("ddp_corpus")
+    r = random.Random(1)
+    words = "one two three four five six seven eight nine ten red green blue".split()
+    text = " ".join(r.choice(words) for _ in range(2500))
+    (folder / "corpus.txt").write_text(text)
+    train_bpe(text, 290).save(folder / "tok.json")
+    return folder
+
+
+def pretrain_args(corpus, out, batch_size: int, *extra) -> list[str]:
+    return ["pretrain", "--data", str(corpus / "corpus.txt"), "--tokenizer", str(corpus / "tok.json"),
+            "--model", "gpt2-tiny", "--context", "16", "--batch-size", str(batch_size), "--max-steps", "8",
+            "--eval-every", "4", "--save-every", "3", "--lr", "3e-3", "--device", "cpu", "--no-progress",
+            "--sample-tokens", "0", "--out", str(out), *extra]
+
+
+def torchrun(args: list[str], env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "llmscratch",
+           *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def losses(out):
+    records = read_metrics(out / "metrics.jsonl")
+    return ([r["loss"] for r in records if r["type"] == "train"],
+            [r["val_loss"] for r in records if r["type"] == "eval"])
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, corpus):
+    """The reference: one process, batch 4."""
+    out = tmp_path_factory.mktemp("single") / "run"
+    main(pretrain_args(corpus, out, 4))
+    return losses(out)
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, corpus, single):
+    run = torchrun(pretrain_args(corpus, tmp_path / "ddp", 2))  # two processes of batch 2
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "2 process(es), global batch 4" in run.stdout
+    assert run.stdout.count("trained 8 steps") == 1  # rank 0 speaks for both
+    ddp_train, ddp_val = losses(tmp_path / "ddp")
+    assert len(ddp_train) == 8
+    assert ddp_train == pytest.approx(single[0], abs=1e-4)
+    assert ddp_val == pytest.approx(single[1], abs=1e-4)
+    assert [p.name for p in list_checkpoints(tmp_path / "ddp" / "checkpoints")] == [
+        "step-00000003", "step-00000006", "step-00000008"]
+    assert (tmp_path / "ddp" / "final" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("LLMSCRATCH_SLOW"), reason="two more torchrun launches; LLMSCRATCH_SLOW=1")
+def test_two_processes_resume_from_the_same_checkpoint(tmp_path, corpus, single):
+    cut = torchrun(pretrain_args(corpus, tmp_path / "ddp", 2), {KILL_ENV: "5"})  # both ranks die after step 5
+    assert cut.returncode != 0 and "step 4/8" in cut.stdout
+    done = torchrun(pretrain_args(corpus, tmp_path / "ddp", 2, "--resume"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("resumed from") == 1 and "step-00000003" in done.stdout
+    ddp_train, ddp_val = losses(tmp_path / "ddp")
+    assert ddp_train == pytest.approx(single[0], abs=1e-4)
+    assert ddp_val == pytest.approx(single[1], abs=1e-4)

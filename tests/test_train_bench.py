@@ -1,0 +1,43 @@
+"""`bench train --quick`: both models hold the same weights, every case is timed, MFU and ratios are reported."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llmscratch.bench.train import TrainBenchConfig, add_arguments, config_from_args, run_train_bench
+from llmscratch.model import get_config
+
+
+def test_flops_per_token_of_gpt2_124m():
+    from llmscratch.bench.train import train_flops_per_token
+
+    f = train_flops_per_token(get_config("gpt2-124m"), 256)
+    # 6 x (85M block matmul params + 38.6M head) + attention: about 0.76 GFLOP per token
+    assert f == 6 * (12 * 12 * 768 * 768 + 50257 * 768) + 12 * 12 * 256 * 768
+
+
+def test_quick_bench_compares_same_weights(tmp_path):
+    pytest.importorskip("transformers")
+    cfg = TrainBenchConfig.quick()
+    cfg.compiled, cfg.repeats, cfg.out_dir, cfg.progress = False, 2, str(tmp_path), False
+    r = run_train_bench(cfg)
+    assert r.max_logit_diff is not None and r.max_logit_diff < 1e-4
+    assert set(r.cases) == {"ours eager", "transformers eager"}
+    assert r.peak_gflops > 0 and all(0 < c["mfu"] < 1.5 for c in r.cases.values())
+    assert r.ratios["eager"] > 0
+    saved = json.loads((tmp_path / "bench_train.json").read_text())
+    assert saved["cases"]["ours eager"]["tokens_per_s"] == pytest.approx(r.cases["ours eager"]["tokens_per_s"])
+    assert (tmp_path / "bench_train.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_flags():
+    import argparse
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    quick = config_from_args(p.parse_args(["--quick"]))
+    assert quick.preset == "gpt2-tiny" and not quick.compiled
+    full = config_from_args(p.parse_args(["--batch-size", "4", "--no-compile"]))
+    assert full.preset == "gpt2-124m" and full.batch_size == 4 and not full.compiled and full.eager

@@ -1,0 +1,103 @@
+"""`llmscratch pretrain`: config files under command-line flags, user errors, and a real SIGKILL + --resume."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from llmscratch.cli import build_parser, main
+from llmscratch.cli.train import resolve_options
+from llmscratch.train.loop import KILL_ENV
+from llmscratch.train.plots import read_metrics
+from llmscratch.utils import UserError
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A small text and a BPE tokenizer file trained on it (no network, no mirror)."""
+    from llmscratch.tokenizer import train as train_bpe
+
+    folder = tmp_path_factory.mktemp("corpus")
+    r = random.Random(0)
+    words = "the cat sat on a mat and dog ran to big red house while small bird sang in tree".split()
+    text = " ".join(r.choice(words) for _ in range(2500))
+    (folder / "corpus.txt").write_text(text)
+    train_bpe(text, 300, special_tokens=["<|endoftext|>"]).save(folder / "tok.json")
+    return folder
+
+
+def args_for(corpus, out, *extra) -> list[str]:
+    return ["pretrain", "--data", str(corpus / "corpus.txt"), "--tokenizer", str(corpus / "tok.json"),
+            "--model", "gpt2-tiny", "--context", "16", "--batch-size", "4", "--epochs", "1", "--max-steps", "8",
+            "--eval-every", "4", "--save-every", "3", "--dropout", "0.1", "--lr", "3e-3", "--device", "cpu",
+            "--no-progress", "--sample-prompt", "the cat", "--sample-tokens", "4", "--out", str(out), *extra]
+
+
+def parse(argv):
+    return resolve_options(build_parser().parse_args(argv))
+
+
+def test_config_file_sits_between_defaults_and_flags(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("data: the-verdict\nlr: 4e-4\nbatch-size: 2\nno_qkv_bias: true\nepochs: '10'\n")
+    opts = parse(["pretrain", "--config", str(cfg), "--batch-size", "8"])
+    assert opts["data"] == "the-verdict" and opts["lr"] == 4e-4 and isinstance(opts["lr"], float)
+    assert opts["batch_size"] == 8  # the flag wins over the file
+    assert opts["no_qkv_bias"] is True and opts["epochs"] == 10
+    assert opts["model"] == "gpt2-124m"  # untouched default
+    js = tmp_path / "run.json"
+    js.write_text('{"data": "x.txt", "batch_size": 3}')
+    assert parse(["pretrain", "--config", str(js)])["batch_size"] == 3
+
+
+def test_config_file_mistakes_are_user_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: x\nlearning_rate: 1\n")
+    with pytest.raises(UserError, match="unknown settings learning_rate"):
+        parse(["pretrain", "--config", str(bad)])
+    bad.write_text("data: x\nepochs: many\n")
+    with pytest.raises(UserError, match="epochs must be int"):
+        parse(["pretrain", "--config", str(bad)])
+    with pytest.raises(UserError, match="not found"):
+        parse(["pretrain", "--config", str(tmp_path / "none.yaml")])
+    with pytest.raises(UserError, match="--data is required"):
+        parse(["pretrain"])
+
+
+def test_cli_errors_print_one_line(tmp_path, corpus, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(args_for(corpus, tmp_path / "o", "--model", "gpt2-huge"))
+    assert e.value.code == 2
+    assert "unknown model preset 'gpt2-huge'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(args_for(corpus, tmp_path / "o", "--context", "4000"))
+    assert "fewer than one window" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--data", str(tmp_path / "missing.txt")])
+    assert "neither a file nor a data set name" in capsys.readouterr().err
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, corpus, capsys):
+    main(args_for(corpus, tmp_path / "full"))
+    full = read_metrics(tmp_path / "full" / "metrics.jsonl")
+    assert "trained 8 steps" in capsys.readouterr().out
+    env = {**os.environ, KILL_ENV: "5", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "llmscratch", *args_for(corpus, tmp_path / "cut")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert "step 4/8" in proc.stdout and "step 8/8" not in proc.stdout
+    main(args_for(corpus, tmp_path / "cut", "--resume"))
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "step-00000003" in out
+    resumed = read_metrics(tmp_path / "cut" / "metrics.jsonl")
+    train_full = [r["loss"] for r in full if r["type"] == "train"]
+    train_resumed = [r["loss"] for r in resumed if r["type"] == "train"]
+    assert len(train_full) == 8 and train_resumed == pytest.approx(train_full, abs=1e-6)
+    keys = ("step", "tokens", "train_loss", "val_loss", "sample")
+    evals = [[r.get(k) for k in keys] for r in resumed if r["type"] == "eval"]
+    assert evals == [[r.get(k) for k in keys] for r in full if r["type"] == "eval"]
