@@ -100,6 +100,13 @@ def test_saved_classifier_predicts_like_the_trained_model(tmp_path, monkeypatch)
         load_classifier(tmp_path / "run")
     with pytest.raises(UserError, match="not a classifier folder"):
         load_classifier(tmp_path)
+    info = json.loads((tmp_path / "run" / "classifier.json").read_text())
+    (tmp_path / "run" / "classifier.json").write_text(json.dumps({**info, "surprise": 1}))
+    with pytest.raises(UserError, match="damaged"):
+        load_classifier(tmp_path / "run")
+    (tmp_path / "run" / "classifier.json").write_text(json.dumps({**info, "dtype": "float99"}))
+    with pytest.raises(UserError, match="unknown dtype"):
+        load_classifier(tmp_path / "run")
 
 
 class NoModel:

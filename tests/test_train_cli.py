@@ -101,3 +101,17 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, corpus, capsys)
     keys = ("step", "tokens", "train_loss", "val_loss", "sample")
     evals = [[r.get(k) for k in keys] for r in resumed if r["type"] == "eval"]
     assert evals == [[r.get(k) for k in keys] for r in full if r["type"] == "eval"]
+
+
+def test_book_style_model_untied_with_torch_init(tmp_path, corpus, capsys):
+    from llmscratch.weights import load_model
+
+    main(args_for(corpus, tmp_path / "book", "--no-tie-embeddings", "--init", "torch", "--max-steps", "2"))
+    loaded = load_model(tmp_path / "book" / "final")
+    m = loaded.model
+    assert m.config.tie_embeddings is False and m.head.weight is not m.tok_emb.weight
+    assert 0.8 < float(m.tok_emb.weight.detach().std()) < 1.2  # N(0, 1) embeddings, PyTorch's default
+    assert loaded.tokenizer is not None and loaded.tokenizer.vocab_size == m.config.vocab_size
+    with pytest.raises(SystemExit):
+        main(args_for(corpus, tmp_path / "bad", "--init", "xavier"))
+    assert "--init must be one of gpt2, torch" in capsys.readouterr().err

@@ -48,7 +48,7 @@ class TrainableSpec:
 
     mode: str = "blocks"
     n_blocks: int = 1
-    lora_rank: int = 8
+    lora_rank: int = 16
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = DEFAULT_TARGETS
 
@@ -63,7 +63,7 @@ class TrainableSpec:
 
 
 def parse_trainable(
-    text: str, lora_rank: int = 8, lora_alpha: float = 16.0, lora_targets: Sequence[str] | None = None
+    text: str, lora_rank: int = 16, lora_alpha: float = 16.0, lora_targets: Sequence[str] | None = None
 ) -> TrainableSpec:
     """The spec of a `--trainable` value: last-block, last-N, all or lora."""
     text = text.strip().lower()
@@ -214,7 +214,14 @@ def read_classifier_info(folder: str | Path) -> ClassifierInfo:
     if d.get("version") != CLASSIFIER_VERSION:
         raise UserError(f"{path} has classifier format version {d.get('version')}, this llmscratch reads "
                         f"{CLASSIFIER_VERSION}")
-    return ClassifierInfo(**d)
+    try:
+        info = ClassifierInfo(**d)
+        info.spec  # noqa: B018 (checks the "trainable" entry)
+    except TypeError as e:
+        raise UserError(f"{path} is damaged: {e}") from None
+    if not isinstance(getattr(torch, str(info.dtype), None), torch.dtype):
+        raise UserError(f"{path}: unknown dtype {info.dtype!r}")
+    return info
 
 
 def load_base(spec: str, device=None, dtype: torch.dtype | None = None):

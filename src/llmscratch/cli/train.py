@@ -18,6 +18,9 @@ OPTIONS: list[tuple[str, object, object, str]] = [
     ("--tokenizer", str, "gpt2", "gpt2, or a tokenizer file/folder (the model's vocabulary follows it)"),
     ("--dropout", float, 0.0, "dropout rate"),
     ("--no-qkv-bias", bool, False, "no bias in the query/key/value projection"),
+    ("--no-tie-embeddings", bool, False, "a separate output head instead of the token embedding (the book's 163M)"),
+    ("--init", str, "gpt2", "weight initialisation: gpt2 (normal, std 0.02) or torch (PyTorch's per-layer defaults, "
+                            "as the book's GPTModel)"),
     ("--batch-size", int, 8, "sequences per micro-batch per process"),
     ("--grad-accum", int, 1, "micro-batches per optimizer step"),
     ("--epochs", int, 1, "passes over the training windows"),
@@ -63,8 +66,8 @@ def register(subparsers) -> None:
         description="Train a GPT model from scratch with next-token prediction. Runs on several processes "
         "with `torchrun --nproc_per_node=N -m llmscratch pretrain ...` (DistributedDataParallel).",
         epilog="Example (the book's chapter 5): llmscratch pretrain --data the-verdict --model gpt2-124m "
-        "--context 256 --dropout 0.1 --no-qkv-bias --lr 4e-4 --weight-decay 0.1 --batch-size 2 --epochs 10 "
-        "--schedule constant --eval-every 5 --out runs/verdict",
+        "--context 256 --dropout 0.1 --no-qkv-bias --no-tie-embeddings --init torch --lr 4e-4 --weight-decay 0.1 "
+        "--batch-size 2 --epochs 10 --schedule constant --grad-clip 0 --eval-every 5 --out runs/verdict",
     )
     for flag, typ, default, text in OPTIONS:
         shown = "" if default in (None, False) else f" (default: {default})"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from torch import nn
+
 from llmscratch.train import distributed
 from llmscratch.train.config import TrainConfig
 from llmscratch.train.loop import TrainResult, seed_everything, train
@@ -21,8 +23,22 @@ def train_config_from_options(opts: dict) -> TrainConfig:
         sample_prompt=opts["sample_prompt"], sample_tokens=opts["sample_tokens"], tensorboard=opts["tensorboard"],
         progress=not opts["no_progress"],
         extra={k: opts[k] for k in ("data", "model", "context", "stride", "train_ratio", "tokenizer", "dropout",
-                                    "no_qkv_bias")},
+                                    "no_qkv_bias", "no_tie_embeddings", "init")},
     )
+
+
+INITS = ("gpt2", "torch")
+
+
+def initialize(model: nn.Module, scheme: str) -> nn.Module:
+    """Re-initialise `model` in place: "gpt2" keeps the model's own init (normal, std 0.02); "torch" resets every
+    Linear, Embedding and LayerNorm to PyTorch's defaults (Kaiming-uniform linears, N(0, 1) embeddings), which is
+    what the book's GPTModel trains from. Draws from the global torch generator (seeded)."""
+    if scheme == "torch":
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding, nn.LayerNorm)):
+                m.reset_parameters()
+    return model
 
 
 def pretrain_from_options(opts: dict) -> str | None:
@@ -39,16 +55,19 @@ def pretrain_from_options(opts: dict) -> str | None:
         tokenizer = load_tokenizer(opts["tokenizer"])
         base = get_config(opts["model"])
         context = opts["context"] or base.context_length
+        if opts["init"] not in INITS:
+            raise UserError(f"--init must be one of {', '.join(INITS)}, got {opts['init']!r}")
         if context < 2:
             raise UserError(f"--context must be at least 2, got {context}")
         if not 0.0 < opts["dropout"] < 1.0 and opts["dropout"] != 0.0:
             raise UserError(f"--dropout must be in [0, 1), got {opts['dropout']}")
+        overrides = {"tie_embeddings": False} if opts["no_tie_embeddings"] else {}
         config = get_config(opts["model"], vocab_size=tokenizer.vocab_size, context_length=context,
-                            dropout=opts["dropout"], qkv_bias=not opts["no_qkv_bias"])
+                            dropout=opts["dropout"], qkv_bias=not opts["no_qkv_bias"], **overrides)
         data = load_pretrain_data(opts["data"], tokenizer, context, opts["stride"], opts["train_ratio"])
         if info.is_main:
             print(data.describe())
-        model = build_model(config)
+        model = initialize(build_model(config), opts["init"])
         task = PretrainTask(data.train, data.val, seed=cfg.seed)
         ref = opts["tokenizer"] if opts["tokenizer"] == "gpt2" else None
         result = train(model, task, cfg, tokenizer=tokenizer, tokenizer_ref=ref, resume=opts["resume"],
