@@ -1,8 +1,9 @@
-"""`llmscratch demo`: the whole pipeline in a few minutes on a laptop CPU, with no network.
+"""`llmscratch demo`: the whole pipeline in a few minutes on a laptop CPU.
 
 The steps, one after another in `run_demo`: (1) a corpus every machine has, (2) our BPE tokenizer trained on
 it, (3) a small GPT trained on it (progress bar, loss plot), (4) text generated with and without the KV cache
-(same tokens, timed). Each step is one block below; a new step is one more block.
+(same tokens, timed), (5) a real pretrained model answers a question (fetched once; skipped, with the reason,
+when it cannot be fetched). Steps 1-4 need no network. Each step is one block below; a new step is one more block.
 """
 
 from __future__ import annotations
@@ -250,7 +251,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--quick", action="store_true", help="a tiny run that takes seconds (smoke test)")
     p.add_argument("--corpus", default="auto", help="auto, pydoc, the-verdict or a text file (default: auto)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: 300; --quick: 8)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: 800; --quick: 8)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="stop training after this many seconds even if steps remain (default: 120; 0: no limit)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: the cores not busy with other work)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -272,6 +275,10 @@ def _run(args: argparse.Namespace) -> None:
         if args.threads < 1:
             raise UserError(f"--threads must be >= 1, got {args.threads}")
         settings.threads = args.threads
+    if args.max_seconds is not None:
+        if args.max_seconds < 0:
+            raise UserError(f"--max-seconds must be >= 0, got {args.max_seconds}")
+        settings.max_seconds = args.max_seconds or None
     if args.steps is not None:
         if args.steps < 1:
             raise UserError(f"--steps must be >= 1, got {args.steps}")
