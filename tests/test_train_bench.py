@@ -26,7 +26,7 @@ def test_quick_bench_compares_same_weights(tmp_path):
     assert r.max_logit_diff is not None and r.max_logit_diff < 1e-4
     assert set(r.cases) == {"ours eager", "transformers eager"}
     assert r.peak_gflops > 0 and all(0 < c["mfu"] < 1.5 for c in r.cases.values())
-    assert r.ratios["eager"] > 0
+    assert r.ratios["eager"] > 0 and r.round_ratios["eager"] > 0
     saved = json.loads((tmp_path / "bench_train.json").read_text())
     assert saved["cases"]["ours eager"]["tokens_per_s"] == pytest.approx(r.cases["ours eager"]["tokens_per_s"])
     assert (tmp_path / "bench_train.png").read_bytes()[:4] == b"\x89PNG"

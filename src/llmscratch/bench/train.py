@@ -13,6 +13,7 @@ transformers is imported lazily: it is a benchmark reference, never a dependency
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -53,8 +54,6 @@ class CaseResult:
 
     @property
     def median_s(self) -> float:
-        import statistics
-
         return statistics.median(self.seconds)
 
     @property
@@ -73,7 +72,8 @@ class TrainBenchResult:
     peak_gflops: float
     flops_per_token: float
     cases: dict[str, dict] = field(default_factory=dict)
-    ratios: dict[str, float] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)  # ours / transformers tokens/s (medians)
+    round_ratios: dict[str, float] = field(default_factory=dict)  # median over rounds of the same ratio
     max_logit_diff: float | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -183,8 +183,10 @@ def run_train_bench(cfg: TrainBenchConfig) -> TrainBenchResult:
     x, y = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()  # (B, T) each
     flops = train_flops_per_token(config, cfg.seq_len)
     result = TrainBenchResult(config=dict(cfg.__dict__), machine=info, peak_gflops=0.0, flops_per_token=flops)
-    print(f"{cfg.preset}: {ours.num_params() / 1e6:.1f} M parameters, batch {cfg.batch_size} x {cfg.seq_len} tokens, "
-          f"dropout {cfg.dropout}; {flops / 1e9:.2f} GFLOP per token per training step")
+    print(f"{cfg.preset}: {ours.num_params() / 1e6:.3g} M parameters, batch {cfg.batch_size} x {cfg.seq_len} tokens, "
+          f"dropout {cfg.dropout}; "
+          + (f"{flops / 1e9:.2f} GFLOP" if flops >= 1e8 else f"{flops / 1e6:.3g} MFLOP")
+          + " per token per training step")
 
     if theirs is not None:
         with torch.no_grad():
@@ -225,10 +227,13 @@ def run_train_bench(cfg: TrainBenchConfig) -> TrainBenchResult:
         a, b = result.cases.get(f"ours {mode}"), result.cases.get(f"transformers {mode}")
         if a and b:
             result.ratios[mode] = a["tokens_per_s"] / b["tokens_per_s"]
+            # each round ran both back to back: the median of the per-round ratios is less exposed to load drift
+            result.round_ratios[mode] = statistics.median(t / o for o, t in zip(a["seconds"], b["seconds"]))
     print(format_table(["case", "step ms", "tokens/s", "GFLOP/s", "MFU"], rows))
     print(f"matmul peak ({cfg.matmul_n}^3 float32, same run): {result.peak_gflops:.1f} GFLOP/s")
     for mode, r in result.ratios.items():
-        print(f"ours / transformers, {mode}: {r:.2f}x")
+        print(f"ours / transformers, {mode}: {r:.2f}x (ratio of medians; median of per-round ratios "
+              f"{result.round_ratios[mode]:.2f}x)")
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)

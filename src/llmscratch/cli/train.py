@@ -37,10 +37,10 @@ OPTIONS: list[tuple[str, object, object, str]] = [
     ("--eval-train-batches", int, 0, "also measure the train loss in eval mode on this many train batches"),
     ("--patience", int, None, "early stopping: evaluations without a better validation loss"),
     ("--save-every", int, None, "optimizer steps between checkpoints (default: at each evaluation)"),
-    ("--keep-last", int, 3, "checkpoints to keep (plus the best)"),
+    ("--keep-last", int, 3, "newest checkpoints to keep (the best model is kept apart, in OUT/best)"),
     ("--sample-prompt", str, "Every effort moves you", "prompt continued at each evaluation"),
     ("--sample-tokens", int, 30, "tokens generated for the sample (0: none)"),
-    ("--out", str, "runs/pretrain", "output folder (checkpoints, metrics.jsonl, loss.png, final/)"),
+    ("--out", str, "runs/pretrain", "output folder: checkpoints/, final/ and best/ models, metrics.jsonl, loss.png"),
     ("--resume", bool, False, "continue the run in --out from its newest good checkpoint"),
     ("--overwrite", bool, False, "replace an earlier run in --out"),
     ("--device", str, "auto", "cpu, cuda, mps or auto"),
@@ -67,7 +67,8 @@ def register(subparsers) -> None:
         "with `torchrun --nproc_per_node=N -m llmscratch pretrain ...` (DistributedDataParallel).",
         epilog="Example (the book's chapter 5): llmscratch pretrain --data the-verdict --model gpt2-124m "
         "--context 256 --dropout 0.1 --no-qkv-bias --no-tie-embeddings --init torch --lr 4e-4 --weight-decay 0.1 "
-        "--batch-size 2 --epochs 10 --schedule constant --grad-clip 0 --eval-every 5 --out runs/verdict",
+        "--batch-size 2 --epochs 10 --schedule constant --grad-clip 0 --eval-every 5 --eval-train-batches 5 "
+        "--out runs/verdict",
     )
     for flag, typ, default, text in OPTIONS:
         shown = "" if default in (None, False) else f" (default: {default})"
