@@ -9,10 +9,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import mirror_file
 
 import llmscratch.classify as classify
-from llmscratch.classify import FinetuneConfig, finetune_classifier, load_classifier
+from llmscratch.classify import FinetuneConfig, finetune_classifier, load_classifier, load_splits
 from llmscratch.model import GPTConfig, build_model
+from llmscratch.model.lora import unmerge_lora
 from llmscratch.utils import UserError
 
 CFG = GPTConfig(vocab_size=257, context_length=64, emb_dim=32, n_layers=2, n_heads=4)
@@ -91,6 +93,9 @@ def test_saved_classifier_predicts_like_the_trained_model(tmp_path, monkeypatch)
     assert [p.label for p in preds] == [max(p.probabilities, key=p.probabilities.get) for p in preds]
     assert all(abs(sum(p.probabilities.values()) - 1) < 1e-5 for p in preds)
     # The same predictions in a batch and alone (right padding does not change anything).
+    unmerge_lora(clf.model)  # the classifier merged its adapters; unmerged, it predicts the same
+    for p, q in zip(preds, clf.predict(["klmzno", "klmnop", "pppzzk"])):
+        assert list(q.probabilities.values()) == pytest.approx(list(p.probabilities.values()), abs=1e-5)
     alone = clf.predict(["pppzzk"])[0].probabilities
     assert alone.keys() == preds[2].probabilities.keys()
     assert list(alone.values()) == pytest.approx(list(preds[2].probabilities.values()), abs=1e-5)
@@ -177,3 +182,14 @@ def test_resume_continues_a_run(tmp_path):
     assert first["train"]["steps"] == 2
     again = finetune_classifier(config(tmp_path, data, epochs=2, eval_every=0, resume=True), base=base())
     assert again["train"]["steps"] == 4 and again["train"]["resumed_from"].endswith("step-00000002")
+
+
+def test_sms_spam_uses_the_books_split():
+    mirror_file("SMSSpamCollection")
+    (train, val, test), desc = load_splits(FinetuneConfig(model="unused"))
+    assert desc["rows"] == {"train": 1045, "validation": 149, "test": 300}
+    assert desc["balanced"] and train.label_names == val.label_names == test.label_names == ["ham", "spam"]
+    (train, _, _), desc = load_splits(FinetuneConfig(model="unused", balanced=False))
+    assert sum(desc["rows"].values()) == 5574
+    with pytest.raises(UserError, match="sms-spam has the labels"):
+        load_splits(FinetuneConfig(model="unused"), labels=["spam", "ham"])

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llmscratch.model.lora import DEFAULT_TARGETS, apply_lora, name_matches
+from llmscratch.model.lora import DEFAULT_TARGETS, apply_lora, merge_lora, name_matches
 from llmscratch.utils import UserError, atomic_path, atomic_write_text
 
 CLASSIFIER_FORMAT = "llmscratch-classifier"
@@ -322,6 +322,7 @@ def load_classifier(folder: str | Path, device=None) -> Classifier:
             "(fingerprint mismatch); load the same base model (same file, same preset seed)"
         )
     restore_trained(model, folder, info)
+    merge_lora(model)  # inference only: fold the adapters into the weights (no extra matmuls)
     return Classifier(model, loaded.tokenizer, info)
 
 
