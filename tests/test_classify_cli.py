@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 
 import pytest
@@ -90,3 +91,35 @@ def test_user_errors_exit_2(tiny_folder, tmp_path, capsys, argv, message):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_gpt2_from_the_hub_cache_fine_tunes_with_the_same_command(tmp_path, capsys):
+    """`--model gpt2` as a user with the hub runs it: a transformers-written GPT-2 folder in the registry's cache.
+
+    The weights are random and tiny (the real 124M ones cannot be downloaded here); the tokenizer is GPT-2's own.
+    """
+    from conftest import mirror_file
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from llmscratch.weights.registry import _COMPLETE, get_entry, models_root
+
+    encoder, merges = mirror_file("gpt2/encoder.json"), mirror_file("gpt2/vocab.bpe")
+    assert models_root().is_relative_to(os.environ["LLMSCRATCH_CACHE"])  # the tests' private cache, not ~/.cache
+    hub = models_root() / get_entry("gpt2").name / "hub"
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64)).save_pretrained(hub)
+    (hub / "vocab.json").write_bytes(encoder.read_bytes())
+    (hub / "merges.txt").write_bytes(merges.read_bytes())
+    (hub / _COMPLETE).write_text("")
+
+    data = spam_table(tmp_path / "msgs.tsv")
+    out = tmp_path / "clf"
+    main(["finetune", "classify", "--model", "gpt2", "--data", str(data), "--text-column", "message",
+          "--label-column", "kind", "--epochs", "6", "--lr", "1e-2", "--eval-every", "0", "--out", str(out),
+          "--no-progress"])
+    assert "test accuracy:" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["base"] == "gpt2" and report["model"]["family"] == "gpt2"
+    assert report["model"]["trainable"] == "last-block"
+    main(["classify", "--model", str(out), "--text", "ok $ see you"])
+    assert capsys.readouterr().out.split("\t")[0] in ("ham", "spam")

@@ -69,6 +69,7 @@ def test_loss_falls_and_accuracy_rises(tmp_path, trainable):
     evals = report["train"]["evaluations"]
     assert [e["step"] for e in evals] == [1, 20, 40]
     assert evals[-1]["val_loss"] < 0.5 * evals[0]["val_loss"]
+    assert all(e["val_ppl"] is None for e in evals)  # perplexity belongs to next-token tasks only
     assert report["loss"]["train"] < 0.35 < 0.69  # below chance level log(2)
     assert report["accuracy"]["train"] >= 0.85  # chance: 0.5
     assert report["data"]["rows"] == {"train": 33, "validation": 4, "test": 11}

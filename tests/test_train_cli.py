@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -98,6 +99,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, corpus, capsys)
     train_full = [r["loss"] for r in full if r["type"] == "train"]
     train_resumed = [r["loss"] for r in resumed if r["type"] == "train"]
     assert len(train_full) == 8 and train_resumed == pytest.approx(train_full, abs=1e-6)
+    evals = [r for r in full if r["type"] == "eval"]
+    assert evals and all(r["val_ppl"] == pytest.approx(math.exp(r["val_loss"])) for r in evals)
     keys = ("step", "tokens", "train_loss", "val_loss", "sample")
     evals = [[r.get(k) for k in keys] for r in resumed if r["type"] == "eval"]
     assert evals == [[r.get(k) for k in keys] for r in full if r["type"] == "eval"]

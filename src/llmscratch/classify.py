@@ -516,7 +516,7 @@ def finetune_classifier(cfg: FinetuneConfig, base=None, command: str | None = No
                    overwrite=cfg.overwrite)
 
     t0 = time.perf_counter()
-    evals = {name: evaluate_classifier(model, ds, cfg.batch_size, pad_id)
+    evals = {name: evaluate_classifier(model, ds, cfg.batch_size, pad_id, f"{name} accuracy" if cfg.progress else None)
              for name, ds in (("train", train_ds), ("validation", val_ds), ("test", test_ds))}
     eval_s = time.perf_counter() - t0
     save_classifier(model, out, info)

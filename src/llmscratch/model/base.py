@@ -58,7 +58,9 @@ class LanguageModel(nn.Module):
             if cache is not None:
                 raise ValueError("positions are required with a cache: the slots to write these tokens at")
             positions = torch.arange(T, device=ids.device)
-        end = int(positions[-1]) + 1
+            end = T  # known without reading the tensor (no device sync, no torch.compile graph break)
+        else:
+            end = int(positions[-1]) + 1
         limit = cache.max_len if cache is not None else self.config.context_length
         if end > limit:
             raise ValueError(

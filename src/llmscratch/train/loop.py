@@ -415,7 +415,7 @@ def train(
                 rec = {"type": "eval", "step": state.step, "epoch": state.epoch + (state.batch > 0),
                        "tokens": state.tokens_seen, "lr": lr,
                        "train_loss": sum(state.recent_losses) / len(state.recent_losses), "val_loss": val,
-                       "val_ppl": math.exp(min(val, 700.0)) if val is not None else None, **res}
+                       "val_ppl": math.exp(min(val, 700.0)) if val is not None and task.produces_text else None, **res}
                 state.recent_losses = []
                 if cfg.eval_train_batches:
                     rec["eval_train_loss"] = evaluate(eval_model, task, cfg, info, cfg.eval_train_batches,
@@ -490,7 +490,8 @@ def _eval_line(rec: dict, total: int) -> str:
     if rec.get("eval_train_loss") is not None:
         parts[-1] += f" (eval {rec['eval_train_loss']:.3f})"
     if rec.get("val_loss") is not None:
-        parts.append(f"val {rec['val_loss']:.3f} (ppl {rec['val_ppl']:.1f})")
+        ppl = f" (ppl {rec['val_ppl']:.1f})" if rec.get("val_ppl") is not None else ""  # next-token tasks only
+        parts.append(f"val {rec['val_loss']:.3f}{ppl}")
     skip = {"type", "step", "epoch", "tokens", "lr", "train_loss", "val_loss", "val_ppl", "sample", "eval_train_loss"}
     parts += [f"{k} {v:.4f}" for k, v in rec.items() if k not in skip and isinstance(v, float)]
     line = " | ".join(parts)

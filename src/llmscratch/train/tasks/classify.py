@@ -98,17 +98,27 @@ def eval_batches(
 
 
 @torch.no_grad()
-def evaluate_classifier(model, dataset: ClassificationDataset, batch_size: int, pad_id: int) -> dict[str, float]:
-    """Mean loss and accuracy of `model` over every row of `dataset` (eval mode, no gradients)."""
+def evaluate_classifier(
+    model, dataset: ClassificationDataset, batch_size: int, pad_id: int, desc: str | None = None
+) -> dict[str, float]:
+    """Mean loss and accuracy of `model` over every row of `dataset` (eval mode, no gradients).
+
+    With `desc`, a progress bar of that name counts the texts.
+    """
+    from tqdm.auto import tqdm
+
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     loss_sum, correct, n = 0.0, 0, 0
+    bar = tqdm(total=len(dataset), desc=desc, unit="text", disable=desc is None, leave=False)
     for ids, _, last, labels in eval_batches(dataset, batch_size, pad_id):
+        bar.update(len(labels))
         ids, last, labels = ids.to(device), last.to(device), labels.to(device)
         logits = last_token_logits(model, ids, last).float()
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
         correct += int((logits.argmax(-1) == labels).sum())
         n += len(labels)
+    bar.close()
     model.train(was_training)
     return {"loss": loss_sum / max(n, 1), "accuracy": correct / max(n, 1), "count": n}
