@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llmscratch.model.lora import DEFAULT_TARGETS, apply_lora, merge_lora, name_matches
+from llmscratch.model.lora import DEFAULT_TARGETS, apply_lora, merge_lora, name_matches, unmerge_lora
 from llmscratch.utils import UserError, atomic_path, atomic_write_text
 
 CLASSIFIER_FORMAT = "llmscratch-classifier"
@@ -516,8 +516,10 @@ def finetune_classifier(cfg: FinetuneConfig, base=None, command: str | None = No
                    overwrite=cfg.overwrite)
 
     t0 = time.perf_counter()
+    merge_lora(model)  # evaluation with the adapters folded into the weights: no extra products per layer
     evals = {name: evaluate_classifier(model, ds, cfg.batch_size, pad_id, f"{name} accuracy" if cfg.progress else None)
              for name, ds in (("train", train_ds), ("validation", val_ds), ("test", test_ds))}
+    unmerge_lora(model)
     eval_s = time.perf_counter() - t0
     save_classifier(model, out, info)
 
