@@ -45,10 +45,11 @@ def pretrain_from_options(opts: dict) -> str | None:
     """Build tokenizer, data, model and task from `opts`, train, and return a summary (None on ranks > 0)."""
     from llmscratch.model import build_model, get_config
     from llmscratch.tokenizer import load_tokenizer
-    from llmscratch.train.tasks.pretrain import PretrainTask, load_pretrain_data
+    from llmscratch.train.tasks.pretrain import PretrainTask, check_data_spec, load_pretrain_data
 
     cfg = train_config_from_options(opts)
     cfg.validate()
+    check_data_spec(str(opts["data"]))  # a mistyped path is reported before the tokenizer is fetched
     info = distributed.setup(cfg.device)
     try:
         seed_everything(cfg.seed)

@@ -74,16 +74,22 @@ class PretrainData:
                 f"{self.train.max_length} tokens")
 
 
+def check_data_spec(data: str) -> None:
+    """UserError unless `data` is an existing file or a data registry name (nothing is fetched)."""
+    from llmscratch.data.registry import DATASETS
+
+    if not Path(data).expanduser().is_file() and data not in DATASETS:
+        raise UserError(f"--data {data!r} is neither a file nor a data set name; known data sets: "
+                        f"{', '.join(DATASETS)}")
+
+
 def resolve_data(data: str) -> Path:
     """A data spec as a local file: a data registry name (fetched), a text file, or a token file (*.bin)."""
-    from llmscratch.data.registry import DATASETS, fetch
+    from llmscratch.data.registry import fetch
 
+    check_data_spec(data)
     path = Path(data).expanduser()
-    if path.is_file():
-        return path
-    if data in DATASETS:
-        return fetch(data)
-    raise UserError(f"--data {data!r} is neither a file nor a data set name; known data sets: {', '.join(DATASETS)}")
+    return path if path.is_file() else fetch(data)
 
 
 def load_pretrain_data(
