@@ -282,9 +282,10 @@ def test_bench_generate_quick_smoke(tmp_path, capsys):
     from llmscratch.cli import main
 
     threads = torch.get_num_threads()
-    main(["bench", "generate", "--quick", "--threads", "1", "--out", str(tmp_path)])
+    main(["bench", "generate", "--quick", "--threads", "1", "--no-progress", "--out", str(tmp_path)])
     assert torch.get_num_threads() == threads  # restored
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "generate bench" not in err  # --no-progress: no bar
     assert "load average" in out and "OMP_WAIT_POLICY" in out and "memory bandwidth" in out
     assert "ours, KV cache" in out and "decode limit" in out
     data = json.loads((tmp_path / "bench_generate.json").read_text())

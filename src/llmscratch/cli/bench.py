@@ -42,6 +42,7 @@ def add_generate_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-transformers", action="store_true", help="benchmark ours only")
     p.add_argument("--out", default="bench-results", help="folder for bench_generate.json and .png")
     p.add_argument("--quick", action="store_true", help="a few-seconds smoke run (tiny preset, few tokens)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     p.set_defaults(func=_generate)
     return p
 
@@ -52,7 +53,8 @@ def _generate(args: argparse.Namespace) -> None:
     from llmscratch.bench.generate import GenerateBenchConfig, run_generate_bench
     from llmscratch.utils import UserError
 
-    overrides: dict = {"out": Path(args.out), "transformers": not args.no_transformers}
+    overrides: dict = {"out": Path(args.out), "transformers": not args.no_transformers,
+                       "progress": not args.no_progress}
     if args.model:
         overrides["model"] = args.model
     if args.tokens:
