@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,34 @@ def mirror_file(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{name} not in the data mirror {mirror}")
     return path
+
+
+class ByteTokenizer:
+    """A tokenizer for tiny test models: ids are the UTF-8 bytes, 256 is <|endoftext|> (no pad id)."""
+
+    vocab_size = 257
+    eos_id = 256
+    pad_id = None
+    spec = "bytes"
+
+    def encode(self, text, allowed_special=frozenset()):
+        out = []
+        for i, part in enumerate(text.split("<|endoftext|>")):
+            if i:
+                out.append(self.eos_id)
+            out.extend(part.encode("utf-8"))
+        return out
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A folder with a small text (corpus.txt) and a BPE tokenizer trained on it (tok.json): no network, no mirror."""
+    from llmscratch.tokenizer import train as train_bpe
+
+    folder = tmp_path_factory.mktemp("corpus")
+    r = random.Random(0)
+    words = "the cat sat on a mat and dog ran to big red house while small bird sang in tree".split()
+    text = " ".join(r.choice(words) for _ in range(2500))
+    (folder / "corpus.txt").write_text(text)
+    train_bpe(text, 300, special_tokens=["<|endoftext|>"]).save(folder / "tok.json")
+    return folder

@@ -113,7 +113,7 @@ def test_checkpoint_folder_layout_has_no_pickle(tmp_path):
     assert state["state"]["step"] == 10 and state["state"]["epoch"] == 1 and state["state"]["batch"] == 0
     assert state["train_config"]["batch_size"] == 4
     assert r.checkpoint == folders[-1]
-    assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
+    assert not [p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith(".")]  # no leftovers
 
 
 def test_verify_detects_truncated_altered_and_missing_files(tmp_path):

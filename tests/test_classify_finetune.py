@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import mirror_file
+from conftest import ByteTokenizer, mirror_file
 
 import llmscratch.classify as classify
 from llmscratch.classify import FinetuneConfig, finetune_classifier, load_classifier, load_splits
@@ -18,16 +18,6 @@ from llmscratch.model.lora import unmerge_lora
 from llmscratch.utils import UserError
 
 CFG = GPTConfig(vocab_size=257, context_length=64, emb_dim=32, n_layers=2, n_heads=4)
-
-
-class ByteTokenizer:
-    """One token per UTF-8 byte; 256 is end of text (used for padding)."""
-
-    eos_id = 256
-    pad_id = None
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
 
 
 def base(seed: int = 0):

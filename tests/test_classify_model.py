@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import ByteTokenizer
 
 from llmscratch.classify import (
     ClassifierInfo,
@@ -23,16 +24,6 @@ from llmscratch.utils import UserError
 
 # emb 32, 2 layers, 4 heads, vocab 257 (bytes + end of text).
 CFG = GPTConfig(vocab_size=257, context_length=64, emb_dim=32, n_layers=2, n_heads=4)
-
-
-class ByteTokenizer:
-    """One token per UTF-8 byte; 256 is end of text."""
-
-    eos_id = 256
-    pad_id = None
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
 
 
 def tiny(seed: int = 0):
@@ -160,9 +151,11 @@ def test_task_batches_and_metrics():
     correct, n = task.metrics(model, batch)["accuracy"]
     assert n == 8 and 0 <= correct <= 8
     model.eval()
-    with torch.no_grad():  # evaluation reuses the logits of `loss` in `metrics`; same answer as computing afresh
-        task.loss(model, batch)
+    with torch.no_grad():  # evaluate_batch: one forward pass for both; the same answers as loss and metrics
+        loss = task.loss(model, batch)
         assert task.metrics(model, batch) == task.metrics(model, batch) == {"accuracy": (correct, n)}
+        both = task.evaluate_batch(model, batch)
+        assert float(both[0]) == pytest.approx(float(loss)) and both[1] == {"accuracy": (correct, n)}
     assert task.batch_tokens(batch) == int(batch[1].sum()) < batch[0].numel()
     result = evaluate_classifier(model, val, 5, 256)
     assert result["count"] == 12 and 0 <= result["accuracy"] <= 1

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import mirror_file
+from conftest import ByteTokenizer, mirror_file
 
 from llmscratch.data.classification import (
     ClassificationData,
@@ -23,15 +23,6 @@ from llmscratch.data.classification import (
 )
 from llmscratch.data.pretrain import seek
 from llmscratch.utils import UserError
-
-
-class ByteTokenizer:
-    vocab_size = 257
-    eos_id = 256
-    pad_id = None
-
-    def encode(self, text, allowed_special=frozenset()):
-        return list(text.encode("utf-8"))
 
 
 def _fingerprint(part: ClassificationData) -> str:

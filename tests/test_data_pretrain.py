@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import regex
 import torch
-from conftest import mirror_file
+from conftest import ByteTokenizer, mirror_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,23 +33,6 @@ LLAMA3_PATTERN = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
     r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
-
-
-class ByteTokenizer:
-    """Ids are the UTF-8 bytes; 256 is <|endoftext|>."""
-
-    vocab_size = 257
-    eos_id = 256
-    pad_id = None
-    spec = "bytes"
-
-    def encode(self, text, allowed_special=frozenset()):
-        out = []
-        for i, part in enumerate(text.split("<|endoftext|>")):
-            if i:
-                out.append(self.eos_id)
-            out.extend(part.encode("utf-8"))
-        return out
 
 
 class PieceTokenizer:

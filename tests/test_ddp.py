@@ -4,7 +4,6 @@ with the same global batch, only rank 0 writes, and both ranks resume from the s
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 
@@ -14,19 +13,6 @@ from llmscratch.cli import main
 from llmscratch.train.checkpoint import list_checkpoints
 from llmscratch.train.loop import KILL_ENV
 from llmscratch.train.plots import read_metrics
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    from llmscratch.tokenizer import train as train_bpe
-
-    folder = tmp_path_factory.mktemp("ddp_corpus")
-    r = random.Random(1)
-    words = "one two three four five six seven eight nine ten red green blue".split()
-    text = " ".join(r.choice(words) for _ in range(2500))
-    (folder / "corpus.txt").write_text(text)
-    train_bpe(text, 290).save(folder / "tok.json")
-    return folder
 
 
 def pretrain_args(corpus, out, batch_size: int, *extra) -> list[str]:

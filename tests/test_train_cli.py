@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -16,20 +15,6 @@ from llmscratch.cli.train import resolve_options
 from llmscratch.train.loop import KILL_ENV
 from llmscratch.train.plots import read_metrics
 from llmscratch.utils import UserError
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """A small text and a BPE tokenizer file trained on it (no network, no mirror)."""
-    from llmscratch.tokenizer import train as train_bpe
-
-    folder = tmp_path_factory.mktemp("corpus")
-    r = random.Random(0)
-    words = "the cat sat on a mat and dog ran to big red house while small bird sang in tree".split()
-    text = " ".join(r.choice(words) for _ in range(2500))
-    (folder / "corpus.txt").write_text(text)
-    train_bpe(text, 300, special_tokens=["<|endoftext|>"]).save(folder / "tok.json")
-    return folder
 
 
 def args_for(corpus, out, *extra) -> list[str]:

@@ -407,10 +407,9 @@ def load_splits(cfg: FinetuneConfig, labels: Sequence[str] | None = None):
 
 
 def _check_resume(out: Path, info: ClassifierInfo, previous: ClassifierInfo) -> None:
-    """UserError when the run in `out` was set up differently (classes, base model, what is trained)."""
-    if previous.num_classes != info.num_classes or previous.label_names != info.label_names:
-        raise UserError(f"{out} was trained with {previous.num_classes} classes {previous.label_names}, the data has "
-                        f"{info.num_classes}: {info.label_names}; use another --out or the same data")
+    """UserError when the run in `out` was set up differently (base model, what is trained, lengths).
+
+    The classes were matched before (the data is read with the run's labels)."""
     for key in ("base_model", "base_fingerprint", "trainable", "max_length"):
         if getattr(previous, key) != getattr(info, key):
             raise UserError(f"cannot resume {out}: its {key} was {getattr(previous, key)!r}, now "
@@ -493,10 +492,11 @@ def finetune_classifier(cfg: FinetuneConfig, base=None, command: str | None = No
     summary = build_classifier(model, train_data.num_classes, spec, seed=cfg.seed)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    base_ref = _model_reference(cfg.model)  # the tokenizer comes with the base model
     info = ClassifierInfo(
-        base_model=_model_reference(cfg.model), label_names=list(train_data.label_names), max_length=max_length,
+        base_model=base_ref, label_names=list(train_data.label_names), max_length=max_length,
         trainable=spec.to_dict(), base_fingerprint=base_fingerprint(model, trainable), pad_id=pad_id,
-        tokenizer=_model_reference(cfg.model), dtype=dtype,
+        tokenizer=base_ref, dtype=dtype,
     )
     if previous is not None:
         _check_resume(out, info, previous)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,37 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def replace_folder(new: Path, folder: Path) -> None:
+    """Move the finished folder `new` onto `folder` (whose old content, if any, is removed), with the usual
+    permissions (temporary folders and files are private to their owner)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in new.iterdir():
+        f.chmod(0o666 & ~umask)
+    new.chmod(0o777 & ~umask)
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        os.replace(folder, old)
+        os.replace(new, folder)
+        shutil.rmtree(old)
+    else:
+        os.replace(new, folder)
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside `folder` to fill; on success it replaces `folder`, on failure it is removed."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        yield tmp
+        replace_folder(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

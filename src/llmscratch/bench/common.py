@@ -1,5 +1,5 @@
 """Pieces every benchmark shares: the machine header (load, threads, OpenMP policy), memory bandwidth,
-interleaved timing with medians, peak memory, and the JSON + PNG writers.
+interleaved timing with medians, peak memory, the JSON + PNG writers, and transformers' twin of our model.
 
 Benchmarks on a shared machine are noisy: compare variants measured in the same run, interleaved
 (A, B, A, B, ...) so that a burst of load hits all of them alike, and report medians.
@@ -245,3 +245,32 @@ def line_chart(
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------- the reference
+
+
+def transformers_twin(model, **config_overrides):
+    """transformers' model of the same family (GPT2LMHeadModel or LlamaForCausalLM) holding our model's weights,
+    float32, in eval mode; None when transformers is not installed (it is a reference, never a dependency)."""
+    try:
+        import transformers
+    except ImportError:
+        return None
+    from llmscratch.weights.hf import tensors_for_transformers
+
+    hf_config, tensors = tensors_for_transformers(model)
+    hf_config = {k: v for k, v in hf_config.items() if k not in ("architectures", "model_type", "torch_dtype")}
+    family = model.config.family
+    classes = {"gpt2": ("GPT2Config", "GPT2LMHeadModel"), "llama": ("LlamaConfig", "LlamaForCausalLM")}
+    if family not in classes:
+        raise ValueError(f"no transformers counterpart for family {family!r}")
+    config_cls, model_cls = (getattr(transformers, name) for name in classes[family])
+    hf = model_cls(config_cls(**hf_config, **config_overrides)).to(torch.float32).eval()
+    missing, unexpected = hf.load_state_dict(tensors, strict=False)
+    # the tied head and GPT-2's stored causal-mask buffers are not weights
+    missing = [m for m in missing if m != "lm_head.weight" and not m.endswith((".attn.bias", ".attn.masked_bias"))]
+    if missing or unexpected:
+        raise RuntimeError(f"weights did not fit transformers' {family}: missing {missing}, unexpected {unexpected}")
+    hf.tie_weights()
+    return hf

@@ -62,31 +62,6 @@ class Variant:
     setup: Callable[[], object] = field(default=lambda: None, repr=False)  # untimed, before each run
 
 
-def _transformers_model(model):
-    """transformers' model of the same family (GPT2LMHeadModel or LlamaForCausalLM) with the same weights as
-    ours, float32 (None when transformers is absent)."""
-    try:
-        import transformers
-    except ImportError:
-        return None
-    from llmscratch.weights.hf import tensors_for_transformers
-
-    hf_config, tensors = tensors_for_transformers(model)
-    family = model.config.family
-    if family == "gpt2":
-        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config))
-    elif family == "llama":
-        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_config))
-    else:
-        raise ValueError(f"no transformers counterpart for family {family!r}")
-    hf = hf.to(torch.float32).eval()
-    missing, unexpected = hf.load_state_dict(tensors, strict=False)
-    if unexpected or [m for m in missing if m != "lm_head.weight"]:
-        raise RuntimeError(f"weights did not fit transformers' {family}: missing {missing}, unexpected {unexpected}")
-    hf.tie_weights()
-    return hf
-
-
 def _variants(model, hf, prompt: list[int]) -> list[Variant]:
     from llmscratch.generate import SamplingConfig, generate
     from llmscratch.model.base import set_weight_layout
@@ -175,7 +150,7 @@ def _bench_model(spec: str, cfg: GenerateBenchConfig, echo: Callable[[str], None
     g = torch.Generator().manual_seed(cfg.seed)
     prompt = torch.randint(0, model.config.vocab_size, (cfg.prompt_tokens,), generator=g).tolist()
 
-    hf = _transformers_model(model) if cfg.transformers else None
+    hf = common.transformers_twin(model) if cfg.transformers else None
     if cfg.transformers and hf is None:
         echo("transformers is not installed: benchmarking ours only")
     variants = _variants(model, hf, prompt)

@@ -90,6 +90,7 @@ def build_models(cfg: TrainBenchConfig):
     """(ours, theirs or None, config): our GPT from a seed and transformers' GPT-2 holding the same weights."""
     import torch
 
+    from llmscratch.bench.common import transformers_twin
     from llmscratch.model import build_model, get_config
 
     config = get_config(cfg.preset, dropout=cfg.dropout)
@@ -101,21 +102,10 @@ def build_models(cfg: TrainBenchConfig):
     ours = build_model(config).train()
     if not cfg.with_transformers:
         return ours, None, config
-    try:
-        from transformers import GPT2Config, GPT2LMHeadModel
-    except ImportError:
+    theirs = transformers_twin(ours, attn_implementation="sdpa")
+    if theirs is None:
         raise UserError("the comparison needs transformers (a dev dependency): pip install transformers, or "
-                        "pass --no-transformers") from None
-    from llmscratch.weights.hf import tensors_for_transformers
-
-    hf_config, tensors = tensors_for_transformers(ours)
-    hf_config = {k: v for k, v in hf_config.items() if k not in ("architectures", "model_type", "torch_dtype")}
-    theirs = GPT2LMHeadModel(GPT2Config(**hf_config, attn_implementation="sdpa"))
-    missing, unexpected = theirs.load_state_dict(tensors, strict=False)
-    missing = [m for m in missing if m != "lm_head.weight" and not m.endswith((".attn.bias", ".attn.masked_bias"))]
-    if missing or unexpected:
-        raise RuntimeError(f"weights did not map onto transformers' GPT-2: missing {missing}, unexpected {unexpected}")
-    theirs.tie_weights()
+                        "pass --no-transformers")
     return ours, theirs.train(), config
 
 
@@ -214,15 +204,15 @@ def run_train_bench(cfg: TrainBenchConfig) -> TrainBenchResult:
     times = interleaved_times(cases, cfg.repeats, warmup=True, progress=cfg.progress, desc="train steps")
 
     peak = CaseResult("matmul", times.pop("matmul peak"), 1, 2 * cfg.matmul_n**3)
-    result.peak_gflops = peak.tokens_per_s * peak.flops_per_token / 1e9
+    result.peak_gflops = peak.gflops
     rows = []
     tokens = cfg.batch_size * cfg.seq_len
     for name, secs in times.items():
         c = CaseResult(name, secs, tokens, flops)
+        mfu = c.gflops / result.peak_gflops
         result.cases[name] = {"seconds": secs, "median_s": c.median_s, "tokens_per_s": c.tokens_per_s,
-                              "gflops": c.gflops, "mfu": c.gflops / result.peak_gflops}
-        rows.append([name, f"{c.median_s * 1000:.0f}", f"{c.tokens_per_s:,.0f}", f"{c.gflops:.1f}",
-                     f"{c.gflops / result.peak_gflops:.2f}"])
+                              "gflops": c.gflops, "mfu": mfu}
+        rows.append([name, f"{c.median_s * 1000:.0f}", f"{c.tokens_per_s:,.0f}", f"{c.gflops:.1f}", f"{mfu:.2f}"])
     for mode in ("eager", "compiled"):
         a, b = result.cases.get(f"ours {mode}"), result.cases.get(f"transformers {mode}")
         if a and b:

@@ -202,7 +202,6 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
 
     # ---------------------------------------------------------------- Step 4: generate, with and without KV cache
     _banner(4, f"generate {s.new_tokens} tokens with and without the KV cache")
-    model.eval()
     prompt_ids = tokenizer.encode(prompt)
     n_new = min(s.new_tokens, s.context - len(prompt_ids))
     sampling = SamplingConfig(max_new_tokens=n_new, temperature=0.8, top_k=40, seed=s.seed)

@@ -34,8 +34,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from llmscratch.utils import UserError, atomic_write_text
-from llmscratch.weights.ours import TOKENIZER, TOKENIZER_REF, read_weights, save_weights
+from llmscratch.utils import UserError, atomic_folder
+from llmscratch.weights.ours import read_weights, save_weights, write_tokenizer
 
 CHECKPOINT_RE = re.compile(r"^step-(\d{8,})$")
 MANIFEST = "manifest.json"
@@ -217,15 +217,6 @@ def verify(folder: str | Path) -> None:
 # ------------------------------------------------------------------------------------------------ save / load
 
 
-def write_tokenizer(folder: Path, tokenizer=None, tokenizer_ref: str | None = None) -> None:
-    """The tokenizer beside the weights: our file as tokenizer.json when we have the object and it can be saved
-    and no named reference is given; else tokenizer.ref.json holding the reference ("gpt2", a path)."""
-    if tokenizer_ref is not None or tokenizer is None or not hasattr(tokenizer, "save"):
-        atomic_write_text(folder / TOKENIZER_REF, json.dumps({"tokenizer": tokenizer_ref}) + "\n")
-    else:
-        tokenizer.save(folder / TOKENIZER, vocab_view=False)
-
-
 def save_checkpoint(
     root: str | Path,
     model: nn.Module,
@@ -242,28 +233,16 @@ def save_checkpoint(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(state.step)
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with atomic_folder(final) as tmp:  # the same step saved again (after a resume) is replaced
         save_model_weights(model, tmp / "model.safetensors")
         if model_config is not None:
             (tmp / "config.json").write_text(json.dumps(model_config, indent=2) + "\n")
-        write_tokenizer(tmp, tokenizer, tokenizer_ref)
+        write_tokenizer(tmp, tokenizer_ref if tokenizer_ref is not None else tokenizer)
         save_optimizer(optimizer, model, tmp)
         rng_plain = _save_rng(rng_states, tmp)
         payload = {"state": asdict(state), "rng": rng_plain, "train_config": train_config}
         (tmp / "state.json").write_text(json.dumps(payload, indent=1) + "\n")
         write_manifest(tmp)
-        if final.exists():  # the same step saved again (after a resume): replace it
-            old = root / f".old-{final.name}-{os.getpid()}"
-            os.replace(final, old)
-            shutil.rmtree(old)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     prune(root, keep_last)
     return final
 
@@ -282,7 +261,7 @@ def prune(root: Path, keep_last: int) -> None:
     ckpts = list_checkpoints(root)
     for p in ckpts[: max(0, len(ckpts) - keep_last)]:
         shutil.rmtree(p, ignore_errors=True)
-    for p in root.glob(".old-step-*"):
+    for p in [*root.glob(".step-*.old-*"), *root.glob(".step-*.tmp")]:  # left by a save that was killed
         shutil.rmtree(p, ignore_errors=True)
 
 
@@ -299,25 +278,16 @@ def find_resumable(root: str | Path) -> tuple[Path | None, list[str]]:
 
 
 def load_checkpoint(
-    folder: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
+    folder: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, verified: bool = False
 ) -> tuple[TrainState, list[dict], dict]:
-    """Load weights (and optimizer state) from a verified checkpoint: (state, per-rank RNG states, train config)."""
+    """Load weights (and optimizer state) from a checkpoint, verifying it first unless the caller just did
+    (`verified`): (state, per-rank RNG states, train config)."""
     folder = Path(folder)
-    verify(folder)
+    if not verified:
+        verify(folder)
     load_model_weights(model, folder / "model.safetensors")
     if optimizer is not None:
         load_optimizer(optimizer, model, folder)
     payload = json.loads((folder / "state.json").read_text())
     state = TrainState(**payload["state"])
     return state, _load_rng(folder, payload["rng"]), payload["train_config"]
-
-
-def read_tokenizer_ref(folder: str | Path) -> str | None:
-    """The tokenizer spec to reload a checkpoint's tokenizer: its file, or the reference it holds."""
-    folder = Path(folder)
-    if (folder / TOKENIZER).is_file():
-        return str(folder / TOKENIZER)
-    ref = folder / TOKENIZER_REF
-    if ref.is_file():
-        return json.loads(ref.read_text()).get("tokenizer")
-    raise UserError(f"{folder} holds no tokenizer (tokenizer.json or tokenizer.ref.json)")

@@ -29,7 +29,7 @@ from llmscratch.train import distributed as dist_
 from llmscratch.train.config import TrainConfig, lr_at
 from llmscratch.train.plots import plot_metrics, read_metrics
 from llmscratch.train.tasks import Task, move_to
-from llmscratch.utils import UserError, atomic_write_text
+from llmscratch.utils import UserError, atomic_folder, atomic_write_text
 
 KILL_ENV = "LLMSCRATCH_KILL_AFTER_STEP"  # tests: the process SIGKILLs itself after this step (and its checkpoint)
 
@@ -119,13 +119,13 @@ def evaluate(
                 break
             batch = move_to(batch, info.device)
             n = _batch_rows(batch)
-            sums["loss"][0] += float(task.loss(model, batch)) * n
+            loss, metrics = (task.loss(model, batch), {}) if train_batches else task.evaluate_batch(model, batch)
+            sums["loss"][0] += float(loss) * n
             sums["loss"][1] += n
-            if not train_batches:
-                for k, (s, c) in task.metrics(model, batch).items():
-                    acc = sums.setdefault(k, [0.0, 0.0])
-                    acc[0] += float(s)
-                    acc[1] += float(c)
+            for k, (s, c) in metrics.items():
+                acc = sums.setdefault(k, [0.0, 0.0])
+                acc[0] += float(s)
+                acc[1] += float(c)
     if info.enabled:
         merged: dict[str, list[float]] = {}
         for part in dist_.all_gather_objects(sums):
@@ -148,15 +148,9 @@ def sample_text(model: nn.Module, tokenizer, cfg: TrainConfig) -> str | None:
     room = model.config.context_length - prompt_len
     if room <= 0:
         return None
-    was_training = model.training
-    model.eval()
-    try:
-        eos = getattr(tokenizer, "eos_id", None)
-        scfg = SamplingConfig(max_new_tokens=min(cfg.sample_tokens, room), temperature=0.0,
-                              stop_ids=() if eos is None else (eos,))
-        return generate_text(model, tokenizer, cfg.sample_prompt, scfg)[0]
-    finally:
-        model.train(was_training)
+    # generate_text stops at the tokenizer's end of text, and generates in eval mode (restoring the mode after)
+    scfg = SamplingConfig(max_new_tokens=min(cfg.sample_tokens, room), temperature=0.0)
+    return generate_text(model, tokenizer, cfg.sample_prompt, scfg)[0]
 
 
 def _optimizer_step(task, batches, model, train_model, ddp_model, optimizer, cfg: TrainConfig, info):
@@ -251,7 +245,8 @@ def _resume(
         return ckpt.TrainState(world_size=info.world_size), None
     path = Path(found)
     try:
-        state, rng_states, saved = ckpt.load_checkpoint(path, model, optimizer)
+        # rank 0's find_resumable has just verified the checkpoint; the other ranks verify it here
+        state, rng_states, saved = ckpt.load_checkpoint(path, model, optimizer, verified=info.is_main)
     except ckpt.CheckpointError as e:
         raise UserError(f"cannot resume from {path}: {e}") from None
     for key in ("batch_size", "grad_accum", "seed", "lr", "schedule", "warmup_steps", "weight_decay"):
@@ -470,16 +465,13 @@ def export_model(
 ) -> Path:
     """A model folder loadable by `llmscratch.weights.load_model` (weights/ours.py layout: model.safetensors,
     config.json, tokenizer), plus training.json holding `info` (e.g. the step and validation loss)."""
-    from llmscratch.weights.ours import replace_folder, save_pretrained
+    from llmscratch.weights.ours import save_pretrained
 
     if _model_config_dict(model) is not None:
         save_pretrained(model, tokenizer_ref if tokenizer_ref is not None else tokenizer, folder)
     else:  # not one of our language models: its weights only
-        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        ckpt.save_model_weights(model, tmp / "model.safetensors")
-        replace_folder(tmp, folder)
+        with atomic_folder(folder) as tmp:
+            ckpt.save_model_weights(model, tmp / "model.safetensors")
     if info is not None:
         atomic_write_text(folder / "training.json", json.dumps(info, indent=2) + "\n")
     return folder

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from llmscratch.utils import atomic_path
+
 _BASE_KEYS = {"type", "step", "epoch", "tokens", "lr", "loss", "train_loss", "val_loss", "val_ppl", "tok_per_s",
               "grad_norm", "time", "sample", "eval_train_loss"}
 
@@ -73,9 +75,9 @@ def plot_metrics(records: list[dict], out_png: str | Path, title: str | None = N
         ax2.legend()
     fig.tight_layout()
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out_png)
+    try:
+        with atomic_path(out_png) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
     return out_png

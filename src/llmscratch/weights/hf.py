@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
-from llmscratch.utils import UserError, atomic_write_text
+from llmscratch.utils import UserError, atomic_folder, atomic_write_text
 from llmscratch.weights import hf_gpt2, hf_llama
 
 
@@ -190,8 +188,6 @@ def export_hf(model, tokenizer, folder: str | os.PathLike, chat_template: str | 
     from_pretrained; replaces `folder` atomically. Returns the folder."""
     from safetensors.torch import save_file
 
-    from llmscratch.weights.ours import replace_folder
-
     family = model.config.family
     if family not in EXPORTERS:
         raise UserError(f"exporting a {family!r} model to Hugging Face format is not supported")
@@ -199,9 +195,7 @@ def export_hf(model, tokenizer, folder: str | os.PathLike, chat_template: str | 
     hf_config = exporter.config_to_hf(model.config)
     tensors = exporter.state_dict_to_hf(model)
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tokenizer is not None:
             for key in ("bos", "eos", "pad"):
@@ -211,10 +205,6 @@ def export_hf(model, tokenizer, folder: str | os.PathLike, chat_template: str | 
         atomic_write_text(tmp / "config.json", json.dumps(hf_config, indent=2) + "\n")
         generation = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id") if hf_config.get(k) is not None}
         atomic_write_text(tmp / "generation_config.json", json.dumps(generation, indent=2) + "\n")
-        replace_folder(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return folder
 
 

@@ -16,6 +16,7 @@ import torch
 
 from llmscratch.model.gpt import GPT, GPTConfig
 from llmscratch.utils import UserError
+from llmscratch.weights.shapes import check_tensors as shapes_check
 
 # Our per-layer suffix -> Hugging Face suffix.
 _LAYER_MAP = {
@@ -131,18 +132,8 @@ def _strip_prefix(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
 def check_tensors(tensors: Mapping[str, torch.Tensor], c: GPTConfig, source: str = "checkpoint") -> None:
     """Raise UserError naming the first missing, misshapen or unexpected tensor (names already stripped)."""
     shapes = expected_shapes(c)
-    for name, shape in shapes.items():
-        if name not in tensors:
-            raise UserError(f"{source}: tensor {name} is missing")
-        if tuple(tensors[name].shape) != shape:
-            raise UserError(f"{source}: tensor {name} has shape {tuple(tensors[name].shape)}, expected {shape}")
-    extra = [n for n in tensors if n not in shapes and not n.endswith(_IGNORED_SUFFIXES)]
-    if c.tie_embeddings and "lm_head.weight" in extra:  # a tied checkpoint may store the copy anyway
-        if tuple(tensors["lm_head.weight"].shape) != shapes["wte.weight"]:
-            raise UserError(f"{source}: tensor lm_head.weight has shape {tuple(tensors['lm_head.weight'].shape)}")
-        extra.remove("lm_head.weight")
-    if extra:
-        raise UserError(f"{source}: unexpected tensors for this GPT-2 config: {', '.join(sorted(extra)[:5])}")
+    tied_copy = {"lm_head.weight": shapes["wte.weight"]} if c.tie_embeddings else None  # may be stored anyway
+    shapes_check(tensors, shapes, source, "GPT-2", may_add=tied_copy, ignored_suffixes=_IGNORED_SUFFIXES)
 
 
 def state_dict_from_hf(tensors: Mapping[str, torch.Tensor], c: GPTConfig, source: str = "checkpoint") -> dict:

@@ -14,6 +14,7 @@ import torch
 
 from llmscratch.model.llama import Llama, LlamaConfig
 from llmscratch.utils import UserError
+from llmscratch.weights.shapes import check_tensors as shapes_check
 
 # Per-layer tensors that map one to one: our suffix -> Hugging Face suffix.
 _LAYER_MAP = {
@@ -116,16 +117,8 @@ def expected_shapes(c: LlamaConfig) -> dict[str, tuple[int, ...]]:
 def check_tensors(tensors: Mapping[str, torch.Tensor], c: LlamaConfig, source: str = "checkpoint") -> None:
     """Raise UserError naming the first missing, misshapen or unexpected tensor."""
     shapes = expected_shapes(c)
-    for name, shape in shapes.items():
-        if name not in tensors:
-            raise UserError(f"{source}: tensor {name} is missing")
-        if tuple(tensors[name].shape) != shape:
-            raise UserError(f"{source}: tensor {name} has shape {tuple(tensors[name].shape)}, expected {shape}")
-    extra = [n for n in tensors if n not in shapes and not n.endswith(_IGNORED_SUFFIXES)]
-    if c.tie_embeddings:
-        extra = [n for n in extra if n != "lm_head.weight"]  # some tied checkpoints store the copy anyway
-    if extra:
-        raise UserError(f"{source}: unexpected tensors for this Llama config: {', '.join(sorted(extra)[:5])}")
+    tied_copy = {"lm_head.weight": shapes["model.embed_tokens.weight"]} if c.tie_embeddings else None
+    shapes_check(tensors, shapes, source, "Llama", may_add=tied_copy, ignored_suffixes=_IGNORED_SUFFIXES)
 
 
 def state_dict_from_hf(tensors: Mapping[str, torch.Tensor], c: LlamaConfig, source: str = "checkpoint") -> dict:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,7 +23,8 @@ from torch import nn
 
 from llmscratch.model import build_model, config_from_dict, config_to_dict
 from llmscratch.model.base import LanguageModel, meta_model
-from llmscratch.utils import UserError, atomic_write_text
+from llmscratch.utils import UserError, atomic_folder, atomic_write_text
+from llmscratch.weights.shapes import check_tensors
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -110,14 +109,7 @@ def model_from_state_dict(
     model = meta_model(config)
     tied = _tied_names(model)
     expected = model.state_dict()
-    for name, t in expected.items():
-        if name not in state and name not in tied:
-            raise UserError(f"{source}: tensor {name} is missing")
-        if name in state and tuple(state[name].shape) != tuple(t.shape):
-            raise UserError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, expected {tuple(t.shape)}")
-    unexpected = sorted(set(state) - set(expected))
-    if unexpected:
-        raise UserError(f"{source}: unexpected tensors for this {config.family} config: {', '.join(unexpected[:5])}")
+    check_tensors(state, {n: tuple(t.shape) for n, t in expected.items()}, source, config.family, may_lack=tied)
     if any(True for _ in model.buffers()):  # buffers computed at init (rotary tables): build for real
         model = build_model(config)
     else:
@@ -155,40 +147,23 @@ def save_pretrained(
     """Write `model` (+ its tokenizer: a Tokenizer object, or a spec such as "gpt2" stored as a reference) to
     `folder`, replacing what was there atomically. Returns the folder."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         save_weights(model, tmp / WEIGHTS)
         atomic_write_text(tmp / CONFIG, json.dumps(config_to_dict(model.config), indent=2) + "\n")
-        if tokenizer_or_spec is None or isinstance(tokenizer_or_spec, (str, os.PathLike)):
-            ref = None if tokenizer_or_spec is None else os.fspath(tokenizer_or_spec)
-            atomic_write_text(tmp / TOKENIZER_REF, json.dumps({"tokenizer": ref}) + "\n")
-        else:
-            tokenizer_or_spec.save(tmp / TOKENIZER, vocab_view=False)
+        write_tokenizer(tmp, tokenizer_or_spec)
         if chat_template:
             atomic_write_text(tmp / CHAT_TEMPLATE, chat_template)
-        replace_folder(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return folder
 
 
-def replace_folder(new: Path, folder: Path) -> None:
-    """Move the finished folder `new` onto `folder` (whose old content, if any, is removed), with the usual
-    permissions (temporary folders and files are private to their owner)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for f in new.iterdir():
-        f.chmod(0o666 & ~umask)
-    new.chmod(0o777 & ~umask)
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-        os.replace(folder, old)
-        os.replace(new, folder)
-        shutil.rmtree(old)
+def write_tokenizer(folder: Path, tokenizer_or_spec=None) -> None:
+    """The tokenizer beside the weights: a Tokenizer object as tokenizer.json; a spec ("gpt2", a path), None, or
+    an object that cannot be saved as tokenizer.ref.json holding the reference (or null)."""
+    if not hasattr(tokenizer_or_spec, "save"):
+        ref = os.fspath(tokenizer_or_spec) if isinstance(tokenizer_or_spec, (str, os.PathLike)) else None
+        atomic_write_text(folder / TOKENIZER_REF, json.dumps({"tokenizer": ref}) + "\n")
     else:
-        os.replace(new, folder)
+        tokenizer_or_spec.save(folder / TOKENIZER, vocab_view=False)
 
 
 def load_tokenizer_of(folder: Path):

@@ -37,6 +37,8 @@ class Task(Protocol):
     - `loss(model, batch)`: the scalar mean loss of one batch (on the device, differentiable).
     - `metrics(model, batch)`: evaluation only: sums and counts per metric, e.g. {"accuracy": (n_correct, n)};
       may be {}. The loop adds them over batches (and ranks) and reports sum / count.
+    - `evaluate_batch(model, batch)`: (loss, metrics) of one evaluation batch; a task whose loss and metrics
+      share a forward pass computes it once here.
     - `batch_tokens(batch)`: the number of tokens in a batch (for tokens/s and tokens seen).
     """
 
@@ -55,6 +57,8 @@ class Task(Protocol):
 
     def metrics(self, model, batch: Batch) -> dict[str, tuple[float, int]]: ...
 
+    def evaluate_batch(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, tuple[float, int]]]: ...
+
     def batch_tokens(self, batch: Batch) -> int: ...
 
 
@@ -66,6 +70,9 @@ class BaseTask:
 
     def metrics(self, model, batch: Batch) -> dict[str, tuple[float, int]]:
         return {}
+
+    def evaluate_batch(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, tuple[float, int]]]:
+        return self.loss(model, batch), self.metrics(model, batch)
 
     def batch_tokens(self, batch: Batch) -> int:
         return _first_tensor(batch).numel()

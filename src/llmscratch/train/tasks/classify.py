@@ -42,11 +42,6 @@ class ClassificationTask(BaseTask):
         self.val = val
         self.pad_id = int(pad_id)
         self.seed = seed
-        self._eval_logits: tuple | None = None  # (model, input ids, logits) of the last batch evaluated
-
-    def _collate(self, dataset: ClassificationDataset, indices: list[int]) -> ClassifyBatch:
-        b = collate_classification([dataset[i] for i in indices], self.pad_id)
-        return b.input_ids, b.attention_mask, b.last_index, b.labels
 
     def num_train_batches(self, batch_size: int, world_size: int = 1) -> int:
         return len(self.train) // (batch_size * world_size)
@@ -59,30 +54,30 @@ class ClassificationTask(BaseTask):
         )
         order = sampler.order(epoch)
         for b in range(start, self.num_train_batches(batch_size, world_size)):
-            yield self._collate(self.train, order[b * batch_size : (b + 1) * batch_size])
+            yield collate_rows(self.train, order[b * batch_size : (b + 1) * batch_size], self.pad_id)
 
     def val_batches(self, batch_size: int, rank: int = 0, world_size: int = 1) -> Iterator[ClassifyBatch]:
         yield from eval_batches(self.val, batch_size, self.pad_id, rank, world_size)
 
     def loss(self, model, batch: ClassifyBatch) -> torch.Tensor:
         ids, _, last, labels = batch
-        logits = last_token_logits(model, ids, last)
-        if not torch.is_grad_enabled():  # evaluation: `metrics` of this batch comes next and reuses the logits
-            self._eval_logits = (model, ids, logits)
-        return F.cross_entropy(logits, labels)
+        return F.cross_entropy(last_token_logits(model, ids, last), labels)
 
     def metrics(self, model, batch: ClassifyBatch) -> dict[str, tuple[float, int]]:
         ids, _, last, labels = batch
-        cached, self._eval_logits = self._eval_logits, None
-        if cached is not None and cached[0] is model and cached[1] is ids:
-            logits = cached[2]
-        else:
-            logits = last_token_logits(model, ids, last)
-        predicted = logits.argmax(dim=-1)
-        return {"accuracy": (float((predicted == labels).sum()), len(labels))}
+        return _accuracy(last_token_logits(model, ids, last), labels)
+
+    def evaluate_batch(self, model, batch: ClassifyBatch) -> tuple[torch.Tensor, dict[str, tuple[float, int]]]:
+        ids, _, last, labels = batch
+        logits = last_token_logits(model, ids, last)  # one forward pass for the loss and the accuracy
+        return F.cross_entropy(logits, labels), _accuracy(logits, labels)
 
     def batch_tokens(self, batch: ClassifyBatch) -> int:
         return int(batch[1].sum())
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, tuple[float, int]]:
+    return {"accuracy": (float((logits.argmax(dim=-1) == labels).sum()), len(labels))}
 
 
 def eval_batches(
@@ -93,8 +88,13 @@ def eval_batches(
     by_length = sorted(range(len(dataset)), key=lambda i: len(dataset.encoded[i]))
     indices = by_length[rank::world_size]
     for i in range(0, len(indices), batch_size):
-        b = collate_classification([dataset[j] for j in indices[i : i + batch_size]], pad_id)
-        yield b.input_ids, b.attention_mask, b.last_index, b.labels
+        yield collate_rows(dataset, indices[i : i + batch_size], pad_id)
+
+
+def collate_rows(dataset: ClassificationDataset, indices: list[int], pad_id: int) -> ClassifyBatch:
+    """Rows `indices` of `dataset` as one right-padded batch tuple."""
+    b = collate_classification([dataset[i] for i in indices], pad_id)
+    return b.input_ids, b.attention_mask, b.last_index, b.labels
 
 
 @torch.no_grad()
