@@ -82,6 +82,18 @@ class LanguageModel(nn.Module):
         return total
 
 
+def tied_names(model: nn.Module) -> dict[str, str]:
+    """{alias: first name} for parameters reachable under two names (a tied head)."""
+    first: dict[int, str] = {}
+    tied: dict[str, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            tied[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return tied
+
+
 class _SkipInPlace(TorchFunctionMode):
     """Turns in-place tensor calls (normal_, uniform_, zero_, fill_...) into no-ops: random init is skipped."""
 

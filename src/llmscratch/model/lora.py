@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmscratch.model.base import tied_names
 from llmscratch.utils import UserError, atomic_path
 
 # Every linear layer inside the transformer blocks: the attention and feed-forward projections of any family.
@@ -91,14 +92,6 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def _shared_parameter_ids(model: nn.Module) -> set[int]:
-    """ids of parameters reachable under more than one name (tied weights)."""
-    counts: dict[int, int] = {}
-    for _, p in model.named_parameters(remove_duplicate=False):
-        counts[id(p)] = counts.get(id(p), 0) + 1
-    return {k for k, n in counts.items() if n > 1}
-
-
 def apply_lora(
     model: nn.Module, rank: int, alpha: float, targets: Sequence[str] = DEFAULT_TARGETS
 ) -> list[str]:
@@ -120,7 +113,7 @@ def apply_lora(
             f"no linear layer matches the LoRA targets {list(targets)}; linear layers look like: "
             + ", ".join(linears[:6])
         )
-    shared = _shared_parameter_ids(model)
+    shared = {id(model.get_parameter(name)) for name in tied_names(model).values()}
     tied = [n for n in chosen if id(model.get_submodule(n).weight) in shared]
     if tied:
         raise UserError(f"cannot put LoRA on tied weights: {', '.join(tied)} (untie or leave them out)")

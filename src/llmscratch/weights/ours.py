@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from llmscratch.model import build_model, config_from_dict, config_to_dict
-from llmscratch.model.base import LanguageModel, meta_model
+from llmscratch.model.base import LanguageModel, meta_model, tied_names
 from llmscratch.utils import UserError, atomic_folder, atomic_write_text
 from llmscratch.weights.shapes import check_tensors
 
@@ -107,7 +107,7 @@ def model_from_state_dict(
     be absent from `state`. Models without buffers are built without random init (the weights overwrite it).
     """
     model = meta_model(config)
-    tied = _tied_names(model)
+    tied = tied_names(model)
     expected = model.state_dict()
     check_tensors(state, {n: tuple(t.shape) for n, t in expected.items()}, source, config.family, may_lack=tied)
     if any(True for _ in model.buffers()):  # buffers computed at init (rotary tables): build for real
@@ -124,18 +124,6 @@ def model_from_state_dict(
                 p.copy_(full[name])
     model = model.to(device=device or "cpu", dtype=dtype or torch.float32)
     return model.eval()
-
-
-def _tied_names(model: nn.Module) -> dict[str, str]:
-    """{alias: first name} for parameters reachable under two names (a tied head)."""
-    first: dict[int, str] = {}
-    tied: dict[str, str] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in first:
-            tied[name] = first[id(p)]
-        else:
-            first[id(p)] = name
-    return tied
 
 
 # ---------------------------------------------------------------------------------------------- folders
