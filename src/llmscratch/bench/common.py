@@ -209,9 +209,12 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     return Path(path)
 
 
+Series = Mapping[str, tuple[Sequence[float], Sequence[float]]]  # {label: (xs, ys)}
+
+
 def line_chart(
     path: str | os.PathLike,
-    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    series: Series,
     title: str,
     xlabel: str,
     ylabel: str,
@@ -221,6 +224,19 @@ def line_chart(
 ) -> Path:
     """A PNG line chart (matplotlib, Agg backend): one line per series {label: (xs, ys)}, dashed horizontal
     reference lines {label: y}, an optional small note under the title. Written atomically."""
+    return panel_chart(path, [(None, series, hlines)], title, xlabel, ylabel, logy, note)
+
+
+def panel_chart(
+    path: str | os.PathLike,
+    panels: Sequence[tuple[str | None, Series, Mapping[str, float] | None]],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    logy: bool = False,
+    note: str | None = None,
+) -> Path:
+    """Line charts side by side, one per (panel title, series, reference lines), as `line_chart` draws them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -228,18 +244,26 @@ def line_chart(
 
     from llmscratch.utils import atomic_path
 
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    for label, (xs, ys) in series.items():
-        ax.plot(xs, ys, marker="o", label=label)
-    for i, (label, y) in enumerate((hlines or {}).items()):
-        ax.axhline(y, linestyle="--", color=f"C{len(series) + i}", label=label)
-    if logy:
-        ax.set_yscale("log")
-    ax.set_title(title + (f"\n{note}" if note else ""), fontsize=10)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    size = (8, 5) if len(panels) == 1 else (6.5 * len(panels), 5)
+    fig, axes = plt.subplots(1, len(panels), figsize=size, dpi=110, squeeze=False)
+    for ax, (name, series, hlines) in zip(axes[0], panels):
+        for label, (xs, ys) in series.items():
+            ax.plot(xs, ys, marker="o", label=label)
+        for i, (label, y) in enumerate((hlines or {}).items()):
+            ax.axhline(y, linestyle="--", color=f"C{len(series) + i}", label=label)
+        if logy:
+            ax.set_yscale("log")
+        if name:
+            ax.set_title(name, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    heading = title + (f"\n{note}" if note else "")
+    if len(panels) == 1 and not panels[0][0]:
+        axes[0][0].set_title(heading, fontsize=10)
+    else:
+        fig.suptitle(heading, fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -319,31 +319,10 @@ def _chart(cfg, charts: list, machine: dict) -> Path:
             xlabel="new tokens generated", ylabel="new tokens per second (log scale)",
             hlines={"memory-bandwidth limit": limit}, logy=True, note=note,
         )
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from llmscratch.utils import atomic_path
-
-    fig, axes = plt.subplots(1, len(charts), figsize=(6.5 * len(charts), 5), dpi=110, squeeze=False)
-    for ax, (name, variants, rate, limit) in zip(axes[0], charts):
-        series = _series(cfg.tokens, variants, rate)
-        for label, (xs, ys) in series.items():
-            ax.plot(xs, ys, marker="o", label=label)
-        ax.axhline(limit, linestyle="--", color=f"C{len(series)}", label="memory-bandwidth limit")
-        ax.set_yscale("log")
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel("new tokens generated")
-        ax.set_ylabel("new tokens per second (log scale)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"{title}\n{note}", fontsize=10)
-    fig.tight_layout()
-    with atomic_path(cfg.out / PNG_NAME) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return cfg.out / PNG_NAME
+    panels = [(name, _series(cfg.tokens, variants, rate), {"memory-bandwidth limit": limit})
+              for name, variants, rate, limit in charts]
+    return common.panel_chart(cfg.out / PNG_NAME, panels, title, xlabel="new tokens generated",
+                              ylabel="new tokens per second (log scale)", logy=True, note=note)
 
 
 def _series(tokens, variants, rate: dict) -> dict:
