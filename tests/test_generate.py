@@ -17,8 +17,7 @@ from llmscratch.generate import (
     sample_next,
     stream_text,
 )
-from llmscratch.model import build_model, get_config
-from llmscratch.model.kv_cache import KVCache
+from llmscratch.model import LanguageModel, build_model, get_config
 from llmscratch.utils import UserError
 
 # A byte-level fake tokenizer: ids 0..255 are single bytes, then a few multi-byte tokens, some of which
@@ -65,10 +64,10 @@ class ScriptConfig:
     head_dim: int = 1
 
 
-class ScriptedModel(nn.Module):
+class ScriptedModel(LanguageModel):
     """A model that, after a prompt of `prompt_len` tokens, predicts the tokens of `script` in order (then EOS).
 
-    It follows the loop's contract (hidden_states, head, new_cache) and counts its forward calls.
+    It follows the loop's contract (one method: forward; new_cache comes from the base) and counts its calls.
     """
 
     def __init__(self, script: list[int], prompt_len: int, vocab_size: int = EOS + 1):
@@ -76,20 +75,16 @@ class ScriptedModel(nn.Module):
         self.config = ScriptConfig(vocab_size)
         self.script, self.prompt_len = script, prompt_len
         self.dummy = nn.Parameter(torch.zeros(1))
-        self.head = nn.Identity()
         self.calls = 0
 
-    def new_cache(self, batch, max_len=None):
-        return KVCache(1, batch, 1, max_len or self.config.context_length, 1)
-
-    def hidden_states(self, ids, cache=None, positions=None, pad_mask=None):
+    def forward(self, ids, cache=None, positions=None, pad_mask=None, last_only=False):
         self.calls += 1
         B, T = ids.shape
-        end = T if positions is None else int(positions[-1]) + 1
+        end = T if positions is None else int(positions[..., -1].max()) + 1
         logits = torch.zeros(B, T, self.config.vocab_size)
         k = end - self.prompt_len
         logits[:, -1, self.script[k] if k < len(self.script) else EOS] = 10.0
-        return logits
+        return logits[:, -1] if last_only else logits
 
 
 def tiny_gpt(seed=0):

@@ -1,8 +1,10 @@
 """Text generation for every model family: one loop (prefill, then one decode step per token), sampling,
 stop conditions and streaming.
 
-The loop knows nothing of GPT or Llama: it only calls `model(ids, cache, positions, pad_mask)` and
-`model.new_cache(batch, max_len)`. Prompts of different lengths are left-padded and masked.
+The loop knows nothing of GPT or Llama: it only calls `model(ids, cache, positions, pad_mask, last_only=True)`
+and `model.new_cache(batch, max_len)`. Its step machinery (`DecodeBatch`) keeps rows of one batch at their
+own positions: requests join between decode steps and leave as soon as they finish, each with its own
+sampling settings, seed and stop ids; `generate` and the serving engine both run on it.
 """
 
 from __future__ import annotations
@@ -76,14 +78,155 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gene
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
 
 
-def check_fits(model, prompt_len: int, max_new_tokens: int) -> None:
-    """Refuse, before any work, a request that would run past the model's context length."""
+def check_fits(model, prompt_len: int, max_new_tokens: int, limit: int | None = None) -> None:
+    """Refuse, before any work, a request that would run past the model's context length (or `limit` slots)."""
     ctx = model.config.context_length
-    if prompt_len + max_new_tokens > ctx:
+    room, what = (ctx, "the model's context length") if limit is None or limit >= ctx else (limit, "the cache length")
+    if prompt_len + max_new_tokens > room:
         raise UserError(
-            f"the prompt ({prompt_len} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the model's "
-            f"context length of {ctx} tokens; shorten the prompt or ask for fewer new tokens"
+            f"the prompt ({prompt_len} tokens) plus max_new_tokens ({max_new_tokens}) exceeds {what} of {room} "
+            f"tokens; shorten the prompt or ask for fewer new tokens"
         )
+
+
+def check_prompts(model, prompts: Sequence[Sequence[int]]) -> None:
+    """Refuse empty prompts and token ids outside the model's vocabulary."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise UserError("every prompt needs at least one token (an empty prompt has nothing to continue)")
+    vocab = model.config.vocab_size
+    bad = [t for p in prompts for t in p if not 0 <= t < vocab]
+    if bad:
+        raise UserError(f"prompt token id {bad[0]} is outside the model's vocabulary (0..{vocab - 1})")
+
+
+@dataclass(eq=False)
+class Request:
+    """One sequence of a running batch: its prompt, settings, random generator and the tokens it produced."""
+
+    prompt: list[int]
+    cfg: SamplingConfig
+    generator: torch.Generator | None = None
+    tokens: list[int] = field(default_factory=list)  # produced so far (a final stop id included)
+    finish: str | None = None  # once finished: "stop" (a stop id), "length" (max_new_tokens) or "cancelled"
+    row: int = -1  # its cache row while in the batch
+
+    @property
+    def length(self) -> int:
+        """Slots this sequence fills once its last token is fed: prompt + produced tokens."""
+        return len(self.prompt) + len(self.tokens)
+
+
+class DecodeBatch:
+    """The step machinery of the one generation loop, rows at their own positions.
+
+    A request joins between steps (`join`: its prompt is prefilled alone into a free cache row and its first
+    token sampled); each `step` feeds every active row its last token at its own slot and samples the next
+    one with the row's own settings and generator; a request that finishes (a stop id, max_new_tokens) or is
+    cancelled (`leave`) frees its row at once. Active rows are kept in cache rows 0..n-1, so a step runs on
+    exactly n rows. Without a cache (`use_cache=False`) each step runs the whole sequences again.
+    """
+
+    def __init__(self, model, max_batch: int, max_len: int, use_cache: bool = True):
+        self.model, self.max_batch, self.max_len = model, max_batch, max_len
+        self.device = next(model.parameters()).device
+        self.cache = model.new_cache(max_batch, max_len) if use_cache else None  # allocated once
+        self.slots = torch.arange(max_len, device=self.device)  # prefill positions are views of this
+        self.active: list[Request] = []  # active[i] lives in cache row i
+        self._views: dict[int, object] = {}
+
+    @property
+    def free(self) -> int:
+        return self.max_batch - len(self.active)
+
+    def join(self, prompt: Sequence[int], cfg: SamplingConfig) -> Request:
+        """Prefill `prompt` into a free row and sample its first token; returns the request (maybe finished)."""
+        cfg.validate()
+        check_prompts(self.model, [prompt])
+        check_fits(self.model, len(prompt), cfg.max_new_tokens, self.max_len)
+        if not self.free:
+            raise RuntimeError(f"every one of the {self.max_batch} rows is taken")
+        generator = None if cfg.seed is None else torch.Generator(device=self.device).manual_seed(cfg.seed)
+        req = Request(list(prompt), cfg, generator)
+        if cfg.max_new_tokens == 0:
+            req.finish = "length"
+            return req
+        ids = torch.tensor([req.prompt], dtype=torch.long, device=self.device)  # (1, L)
+        row = len(self.active)
+        if self.cache is None:
+            logits = self.model(ids, last_only=True)  # (1, vocab)
+        else:
+            logits = self.model(ids, self.cache.rows(row, row + 1), self.slots[: len(prompt)], last_only=True)
+        req.row = row
+        self.active.append(req)
+        self._accept(req, self._sample([req], logits)[0])
+        return req
+
+    def step(self) -> list[Request]:
+        """One decode step: a new token for every active request (in `.tokens[-1]`); returns those requests.
+
+        Those that finished have left the batch when this returns.
+        """
+        reqs = list(self.active)
+        if not reqs:
+            return []
+        if self.cache is None:
+            ids, pad_mask = self._whole_sequences(reqs)
+            logits = self.model(ids, None, None, pad_mask, last_only=True)  # (n, vocab)
+        else:
+            ids = torch.tensor([[r.tokens[-1]] for r in reqs], dtype=torch.long)  # (n, 1)
+            pos = torch.tensor([[r.length - 1] for r in reqs], dtype=torch.long)  # (n, 1) each row's own slot
+            logits = self.model(ids.to(self.device), self._rows(len(reqs)), pos.to(self.device), last_only=True)
+        for req, t in zip(reqs, self._sample(reqs, logits)):
+            self._accept(req, t)
+        return reqs
+
+    def leave(self, req: Request, reason: str = "cancelled") -> None:
+        """Take `req` out of the batch now (its row is free for the next join); `reason` if not finished yet."""
+        req.finish = req.finish or reason
+        if req.row < 0:
+            return
+        i, last = req.row, len(self.active) - 1
+        moved = self.active[last]  # the last row fills the gap: active rows stay 0..n-1
+        if self.cache is not None and i != last:
+            self.cache.move_row(last, i, moved.length)
+        self.active[i], moved.row = moved, i
+        self.active.pop()
+        req.row = -1
+
+    def _accept(self, req: Request, token: int) -> None:
+        req.tokens.append(token)
+        if token in req.cfg.stop_ids:
+            self.leave(req, "stop")
+        elif len(req.tokens) >= req.cfg.max_new_tokens:
+            self.leave(req, "length")
+
+    def _rows(self, n: int):
+        """A cache view over rows 0..n-1 (made once per n)."""
+        if n == self.max_batch:
+            return self.cache
+        if n not in self._views:
+            self._views[n] = self.cache.rows(0, n)
+        return self._views[n]
+
+    def _sample(self, reqs: list[Request], logits: torch.Tensor) -> list[int]:
+        """Next token of each request from its logits row (n, vocab), with its own settings and generator."""
+        greedy = logits.argmax(dim=-1).tolist() if any(r.cfg.temperature == 0 for r in reqs) else None
+        return [
+            greedy[i] if r.cfg.temperature == 0 else int(sample_next(logits[i : i + 1], r.cfg, r.generator)[0])
+            for i, r in enumerate(reqs)
+        ]
+
+    def _whole_sequences(self, reqs: list[Request]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every request's prompt + tokens, left-padded: ids (n, W) and pad mask (n, W) (None without padding)."""
+        rows = [r.prompt + r.tokens for r in reqs]
+        W = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), W, dtype=torch.long)
+        pad_mask = torch.zeros(len(rows), W, dtype=torch.bool)
+        for i, r in enumerate(rows):  # left padding
+            ids[i, W - len(r) :] = torch.tensor(r, dtype=torch.long)
+            pad_mask[i, W - len(r) :] = True
+        pad_mask = None if bool(pad_mask.all()) else pad_mask.to(self.device)
+        return ids.to(self.device), pad_mask
 
 
 @torch.inference_mode()
@@ -96,15 +239,11 @@ def generate_steps(
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every prompt, (B,) per step, until max_new_tokens or every row has stopped.
 
-    Rows that stopped (a stop id) keep being fed, but callers ignore what follows their stop.
+    Each prompt joins one `DecodeBatch` (row i samples with seed `cfg.seed + i`); a row that stopped (a stop id)
+    leaves the batch and repeats its stop id in what is yielded, which callers ignore.
     """
     cfg.validate()
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise UserError("every prompt needs at least one token (an empty prompt has nothing to continue)")
-    vocab = model.config.vocab_size
-    bad = [t for p in prompts for t in p if not 0 <= t < vocab]
-    if bad:
-        raise UserError(f"prompt token id {bad[0]} is outside the model's vocabulary (0..{vocab - 1})")
+    check_prompts(model, prompts)
     B, L = len(prompts), max(len(p) for p in prompts)
     check_fits(model, L, cfg.max_new_tokens)
     started = time.perf_counter()
@@ -112,54 +251,30 @@ def generate_steps(
         stats.prompt_tokens = L
     if cfg.max_new_tokens == 0:
         return
-    device = next(model.parameters()).device
-    total = L + cfg.max_new_tokens
-    ids = torch.zeros(B, total, dtype=torch.long, device=device)
-    pad_mask = torch.zeros(B, total, dtype=torch.bool, device=device)
-    for i, p in enumerate(prompts):  # left padding
-        ids[i, L - len(p) : L] = torch.tensor(list(p), dtype=torch.long)
-        pad_mask[i, L - len(p) :] = True
-    mask = pad_mask if not bool(pad_mask[:, :L].all()) else None
-    slots = torch.arange(total, device=device)  # positions are views of this: no allocation per step
-    generator = None
-    if cfg.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    stop_ids = torch.tensor(list(cfg.stop_ids), dtype=torch.long, device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
     was_training = model.training
     model.eval()  # no dropout while generating; the mode is restored afterwards
     try:
-        cache = model.new_cache(B, total) if use_cache else None
-        n = L
+        batch = DecodeBatch(model, B, L + cfg.max_new_tokens, use_cache)
+        reqs = [batch.join(p, _row_config(cfg, i)) for i, p in enumerate(prompts)]
         for step in range(cfg.max_new_tokens):
-            if cache is None:  # the whole sequence again, every step
-                logits = _last_logits(model, ids[:, :n], None, None, None if mask is None else mask[:, :n])
-            elif step == 0:  # prefill: the prompt fills slots 0..L-1 of the cache
-                logits = _last_logits(model, ids[:, :L], cache, slots[:L], None if mask is None else mask[:, :L])
-            else:  # decode: one token at slot n-1
-                pm = None if mask is None else mask[:, :n]
-                logits = _last_logits(model, ids[:, n - 1 : n], cache, slots[n - 1 : n], pm)
-            nxt = sample_next(logits, cfg, generator)  # (B,)
-            ids[:, n] = nxt
-            n += 1
+            if step:
+                batch.step()
+            nxt = torch.tensor([r.tokens[-1] for r in reqs], dtype=torch.long)  # (B,)
             if stats is not None:
                 stats.new_tokens += B
                 stats.seconds = time.perf_counter() - started
                 if step == 0:
                     stats.first_token_seconds = stats.seconds
             yield nxt
-            if len(stop_ids):
-                done |= torch.isin(nxt, stop_ids)
-                if bool(done.all()):
-                    return
+            if not batch.active:
+                return
     finally:
         model.train(was_training)
 
 
-def _last_logits(model, ids, cache, positions, pad_mask) -> torch.Tensor:
-    """Logits of the last position only, (B, vocab): the output head runs on one row per sequence."""
-    h = model.hidden_states(ids, cache, positions, pad_mask)  # (B, T, emb)
-    return model.head(h[:, -1])  # (B, vocab)
+def _row_config(cfg: SamplingConfig, i: int) -> SamplingConfig:
+    """The settings of row i of a batch: its own seed (cfg.seed + i), so rows draw different samples."""
+    return cfg if cfg.seed is None or i == 0 else dataclasses.replace(cfg, seed=cfg.seed + i)
 
 
 def _stop_index(text: str, stop_strings: Sequence[str]) -> int:

@@ -6,8 +6,9 @@ values); `attention_fused` calls torch's scaled_dot_product_attention. A test ch
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -56,37 +57,64 @@ def attention_fused(
 
 
 def attention_mask(
-    positions: torch.Tensor, end: int, pad_mask: torch.Tensor | None
+    positions: torch.Tensor, end: int, pad_mask: torch.Tensor | None, window: int | None = None
 ) -> tuple[torch.Tensor | None, bool]:
-    """The mask for queries at slots `positions` (T,) over key slots [0, end): (mask, is_causal).
+    """The mask for queries at slots `positions` over key slots [0, end): (mask, is_causal).
 
-    Returns (None, True) for a plain causal prefill from slot 0, (None, False) when every key may be seen
-    (one decode step without padding), else a bool mask (B|1, 1, T, end), True where attending is allowed.
+    positions (T,) are shared by every row, (B, T) are each row's own: a query sees the keys at or before its
+    own slot. window: a sliding window, keys more than window - 1 slots behind the query are masked.
     pad_mask (B, >= end) marks real tokens True and padding False.
+    Returns (None, True) for a plain causal prefill from slot 0, (None, False) when every key may be seen
+    (one shared decode step without padding), else a bool mask (B|1, 1, T, end), True where attending is allowed.
     """
-    T = positions.shape[0]
+    shared = positions.dim() == 1
+    T = positions.shape[-1]
     plain = pad_mask is None or bool(pad_mask[:, :end].all())
-    if plain and T == end:
+    windowed = window is not None and end > window  # else no key can fall out of the window
+    if plain and shared and not windowed and T == end:
         return None, True
-    if plain and T == 1:
+    if plain and shared and not windowed and T == 1:
         return None, False
     keys = torch.arange(end, device=positions.device)
-    mask = (keys[None, :] <= positions[:, None])[None, None]  # (1, 1, T, end) causal
+    query = positions[..., None]  # (T, 1) or (B, T, 1)
+    mask = keys <= query  # (T, end) or (B, T, end) causal
+    if windowed:
+        mask = mask & (keys > query - window)
+    mask = mask[None, None] if shared else mask[:, None]  # (B|1, 1, T, end)
     if pad_mask is not None:
         mask = mask & pad_mask[:, None, None, :end]  # (B, 1, T, end)
         # A padding query sees no real key before it; let it see itself so softmax stays finite.
-        mask = mask | (keys[None, :] == positions[:, None])[None, None]
+        itself = keys == query  # (T, end) or (B, T, end)
+        mask = mask | (itself[None, None] if shared else itself[:, None])
     return mask, False
 
 
 def position_ids(positions: torch.Tensor, pad_mask: torch.Tensor | None) -> torch.Tensor:
     """Positions of the tokens in their own sequence: slot index minus the padding before it. (B|1, T)"""
+    rows = positions if positions.dim() == 2 else positions[None, :]  # (B|1, T)
     if pad_mask is None:
-        return positions[None, :]  # (1, T)
-    return (pad_mask.long().cumsum(-1) - 1).clamp(min=0)[:, positions]  # (B, T)
+        return rows
+    before = (pad_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, S) real tokens up to each slot, minus one
+    return before.gather(1, rows.expand(pad_mask.shape[0], -1))  # (B, T)
 
 
-RotaryFn = Callable[[torch.Tensor], torch.Tensor]
+@dataclass
+class StepContext:
+    """What every block of one forward call takes besides its activations (built by `LanguageModel._prepare`)."""
+
+    positions: torch.Tensor  # (T,) slots shared by every row, or (B, T) each row's own slots
+    end: int  # keys are read from slots [0, end)
+    mask: torch.Tensor | None  # (B|1, 1, T, end) bool, True = may attend; None: see is_causal
+    is_causal: bool  # with mask None: True for a plain causal prefill, False when every key may be seen
+    pad_mask: torch.Tensor | None = None  # (B, >= end) True on real tokens (left padding)
+    cache: KVCache | None = None
+    position_ids: torch.Tensor | None = None  # (B|1, T) positions in each row's own sequence
+    rotary: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, sin (B|1, 1, T, hd), for rotary families
+
+    def with_window(self, window: int) -> StepContext:
+        """The same step for sliding-window layers: keys more than window - 1 slots behind a query are masked."""
+        mask, is_causal = attention_mask(self.positions, self.end, self.pad_mask, window)
+        return dataclasses.replace(self, mask=mask, is_causal=is_causal)
 
 
 class CausalSelfAttention(nn.Module):
@@ -114,31 +142,22 @@ class CausalSelfAttention(nn.Module):
         self.dropout = dropout
         self.fused = True  # False: the written-out path
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        mask: torch.Tensor | None,
-        is_causal: bool,
-        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
-        cache: KVCache | None = None,
-        layer: int = 0,
-        positions: torch.Tensor | None = None,
-        end: int = 0,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: StepContext, layer: int = 0) -> torch.Tensor:
+        """x (B, T, emb) -> (B, T, emb); `layer` says which layer of the cache to write and read."""
         B, T, _ = x.shape
         nh, nkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = self.qkv(x)  # (B, T, (nh + 2 nkv) hd)
         qk, v = qkv.split([(nh + nkv) * hd, nkv * hd], dim=-1)
         qk = qk.view(B, T, nh + nkv, hd).transpose(1, 2)  # (B, nh + nkv, T, hd)
-        if rotary is not None:  # q and k rotated together: one set of elementwise ops per layer, not two
-            qk = apply_rotary(qk, *rotary)
+        if ctx.rotary is not None:  # q and k rotated together: one set of elementwise ops per layer, not two
+            qk = apply_rotary(qk, *ctx.rotary)
         q, k = qk.split([nh, nkv], dim=1)  # (B, nh, T, hd), (B, nkv, T, hd)
         v = v.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
-        if cache is not None:
-            k, v = cache.update(layer, positions, end, k, v)  # (B, nkv, end, hd)
+        if ctx.cache is not None:
+            k, v = ctx.cache.update(layer, ctx.positions, ctx.end, k, v)  # (B, nkv, end, hd)
         attend = attention_fused if self.fused else attention_manual
         p = self.dropout if self.training else 0.0
-        y = attend(q, k, v, mask, is_causal, p)  # (B, nh, T, hd)
+        y = attend(q, k, v, ctx.mask, ctx.is_causal, p)  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, nh * hd)  # (B, T, nh hd)
         return self.proj(y)
 

@@ -8,17 +8,20 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from llmscratch.model.attention import attention_mask
+from llmscratch.model.attention import StepContext, attention_mask, position_ids
 from llmscratch.model.kv_cache import KVCache
 
 
 class LanguageModel(nn.Module):
-    """Base of GPT and Llama: `model(ids, cache=None, positions=None, pad_mask=None) -> logits`.
+    """Base of every family: `model(ids, cache=None, positions=None, pad_mask=None, last_only=False) -> logits`.
 
     - ids (B, T) token ids.
-    - positions (T,) the slots these tokens occupy (default 0..T-1; required with a cache).
-    - pad_mask (B, S) bool, True for real tokens, over slots 0..S-1 with S >= positions[-1] + 1 (left padding).
-    Subclasses implement `hidden_states` (final-normed activations, (B, T, emb_dim)) and own `self.head`.
+    - positions: the slots these tokens occupy, (T,) for every row (default 0..T-1) or (B, T) per row (rows of
+      one batch at different positions; needs a cache). Required with a cache.
+    - pad_mask (B, S) bool, True for real tokens, over slots 0..S-1 with S >= the last position + 1 (left padding).
+    - last_only: logits of the last position only, (B, vocab), instead of (B, T, vocab).
+    Subclasses implement `hidden_states` (final-normed activations, (B, T, emb_dim)) with the `StepContext` of
+    `_prepare`, and own `self.head`.
     """
 
     config: object
@@ -30,8 +33,10 @@ class LanguageModel(nn.Module):
         cache: KVCache | None = None,
         positions: torch.Tensor | None = None,
         pad_mask: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
-        return self.head(self.hidden_states(ids, cache, positions, pad_mask))  # (B, T, vocab)
+        h = self.hidden_states(ids, cache, positions, pad_mask)  # (B, T, emb)
+        return self.head(h[:, -1] if last_only else h)  # (B, vocab) or (B, T, vocab)
 
     def hidden_states(self, ids, cache=None, positions=None, pad_mask=None) -> torch.Tensor:
         raise NotImplementedError
@@ -51,8 +56,8 @@ class LanguageModel(nn.Module):
         cache: KVCache | None,
         positions: torch.Tensor | None,
         pad_mask: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, int, torch.Tensor | None, bool]:
-        """Check the arguments; return (positions, end, mask, is_causal) for the attention layers."""
+    ) -> StepContext:
+        """Check the arguments; return the step's context for the blocks (rotary tables left to the family)."""
         T = ids.shape[1]
         if positions is None:
             if cache is not None:
@@ -60,7 +65,12 @@ class LanguageModel(nn.Module):
             positions = torch.arange(T, device=ids.device)
             end = T  # known without reading the tensor (no device sync, no torch.compile graph break)
         else:
-            end = int(positions[-1]) + 1
+            if positions.dim() == 2 and positions.shape[0] == 1:
+                positions = positions[0]  # one row: the same as shared positions
+            if positions.dim() == 2 and (cache is None or positions.shape != ids.shape):
+                shape = tuple(positions.shape)
+                raise ValueError(f"per-row positions {shape} need a cache and the shape of ids {tuple(ids.shape)}")
+            end = int(positions[..., -1].max()) + 1
         limit = cache.max_len if cache is not None else self.config.context_length
         if end > limit:
             raise ValueError(
@@ -69,7 +79,7 @@ class LanguageModel(nn.Module):
         if cache is None and end != T:
             raise ValueError("without a cache, positions must be 0..T-1")
         mask, is_causal = attention_mask(positions, end, pad_mask)
-        return positions, end, mask, is_causal
+        return StepContext(positions, end, mask, is_causal, pad_mask, cache, position_ids(positions, pad_mask))
 
     def num_params(self, trainable_only: bool = False) -> int:
         """Number of parameters (shared tensors counted once)."""

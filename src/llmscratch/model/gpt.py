@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmscratch.model.attention import CausalSelfAttention, position_ids
+from llmscratch.model.attention import CausalSelfAttention, StepContext
 from llmscratch.model.base import LanguageModel
 from llmscratch.model.kv_cache import KVCache
 
@@ -77,8 +77,8 @@ class GPTBlock(nn.Module):
         self.ffn = FeedForward(c.emb_dim)
         self.drop = nn.Dropout(c.dropout)
 
-    def forward(self, x, mask, is_causal, cache, layer, positions, end):
-        a = self.attn(self.norm1(x), mask, is_causal, None, cache, layer, positions, end)
+    def forward(self, x: torch.Tensor, ctx: StepContext, layer: int) -> torch.Tensor:
+        a = self.attn(self.norm1(x), ctx, layer)
         x = x + (self.drop(a) if self.training else a)  # dropout is the identity in eval: skip the call
         f = self.ffn(self.norm2(x))
         return x + (self.drop(f) if self.training else f)
@@ -114,10 +114,10 @@ class GPT(LanguageModel):
         positions: torch.Tensor | None = None,
         pad_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        positions, end, mask, is_causal = self._prepare(ids, cache, positions, pad_mask)
-        x = self.tok_emb(ids) + self.pos_emb(position_ids(positions, pad_mask))  # (B, T, emb)
+        ctx = self._prepare(ids, cache, positions, pad_mask)
+        x = self.tok_emb(ids) + self.pos_emb(ctx.position_ids)  # (B, T, emb)
         if self.training:
             x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, mask, is_causal, cache, i, positions, end)
+            x = block(x, ctx, i)
         return self.final_norm(x)  # (B, T, emb)

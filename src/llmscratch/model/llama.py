@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmscratch.model.attention import CausalSelfAttention, position_ids
+from llmscratch.model.attention import CausalSelfAttention, StepContext
 from llmscratch.model.base import LanguageModel
 from llmscratch.model.kv_cache import KVCache
 
@@ -146,8 +146,8 @@ class LlamaBlock(nn.Module):
         self.ffn = SwiGLU(c.emb_dim, c.hidden_dim)
         self.drop = nn.Dropout(c.dropout)
 
-    def forward(self, x, mask, is_causal, rotary, cache, layer, positions, end):
-        x = x + self.drop(self.attn(self.norm1(x), mask, is_causal, rotary, cache, layer, positions, end))
+    def forward(self, x: torch.Tensor, ctx: StepContext, layer: int) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), ctx, layer))
         return x + self.drop(self.ffn(self.norm2(x)))
 
 
@@ -180,11 +180,11 @@ class Llama(LanguageModel):
         positions: torch.Tensor | None = None,
         pad_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        positions, end, mask, is_causal = self._prepare(ids, cache, positions, pad_mask)
+        ctx = self._prepare(ids, cache, positions, pad_mask)
         x = self.drop(self.tok_emb(ids))  # (B, T, emb)
-        rotary = self.rope(position_ids(positions, pad_mask), x.dtype)  # 2 x (B|1, 1, T, hd)
+        ctx.rotary = self.rope(ctx.position_ids, x.dtype)  # 2 x (B|1, 1, T, hd)
         for i, block in enumerate(self.blocks):
-            x = block(x, mask, is_causal, rotary, cache, i, positions, end)
+            x = block(x, ctx, i)
         return self.final_norm(x)  # (B, T, emb)
 
 
