@@ -63,3 +63,17 @@ def corpus(tmp_path_factory):
     (folder / "corpus.txt").write_text(text)
     train_bpe(text, 300, special_tokens=["<|endoftext|>"]).save(folder / "tok.json")
     return folder
+
+
+def varied_tiny_model(family: str = "gpt2", seed: int = 0):
+    """A tiny GPT-2 or Llama (eval mode) with large random weights, so its greedy tokens vary (the default
+    init repeats one token): for tests that compare generated tokens."""
+    from llmscratch.model import build_model, get_config
+
+    torch.manual_seed(seed)
+    model = build_model(get_config("gpt2-tiny" if family == "gpt2" else "llama-tiny")).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.3)
+    return model

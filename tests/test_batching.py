@@ -4,22 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import varied_tiny_model
 
 from llmscratch.generate import DecodeBatch, SamplingConfig, generate
-from llmscratch.model import build_model, get_config
 from llmscratch.model.attention import attention_mask
 from llmscratch.utils import UserError
-
-
-def tiny(family: str, seed: int = 0):
-    """A tiny model with large random weights: its greedy tokens vary (the default init repeats one token)."""
-    torch.manual_seed(seed)
-    model = build_model(get_config("gpt2-tiny" if family == "gpt2" else "llama-tiny")).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.3)
-    return model
 
 
 def prompts(n: int, seed: int = 0) -> list[list[int]]:
@@ -43,7 +32,7 @@ def test_sliding_window_mask_by_hand():
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_per_row_positions_equal_separate_runs(family):
     """Two rows prefilled to different lengths, then one decode step at (B, 1) positions."""
-    model = tiny(family, 1)
+    model = varied_tiny_model(family, 1)
     a, b = torch.randint(0, 512, (1, 9)), torch.randint(0, 512, (1, 4))
     cache = model.new_cache(2, 16)
     with torch.no_grad():
@@ -73,7 +62,7 @@ def run_batch(model, arrivals, cfgs, max_batch, use_cache=True, cancel=None):
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_greedy_requests_joining_at_different_steps_equal_their_solo_runs(family):
-    model = tiny(family, 2)
+    model = varied_tiny_model(family, 2)
     ps = prompts(6, 3)
     cfgs = [SamplingConfig(max_new_tokens=n) for n in (12, 3, 20, 7, 15, 9)]
     arrivals = list(zip((0, 0, 2, 5, 6, 11), ps))
@@ -87,7 +76,7 @@ def test_greedy_requests_joining_at_different_steps_equal_their_solo_runs(family
 
 
 def test_stop_ids_and_cancel_free_rows_and_leave_others_unchanged():
-    model = tiny("gpt2", 4)
+    model = varied_tiny_model("gpt2", 4)
     ps = prompts(3, 5)
     alone = [generate(model, [p], SamplingConfig(max_new_tokens=16))[0] for p in ps]
     stop = alone[0][4]  # row 0 stops at its fifth token
@@ -99,7 +88,7 @@ def test_stop_ids_and_cancel_free_rows_and_leave_others_unchanged():
 
 
 def test_seeded_sampling_in_a_batch_equals_the_request_alone():
-    model = tiny("llama", 6)
+    model = varied_tiny_model("llama", 6)
     ps = prompts(3, 7)
     cfgs = [SamplingConfig(max_new_tokens=12, temperature=1.0, top_k=50, seed=s) for s in (1, 2, 3)]
     got, _ = run_batch(model, [(i, p) for i, p in enumerate(ps)], cfgs, max_batch=3)
@@ -109,7 +98,7 @@ def test_seeded_sampling_in_a_batch_equals_the_request_alone():
 
 
 def test_join_refuses_what_does_not_fit():
-    model = tiny("gpt2")
+    model = varied_tiny_model("gpt2")
     batch = DecodeBatch(model, 1, 32)
     with pytest.raises(UserError, match=r"prompt \(30 tokens\).*max_new_tokens \(5\).*32"):
         batch.join([1] * 30, SamplingConfig(max_new_tokens=5))

@@ -1,0 +1,1 @@
+"""Serving: the continuous-batching engine (engine.py) that the HTTP server and `bench serve` run on."""
