@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from llmscratch.model.attention import apply_rotary
-from llmscratch.model.llama import Llama, LlamaConfig, rotary_tables
+from llmscratch.model.llama import LlamaConfig, rotary_tables
 from llmscratch.tokenizer.byte_level import bytes_to_unicode
 from llmscratch.utils import UserError
 from llmscratch.weights.gguf import load_gguf, unpermute_qk
-from llmscratch.weights.hf_llama import load_llama_state
+from llmscratch.weights.hf_llama import state_dict_from_hf
+from llmscratch.weights.ours import model_from_state_dict
 
 gguf = pytest.importorskip("gguf")
 Q = gguf.GGMLQuantizationType
@@ -165,12 +166,13 @@ def test_synthetic_gguf_loads_every_type_exactly(tmp_path, tied):
     expected = write_gguf(tmp_path / "tiny.gguf", random_hf_weights(cfg, rng), types, cfg=cfg, rng=rng)
     loaded = load_gguf(tmp_path / "tiny.gguf", progress=False)
     assert loaded.model.config == cfg
-    ref = load_llama_state(Llama(cfg), {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in expected.items()})
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in expected.items()}
+    ref = model_from_state_dict(cfg, state_dict_from_hf(tensors, cfg))
     for (name, mine), (_, want) in zip(loaded.model.state_dict().items(), ref.state_dict().items()):
         assert torch.equal(mine, want), name
     ids = torch.randint(0, cfg.vocab_size, (1, 12))
     with torch.no_grad():
-        assert torch.equal(loaded.model(ids), ref.eval()(ids))
+        assert torch.equal(loaded.model(ids), ref(ids))
     # Tokenizer and template from the metadata.
     tok = loaded.tokenizer
     assert tok.encode("hello") == [259]

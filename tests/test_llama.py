@@ -12,9 +12,11 @@ from safetensors.torch import load_file
 from llmscratch.generate import SamplingConfig, generate
 from llmscratch.model import build_model, config_from_dict, config_to_dict, get_config
 from llmscratch.model.attention import apply_rotary
-from llmscratch.model.llama import Llama, RMSNorm, empty_llama, rotary_tables
+from llmscratch.model.base import empty_model
+from llmscratch.model.llama import Llama, RMSNorm, rotary_tables
 from llmscratch.utils import UserError
-from llmscratch.weights.hf_llama import config_from_hf, config_to_hf, load_llama_state, state_dict_to_hf
+from llmscratch.weights.hf_llama import config_from_hf, config_to_hf, state_dict_from_hf, state_dict_to_hf
+from llmscratch.weights.ours import model_from_state_dict
 
 transformers = pytest.importorskip("transformers")
 
@@ -37,8 +39,13 @@ def hf_tiny(tied: bool, seed: int = 0, vocab: int = VOCAB):
     return model
 
 
+def load_hf_tensors(config, tensors) -> Llama:
+    """Our Llama holding Hugging Face tensors, the way every loader builds one."""
+    return model_from_state_dict(config, state_dict_from_hf(tensors, config))
+
+
 def ours_from_hf(ref) -> Llama:
-    return load_llama_state(Llama(config_from_hf(ref.config.to_dict())), dict(ref.state_dict())).eval()
+    return load_hf_tensors(config_from_hf(ref.config.to_dict()), dict(ref.state_dict()))
 
 
 def test_rotary_matches_reference_formula():
@@ -138,7 +145,7 @@ def test_save_pretrained_folder_imports_and_exports_back(tmp_path, tied):
     ref = hf_tiny(tied, seed=3)
     ref.save_pretrained(tmp_path)
     hf_config = json.loads((tmp_path / "config.json").read_text())
-    model = load_llama_state(Llama(config_from_hf(hf_config)), load_file(tmp_path / "model.safetensors"))
+    model = load_hf_tensors(config_from_hf(hf_config), load_file(tmp_path / "model.safetensors"))
     ids = torch.randint(0, VOCAB, (1, 10))
     with torch.no_grad():
         torch.testing.assert_close(model(ids), ref(ids).logits, atol=1e-5, rtol=0)
@@ -158,11 +165,11 @@ def test_missing_or_misshapen_tensor_is_a_clear_error():
     tensors = dict(ref.state_dict())
     del tensors["model.layers.1.self_attn.k_proj.weight"]
     with pytest.raises(UserError, match=r"model\.layers\.1\.self_attn\.k_proj\.weight is missing"):
-        load_llama_state(Llama(cfg), tensors)
+        load_hf_tensors(cfg, tensors)
     tensors = dict(ref.state_dict())
     tensors["model.norm.weight"] = torch.ones(31)
     with pytest.raises(UserError, match=r"model\.norm\.weight has shape \(31,\), expected \(32,\)"):
-        load_llama_state(Llama(cfg), tensors)
+        load_hf_tensors(cfg, tensors)
 
 
 def test_unsupported_hf_config_features_are_refused():
@@ -175,10 +182,10 @@ def test_unsupported_hf_config_features_are_refused():
         config_from_hf({**base, "model_type": "mistral"})
 
 
-def test_empty_llama_and_dtype_changes_keep_float32_rotary_tables():
+def test_empty_model_and_dtype_changes_keep_float32_rotary_tables():
     cfg = get_config("llama-tiny")
-    model = empty_llama(cfg)
-    assert model.head.weight is model.tok_emb.weight
+    model = empty_model(cfg)
+    assert model.head.weight is model.tok_emb.weight and not any(p.is_meta for p in model.parameters())
     cos, _ = rotary_tables(cfg.head_dim, cfg.context_length, cfg.rope_theta)
     assert torch.equal(model.rope.cos, cos)
     half = build_model(cfg).to(torch.bfloat16)

@@ -120,13 +120,32 @@ class _SkipInPlace(TorchFunctionMode):
 def meta_model(config) -> LanguageModel:
     """The model of `config` on the meta device: shapes only, no memory, no random init (fast for any size).
 
-    For counting parameters, and as a skeleton to load weights into (`to_empty`, then copy). Buffers that a
-    model computes at init (rotary tables) are not computed.
+    For counting parameters and shapes; `empty_model` turns it into a skeleton to load weights into. Buffers
+    that a model computes at init (rotary tables) are not computed.
     """
     from llmscratch.model import build_model
 
     with torch.device("meta"), _SkipInPlace():
         return build_model(config)
+
+
+def empty_model(config, device: torch.device | str | None = None) -> LanguageModel:
+    """The model of `config` with parameters allocated on `device` but not initialised: the one skeleton that
+    weights are loaded into (`weights.ours.model_from_state_dict`). No random init, so fast for any size.
+
+    Tied weights are tied again after allocation; buffers a model computes at init are recomputed by every
+    submodule that has a `reset_tables()` method (rotary tables).
+    """
+    model = meta_model(config)
+    tied = tied_names(model)
+    model = model.to_empty(device=device or "cpu")
+    for alias, first in tied.items():  # to_empty made two parameters of a tied one: tie them again
+        owner, _, attr = alias.rpartition(".")
+        setattr(model.get_submodule(owner), attr, model.get_parameter(first))
+    for m in model.modules():
+        if callable(getattr(m, "reset_tables", None)):
+            m.reset_tables()
+    return model
 
 
 @dataclass

@@ -187,15 +187,3 @@ class Llama(LanguageModel):
             x = block(x, ctx, i)
         return self.final_norm(x)  # (B, T, emb)
 
-
-def empty_llama(
-    config: LlamaConfig, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-) -> Llama:
-    """A Llama whose parameters are allocated but not initialised, for loading weights into (skips random init)."""
-    with torch.device("meta"):
-        model = Llama(config)
-    model = model.to_empty(device=device or "cpu")
-    model.rope.reset_tables()
-    if config.tie_embeddings:
-        model.head.weight = model.tok_emb.weight
-    return model.to(dtype=dtype) if dtype is not None else model

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmscratch.model.llama import Llama, LlamaConfig, empty_llama
+from llmscratch.model.llama import Llama, LlamaConfig
 from llmscratch.utils import UserError
 
 SUPPORTED_ARCHITECTURES = ("llama",)
@@ -270,14 +270,14 @@ def load_gguf(
 
     `reader`: an already opened `GGUFReader` on `path` (opening one parses all metadata, which takes seconds).
     """
-    from llmscratch.weights.hf_llama import load_llama_state
+    from llmscratch.weights.hf_llama import state_dict_from_hf
+    from llmscratch.weights.ours import model_from_state_dict
 
     path = Path(path)
     reader = reader if reader is not None else open_gguf(path)
     config = config_from_gguf(reader)
     tokenizer = tokenizer_from_gguf(reader)
     tensors = hf_tensors_from_gguf(reader, config, progress)
-    model = empty_llama(config, device, dtype)
-    load_llama_state(model, tensors, source=str(path))
+    model = model_from_state_dict(config, state_dict_from_hf(tensors, config, str(path)), str(path), device, dtype)
     template = field_value(reader, "tokenizer.chat_template")
     return GGUFModel(model.eval(), tokenizer, template, scalar_metadata(reader), path)

@@ -149,16 +149,3 @@ def state_dict_to_hf(model: Llama) -> dict[str, torch.Tensor]:
         out["lm_head.weight"] = sd["head.weight"]
     return {k: v.detach().clone().contiguous() for k, v in out.items()}
 
-
-def load_llama_state(model: Llama, tensors: Mapping[str, torch.Tensor], source: str = "checkpoint") -> Llama:
-    """Copy Hugging Face tensors into `model` (in place, keeping its dtype and device); returns the model."""
-    sd = state_dict_from_hf(tensors, model.config, source)
-    p = next(model.parameters())
-    sd = {k: v.to(device=p.device, dtype=p.dtype) for k, v in sd.items()}
-    if model.config.tie_embeddings:
-        sd.pop("head.weight")
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [m for m in missing if not (model.config.tie_embeddings and m == "head.weight")]
-    if missing or unexpected:  # a bug in the name map, not a user mistake
-        raise RuntimeError(f"Llama import left parameters unset: {missing} / unexpected {unexpected}")
-    return model

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llmscratch.model import build_model, config_from_dict, config_to_dict
-from llmscratch.model.base import LanguageModel, meta_model, tied_names
+from llmscratch.model import config_from_dict, config_to_dict
+from llmscratch.model.base import LanguageModel, empty_model, tied_names
 from llmscratch.utils import UserError, atomic_folder, atomic_write_text
 from llmscratch.weights.shapes import check_tensors
 
@@ -103,20 +103,14 @@ def model_from_state_dict(
 ) -> LanguageModel:
     """A model of `config` holding `state` (our parameter names), in eval mode, float32 unless `dtype`.
 
-    Every tensor is checked: a missing, misshapen or unexpected one is a UserError naming it. The tied head may
-    be absent from `state`. Models without buffers are built without random init (the weights overwrite it).
+    The one way weights enter a model (our folders, Hugging Face folders, GGUF files): an `empty_model` (no
+    random init) filled from `state`. Every tensor is checked: a missing, misshapen or unexpected one is a
+    UserError naming it. The tied head may be absent from `state`.
     """
-    model = meta_model(config)
+    model = empty_model(config)
     tied = tied_names(model)
     expected = model.state_dict()
     check_tensors(state, {n: tuple(t.shape) for n, t in expected.items()}, source, config.family, may_lack=tied)
-    if any(True for _ in model.buffers()):  # buffers computed at init (rotary tables): build for real
-        model = build_model(config)
-    else:
-        model = model.to_empty(device="cpu")
-        for alias, first in tied.items():  # to_empty made two parameters of a tied one: tie them again
-            owner, _, attr = alias.rpartition(".")
-            setattr(model.get_submodule(owner), attr, model.get_parameter(first))
     full = {name: state.get(name, state.get(tied.get(name, ""))) for name in expected}
     with torch.no_grad():
         for name, p in [*model.named_parameters(remove_duplicate=False), *model.named_buffers()]:
