@@ -106,3 +106,25 @@ def test_join_refuses_what_does_not_fit():
         batch.join([1, 2], SamplingConfig(max_new_tokens=5))
         with pytest.raises(RuntimeError, match="rows"):
             batch.join([1, 2], SamplingConfig(max_new_tokens=5))
+
+
+def test_packed_linear_weights_give_the_same_logits_and_leave_the_parameters_alone():
+    from llmscratch.model.base import can_pack_linear_weights, pack_linear_weights
+
+    model = varied_tiny_model("llama", 8)
+    if not can_pack_linear_weights(model):
+        pytest.skip("this torch has no oneDNN linear ops")
+    ids = torch.randint(0, 512, (3, 7))
+    with torch.inference_mode():
+        before, one = model(ids), model(ids[:1, :1])
+    names = list(model.state_dict())
+    pack_linear_weights(model)
+    assert list(model.state_dict()) == names
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ids), before, atol=1e-5, rtol=1e-5)
+        assert torch.equal(model(ids[:1, :1]), one)  # one row: the usual product
+    loss = model(ids).sum()  # with gradients: the usual product, so training still works
+    loss.backward()
+    assert model.blocks[0].attn.qkv.weight.grad is not None
+    pack_linear_weights(model, packed=False)
+    assert "forward" not in vars(model.head)

