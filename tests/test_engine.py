@@ -79,9 +79,11 @@ def test_stop_ids_are_not_sent_and_finish_with_stop():
     engine.start()
     c = Collector()
     cfg = SamplingConfig(max_new_tokens=20, stop_ids=[stop])
-    assert engine.submit(p, cfg, c.on_token, c.on_done).wait(30) == "stop"
+    h = engine.submit(p, cfg, c.on_token, c.on_done)
+    assert h.wait(30) == "stop"
     engine.stop()
     assert c.tokens == alone[: alone.index(stop)] and c.reasons == ["stop"]
+    assert h.tokens == c.tokens and h.finish_reason == "stop" and h.done
 
 
 def test_cancel_frees_the_row_for_the_next_request():

@@ -50,7 +50,7 @@ class SamplingConfig:
 class GenerationStats:
     """Filled in by a generation when passed as `stats`: counts and wall-clock times."""
 
-    prompt_tokens: int = 0  # longest prompt (with padding, every row has this many slots)
+    prompt_tokens: int = 0  # longest prompt
     new_tokens: int = 0  # tokens produced, all rows together (rows stopped early still count until the end)
     seconds: float = 0.0  # from the start to the last token produced
     first_token_seconds: float = 0.0  # the prefill: time to the first new token

@@ -64,6 +64,7 @@ class Handle:
         self._cancelled = False
         self._finished = threading.Event()
         self.request: Request | None = None  # set when it joins the batch
+        self.tokens: list[int] = []  # the ids sent to on_token so far
         self.finish_reason: str | None = None
         self.submitted = time.perf_counter()
 
@@ -257,6 +258,7 @@ class Engine:
         req = handle.request
         if req.tokens and req.finish not in ("stop", "cancelled", "error") and not handle._cancelled:
             try:
+                handle.tokens.append(req.tokens[-1])
                 handle._on_token(req.tokens[-1])
                 self._generated += 1
             except Exception:  # a broken consumer (a closed stream): stop generating for it
