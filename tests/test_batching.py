@@ -128,3 +128,20 @@ def test_packed_linear_weights_give_the_same_logits_and_leave_the_parameters_alo
     assert model.blocks[0].attn.qkv.weight.grad is not None
     pack_linear_weights(model, packed=False)
     assert "forward" not in vars(model.head)
+
+
+def test_requests_joining_together_share_a_prefill_per_prompt_length():
+    model = varied_tiny_model("gpt2", 9)
+    g = torch.Generator().manual_seed(9)
+    ps = [torch.randint(0, 512, (n,), generator=g).tolist() for n in (5, 5, 3, 5)]
+    cfgs = [SamplingConfig(max_new_tokens=n) for n in (6, 9, 4, 0)]
+    calls = []
+    model.register_forward_hook(lambda m, args, out: calls.append(tuple(args[0].shape)))
+    batch = DecodeBatch(model, 4, 32)
+    with torch.inference_mode():
+        reqs = batch.join_many(ps, cfgs)
+        assert sorted(calls) == [(1, 3), (2, 5)]  # the request with max_new_tokens=0 is not prefilled
+        while batch.active:
+            batch.step()
+    alone = [generate(model, [p], c)[0] for p, c in zip(ps, cfgs)]
+    assert [r.tokens for r in reqs] == alone and reqs[3].tokens == [] and reqs[3].finish == "length"

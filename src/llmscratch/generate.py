@@ -119,11 +119,12 @@ class Request:
 class DecodeBatch:
     """The step machinery of the one generation loop, rows at their own positions.
 
-    A request joins between steps (`join`: its prompt is prefilled alone into a free cache row and its first
-    token sampled); each `step` feeds every active row its last token at its own slot and samples the next
-    one with the row's own settings and generator; a request that finishes (a stop id, max_new_tokens) or is
-    cancelled (`leave`) frees its row at once. Active rows are kept in cache rows 0..n-1, so a step runs on
-    exactly n rows. Without a cache (`use_cache=False`) each step runs the whole sequences again.
+    A request joins between steps (`join`): its prompt is prefilled into a free cache row (together with the
+    requests joining at the same time with prompts of its length) and its first token sampled. Each `step`
+    feeds every active row its last token at its own slot and samples the next one with the row's own
+    settings and generator. A request that finishes (a stop id, max_new_tokens) or is cancelled (`leave`)
+    frees its row at once. Active rows are kept in cache rows 0..n-1, so a step runs on exactly n rows.
+    Without a cache (`use_cache=False`) each step runs the whole sequences again.
     """
 
     def __init__(self, model, max_batch: int, max_len: int, use_cache: bool = True):
@@ -140,26 +141,39 @@ class DecodeBatch:
 
     def join(self, prompt: Sequence[int], cfg: SamplingConfig) -> Request:
         """Prefill `prompt` into a free row and sample its first token; returns the request (maybe finished)."""
-        cfg.validate()
-        check_prompts(self.model, [prompt])
-        check_fits(self.model, len(prompt), cfg.max_new_tokens, self.max_len)
-        if not self.free:
-            raise RuntimeError(f"every one of the {self.max_batch} rows is taken")
-        generator = None if cfg.seed is None else torch.Generator(device=self.device).manual_seed(cfg.seed)
-        req = Request(list(prompt), cfg, generator)
-        if cfg.max_new_tokens == 0:
-            req.finish = "length"
-            return req
-        ids = torch.tensor([req.prompt], dtype=torch.long, device=self.device)  # (1, L)
-        row = len(self.active)
-        if self.cache is None:
-            logits = self.model(ids, last_only=True)  # (1, vocab)
-        else:
-            logits = self.model(ids, self.cache.rows(row, row + 1), self.slots[: len(prompt)], last_only=True)
-        req.row = row
-        self.active.append(req)
-        self._accept(req, self._sample([req], logits)[0])
-        return req
+        return self.join_many([prompt], [cfg])[0]
+
+    def join_many(self, prompts: Sequence[Sequence[int]], cfgs: Sequence[SamplingConfig]) -> list[Request]:
+        """Join several requests at once: prompts of the same length are prefilled together, in one call."""
+        for prompt, cfg in zip(prompts, cfgs, strict=True):
+            cfg.validate()
+            check_prompts(self.model, [prompt])
+            check_fits(self.model, len(prompt), cfg.max_new_tokens, self.max_len)
+        if len(prompts) > self.free:
+            raise RuntimeError(f"{len(prompts)} requests to join, {self.free} of the {self.max_batch} rows are free")
+        reqs = [Request(list(p), c, self._generator(c.seed)) for p, c in zip(prompts, cfgs)]
+        by_length: dict[int, list[Request]] = {}
+        for req in reqs:
+            if req.cfg.max_new_tokens == 0:
+                req.finish = "length"
+            else:
+                by_length.setdefault(len(req.prompt), []).append(req)
+        for L, group in by_length.items():
+            ids = torch.tensor([r.prompt for r in group], dtype=torch.long, device=self.device)  # (k, L)
+            row, k = len(self.active), len(group)
+            if self.cache is None:
+                logits = self.model(ids, last_only=True)  # (k, vocab)
+            else:
+                logits = self.model(ids, self.cache.rows(row, row + k), self.slots[:L], last_only=True)
+            for i, req in enumerate(group):
+                req.row = row + i
+            self.active.extend(group)
+            for req, t in zip(group, self._sample(group, logits)):
+                self._accept(req, t)
+        return reqs
+
+    def _generator(self, seed: int | None) -> torch.Generator | None:
+        return None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
 
     def step(self) -> list[Request]:
         """One decode step: a new token for every active request (in `.tokens[-1]`); returns those requests.
@@ -255,7 +269,7 @@ def generate_steps(
     model.eval()  # no dropout while generating; the mode is restored afterwards
     try:
         batch = DecodeBatch(model, B, L + cfg.max_new_tokens, use_cache)
-        reqs = [batch.join(p, _row_config(cfg, i)) for i, p in enumerate(prompts)]
+        reqs = batch.join_many(prompts, [_row_config(cfg, i) for i in range(B)])
         for step in range(cfg.max_new_tokens):
             if step:
                 batch.step()

@@ -184,8 +184,7 @@ class Engine:
             with torch.inference_mode():
                 while (admitted := self._next_work()) is not None:
                     self._cancel_rows()
-                    for handle in admitted:
-                        self._join(handle)
+                    self._join(admitted)
                     if self.batch.active:
                         self._step()
         except Exception:  # a bug: end every request rather than leave its client waiting
@@ -226,19 +225,25 @@ class Engine:
             self.batch.leave(h.request, "cancelled")
             self._settle(h)
 
-    def _join(self, handle: Handle) -> None:
-        if handle._cancelled:
-            self._finish(handle, "cancelled")
-            return
+    def _join(self, handles: list[Handle]) -> None:
+        """Prefill the admitted requests (those of one prompt length together) and send their first tokens."""
+        for h in [h for h in handles if h._cancelled]:
+            self._finish(h, "cancelled")
+        handles = [h for h in handles if not h._cancelled]
         try:
-            handle.request = req = self.batch.join(handle.prompt, handle.cfg)
+            reqs = self.batch.join_many([h.prompt for h in handles], [h.cfg for h in handles])
         except Exception:
             log.exception("prefill failed")
-            self._finish(handle, "error")
+            for h in handles:
+                self._finish(h, "error")
             return
         with self._cond:
-            self._rows[id(req)] = handle
-        self._settle(handle)
+            for h, req in zip(handles, reqs):
+                h.request = req
+                if req.row >= 0:
+                    self._rows[id(req)] = h
+        for h in handles:
+            self._settle(h)
 
     def _step(self) -> None:
         try:
