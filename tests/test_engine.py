@@ -130,12 +130,12 @@ def test_a_failing_consumer_cancels_only_its_request():
 def test_queue_full_past_max_queue_and_prompts_that_do_not_fit():
     engine = Engine(varied_tiny_model("gpt2"), max_batch=1, max_queue=2, max_len=32)  # not started: nothing leaves
     cfg = SamplingConfig(max_new_tokens=4)
-    engine.submit([1, 2], cfg, ignore, ignore)
-    engine.submit([3], cfg, ignore, ignore)
+    for p in ([1, 2], [3], [5, 6, 7]):  # one for the free row, two waiting
+        engine.submit(p, cfg, ignore, ignore)
     with pytest.raises(QueueFull) as e:
         engine.submit([4], cfg, ignore, ignore)
     assert e.value.retry_after >= 1 and isinstance(e.value, Exception)
-    assert engine.stats().queued == 2
+    assert engine.stats().queued == 3
     with pytest.raises(UserError, match=r"prompt \(30 tokens\) plus max_new_tokens \(4\).* 32 tokens"):
         engine.submit([1] * 30, cfg, ignore, ignore)
     with pytest.raises(UserError, match="temperature"):

@@ -144,8 +144,8 @@ class Engine:
         """Queue a request. on_token(id) for each new id (stop ids are not sent), then on_done(reason) once:
         "stop" (a stop id), "length" (max_new_tokens), "cancelled", or "error" (the model failed).
 
-        Raises UserError for bad settings or a prompt that does not fit, QueueFull when max_queue requests
-        wait, EngineStopped after stop().
+        Raises UserError for bad settings or a prompt that does not fit, QueueFull when every row is busy and
+        max_queue requests wait, EngineStopped after stop().
         """
         cfg.validate()
         check_prompts(self.model, [prompt_ids])
@@ -154,7 +154,7 @@ class Engine:
         with self._cond:
             if not self._accepting:
                 raise EngineStopped("the server is shutting down and takes no new requests")
-            if len(self._queue) >= self.max_queue:
+            if len(self._queue) >= self.max_queue + self.max_batch - len(self._rows):  # rows busy, queue full
                 raise QueueFull(len(self._queue), self._retry_after())
             self._queue.append(handle)
             self._cond.notify_all()
