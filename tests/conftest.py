@@ -63,3 +63,37 @@ def corpus(tmp_path_factory):
     (folder / "corpus.txt").write_text(text)
     train_bpe(text, 300, special_tokens=["<|endoftext|>"]).save(folder / "tok.json")
     return folder
+
+
+KILL_SCRIPT = '''"""The llmscratch command, SIGKILLed at the end of step N: `python kill_after.py N pretrain ...`."""
+import os
+import signal
+import sys
+
+from llmscratch.cli import main
+from llmscratch.train.callbacks import Callback
+from llmscratch.train.trainer import Trainer
+
+STEP = int(sys.argv[1])
+
+
+class SigkillAfter(Callback):
+    def on_step_end(self, trainer):
+        if trainer.state.step == STEP:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+_defaults = Trainer.default_callbacks
+Trainer.default_callbacks = lambda self: [*_defaults(self), SigkillAfter()]
+main(sys.argv[2:])
+'''
+
+
+@pytest.fixture
+def kill_script(tmp_path) -> Path:
+    """A script that runs the llmscratch command and SIGKILLs itself after a step (a crash, as a test injects it)."""
+    path = tmp_path / "kill_after.py"
+    path.write_text(KILL_SCRIPT)
+    return path

@@ -12,7 +12,6 @@ import pytest
 
 from llmscratch.cli import build_parser, main
 from llmscratch.cli.train import resolve_options
-from llmscratch.train.loop import KILL_ENV
 from llmscratch.train.plots import read_metrics
 from llmscratch.utils import UserError
 
@@ -68,12 +67,12 @@ def test_cli_errors_print_one_line(tmp_path, corpus, capsys):
     assert "neither a file nor a data set name" in capsys.readouterr().err
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, corpus, capsys):
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, corpus, capsys, kill_script):
     main(args_for(corpus, tmp_path / "full"))
     full = read_metrics(tmp_path / "full" / "metrics.jsonl")
     assert "trained 8 steps" in capsys.readouterr().out
-    env = {**os.environ, KILL_ENV: "5", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "llmscratch", *args_for(corpus, tmp_path / "cut")], env=env,
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(kill_script), "5", *args_for(corpus, tmp_path / "cut")], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert "step 4/8" in proc.stdout and "step 8/8" not in proc.stdout

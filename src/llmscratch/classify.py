@@ -441,8 +441,8 @@ def finetune_classifier(cfg: FinetuneConfig, base=None, command: str | None = No
     from llmscratch.data.classification import ClassificationDataset, pad_id_of
     from llmscratch.train.checkpoint import list_checkpoints
     from llmscratch.train.config import TrainConfig
-    from llmscratch.train.loop import seed_everything, train
     from llmscratch.train.tasks.classify import ClassificationTask, evaluate_classifier
+    from llmscratch.train.trainer import seed_everything, train
     from llmscratch.utils import pick_device
 
     started = time.perf_counter()

@@ -113,7 +113,7 @@ def _optimizer(model):
     import torch
 
     from llmscratch.train.config import TrainConfig
-    from llmscratch.train.loop import build_optimizer
+    from llmscratch.train.trainer import build_optimizer
 
     return build_optimizer(model, TrainConfig(lr=4e-4, weight_decay=0.1), torch.device("cpu"))
 

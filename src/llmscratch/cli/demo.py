@@ -143,8 +143,8 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
     from llmscratch.model import GPTConfig, build_model
     from llmscratch.tokenizer import train as train_bpe
     from llmscratch.train.config import TrainConfig
-    from llmscratch.train.loop import seed_everything, train
     from llmscratch.train.tasks.pretrain import PretrainTask, load_pretrain_data
+    from llmscratch.train.trainer import seed_everything, train
 
     s = settings or DemoSettings()
     out = Path(out)

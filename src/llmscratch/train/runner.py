@@ -6,7 +6,7 @@ from torch import nn
 
 from llmscratch.train import distributed
 from llmscratch.train.config import TrainConfig
-from llmscratch.train.loop import TrainResult, seed_everything, train
+from llmscratch.train.trainer import TrainResult, seed_everything, train
 from llmscratch.utils import UserError
 
 
