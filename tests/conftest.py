@@ -51,6 +51,21 @@ class ByteTokenizer:
         return out
 
 
+# A tiny GPT-2 for the byte tokenizers: emb 32, 2 layers, 4 heads, vocab 257 (bytes + end of text), context 64.
+def byte_gpt_config():
+    from llmscratch.model import GPTConfig
+
+    return GPTConfig(vocab_size=257, context_length=64, emb_dim=32, n_layers=2, n_heads=4)
+
+
+def byte_gpt(seed: int = 0):
+    """A randomly initialised `byte_gpt_config()` model (torch's generator seeded with `seed`)."""
+    from llmscratch.model import build_model
+
+    torch.manual_seed(seed)
+    return build_model(byte_gpt_config())
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """A folder with a small text (corpus.txt) and a BPE tokenizer trained on it (tok.json): no network, no mirror."""

@@ -213,7 +213,7 @@ def test_user_errors_before_any_work(tmp_path):
     model, task = tiny_setup(n=200)
     with pytest.raises(UserError, match="not enough training data"):
         train(model, task, cfg_for(tmp_path, batch_size=64))
-    with pytest.raises(UserError, match="batch size"):
+    with pytest.raises(UserError, match="batch_size must be >= 1"):
         train(model, task, cfg_for(tmp_path, batch_size=0))
     with pytest.raises(UserError, match="min_lr"):
         train(model, task, cfg_for(tmp_path, min_lr=1.0))
