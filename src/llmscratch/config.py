@@ -9,7 +9,8 @@ A field is declared with `setting(default, help, ...)`; its metadata carries the
     progress: bool = setting(True, "...", switches={"--no-progress": False})
     train: TrainConfig = nested(TrainConfig, flags=("lr", "epochs"), lr=5e-5)   # some fields of another config
 
-`add_flags(parser, cls)` builds the argparse flags (defaults shown in --help); `from_args(cls, args)` reads
+`add_flags(parser, cls)` builds the argparse flags (defaults shown in --help; `add_command` makes a whole
+subcommand that calls `run(cfg)`); `from_args(cls, args)` reads
 defaults < config file (YAML or JSON; keys are flag names, dashes or underscores, or field names) < flags
 given, checks every value and returns the instance. `check_fields(obj)` makes the same checks in Python.
 """
@@ -236,6 +237,15 @@ def add_flags(parser: argparse.ArgumentParser, cls, group_titles: dict[str, str]
     parser.add_argument("--config", default=None, metavar="FILE",
                         help="YAML or JSON file of settings (keys: flag names); flags given here override it")
     parser.set_defaults(_given=None, _settings=cls)
+
+
+def add_command(subparsers, name: str, cls, run, **parser_kw) -> argparse.ArgumentParser:
+    """A subcommand whose flags are the fields of `cls` (see `add_flags`); it calls `run(cfg)` with the config
+    that the command line (and its --config file) describe. `parser_kw`: help, description, epilog."""
+    p = subparsers.add_parser(name, **parser_kw)
+    add_flags(p, cls)
+    p.set_defaults(func=lambda args: run(from_args(cls, args)))
+    return p
 
 
 def _default(cls, flag: Flag):

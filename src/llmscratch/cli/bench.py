@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
-
 from llmscratch.bench.generate import GenerateBenchConfig
 from llmscratch.bench.train import TrainBenchConfig
-from llmscratch.config import add_flags, from_args
+from llmscratch.config import add_command
 
 
 def register(subparsers) -> None:
@@ -17,13 +15,8 @@ def register(subparsers) -> None:
         "JSON file and a PNG chart.",
     )
     sub = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
-    add_generate_parser(sub)
-    add_train_parser(sub)
-
-
-def add_generate_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "generate",
+    add_command(
+        sub, "generate", GenerateBenchConfig, _generate,
         help="tokens/s of batch-1 decoding: our KV cache vs none vs transformers (GPT-2, SmolLM2/Llama)",
         description="Batch-1 greedy decoding on the CPU in float32: new tokens per second without and with our "
         "KV cache for several output lengths, and transformers' GPT2LMHeadModel or LlamaForCausalLM with the same "
@@ -34,32 +27,23 @@ def add_generate_parser(sub) -> argparse.ArgumentParser:
         "bytes of weights read per token). Default model: the gpt2-124m preset (random weights from a fixed "
         "seed: same speed as the real ones).",
     )
-    add_flags(p, GenerateBenchConfig)
-    p.set_defaults(func=_generate)
-    return p
-
-
-def _generate(args: argparse.Namespace) -> None:
-    from llmscratch.bench.generate import run_generate_bench
-
-    run_generate_bench(from_args(GenerateBenchConfig, args))
-
-
-def add_train_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "train",
+    add_command(
+        sub, "train", TrainBenchConfig, _train,
         help="training tokens/s: our GPT-2 vs transformers, eager and compiled, with MFU",
         description="Training steps (forward, cross-entropy, backward, fused AdamW) of our GPT-2 and transformers' "
         "GPT2LMHeadModel with the same config, weights, dropout, batch and optimizer, eager against eager and "
         "torch.compile against torch.compile, interleaved; model FLOPs utilisation against a float32 matmul peak "
         "measured in the same run. Default: gpt2-124m at batch 8 x 256.",
     )
-    add_flags(p, TrainBenchConfig)
-    p.set_defaults(func=_train)
-    return p
 
 
-def _train(args: argparse.Namespace) -> None:
+def _generate(cfg: GenerateBenchConfig) -> None:
+    from llmscratch.bench.generate import run_generate_bench
+
+    run_generate_bench(cfg)
+
+
+def _train(cfg: TrainBenchConfig) -> None:
     from llmscratch.bench.train import run_train_bench
 
-    run_train_bench(from_args(TrainBenchConfig, args))
+    run_train_bench(cfg)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import shlex
 
-from llmscratch.config import add_flags, from_args, to_argv
+from llmscratch.config import add_command, to_argv
 from llmscratch.recipes.classify import ClassifyConfig
 
 
@@ -16,8 +15,8 @@ def register(subparsers) -> None:
         description="Fine-tune one of our models (GPT-2 or Llama family) for a task.",
     )
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
-    c = tasks.add_parser(
-        "classify",
+    add_command(
+        tasks, "classify", ClassifyConfig, _run_classify,
         help="text classification: a class head on the last token, trained on labelled texts",
         description="Replace the model's vocabulary head by a class head read at each text's last token and "
         "train it (with the last block, the last N blocks, everything, or LoRA adapters) on labelled texts. "
@@ -27,14 +26,11 @@ def register(subparsers) -> None:
         "--trainable lora --max-length 96 --epochs 3 --out runs/spam-lora    |    llmscratch finetune classify "
         "--model gpt2 --data reviews.csv --text-column review --label-column stars --full",
     )
-    add_flags(c, ClassifyConfig)
-    c.set_defaults(func=_run_classify)
 
 
-def _run_classify(args: argparse.Namespace) -> None:
+def _run_classify(cfg: ClassifyConfig) -> None:
     from llmscratch.recipes import classify
 
-    cfg = from_args(ClassifyConfig, args)
     report = classify.run(cfg, command=shlex.join(["llmscratch", "finetune", "classify", *to_argv(cfg)]))
     m, t = report["model"], report["timings_s"]
     print(f"model {m['base']} ({m['family']}): {m['trainable']}, {m['trainable_params']:,} of "

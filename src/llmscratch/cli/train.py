@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
-
-from llmscratch.config import add_flags, from_args
+from llmscratch.config import add_command
 from llmscratch.recipes.pretrain import PretrainConfig
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "pretrain",
+    add_command(
+        subparsers, "pretrain", PretrainConfig, _run,
         help="train a GPT from scratch on a text corpus",
         description="Train a GPT model from scratch with next-token prediction. Runs on several processes "
         "with `torchrun --nproc_per_node=N -m llmscratch pretrain ...` (DistributedDataParallel).",
@@ -19,13 +17,11 @@ def register(subparsers) -> None:
         "--batch-size 2 --epochs 10 --schedule constant --grad-clip 0 --eval-every 5 --eval-train-batches 5 "
         "--out runs/verdict",
     )
-    add_flags(p, PretrainConfig)
-    p.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> None:
+def _run(cfg: PretrainConfig) -> None:
     from llmscratch.recipes import pretrain
 
-    summary = pretrain.run(from_args(PretrainConfig, args))
+    summary = pretrain.run(cfg)
     if summary is not None:
         print(summary)
