@@ -1,23 +1,16 @@
 """Training tokens/s of our GPT-2 against transformers' GPT2LMHeadModel (same config, weights, optimizer),
-eager and torch.compile, with model FLOPs utilisation against a matmul peak measured in the same run.
+eager and torch.compile, with model FLOPs utilisation against a matmul peak measured in the same run; the same
+as `llmscratch bench train` (same flags).
 
     .venv/bin/python benchmarks/bench_train.py            # gpt2-124m, batch 8 x 256 (several minutes)
     .venv/bin/python benchmarks/bench_train.py --quick    # tiny preset, seconds
-    .venv/bin/llmscratch bench train ...                  # the same, through the CLI
 """
 
 from __future__ import annotations
 
-import argparse
+import sys
 
-from llmscratch.bench.train import add_arguments, config_from_args, run_train_bench
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    run_train_bench(config_from_args(parser.parse_args()))
-
+from llmscratch.cli import main
 
 if __name__ == "__main__":
-    main()
+    main(["bench", "train", *sys.argv[1:]])

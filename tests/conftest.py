@@ -51,6 +51,21 @@ class ByteTokenizer:
         return out
 
 
+# A tiny GPT-2 for the byte tokenizers: emb 32, 2 layers, 4 heads, vocab 257 (bytes + end of text), context 64.
+def byte_gpt_config():
+    from llmscratch.model import GPTConfig
+
+    return GPTConfig(vocab_size=257, context_length=64, emb_dim=32, n_layers=2, n_heads=4)
+
+
+def byte_gpt(seed: int = 0):
+    """A randomly initialised `byte_gpt_config()` model (torch's generator seeded with `seed`)."""
+    from llmscratch.model import build_model
+
+    torch.manual_seed(seed)
+    return build_model(byte_gpt_config())
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """A folder with a small text (corpus.txt) and a BPE tokenizer trained on it (tok.json): no network, no mirror."""
@@ -77,3 +92,37 @@ def varied_tiny_model(family: str = "gpt2", seed: int = 0):
             if p.dim() == 2:
                 p.normal_(0.0, 0.3)
     return model
+
+
+KILL_SCRIPT = '''"""The llmscratch command, SIGKILLed at the end of step N: `python kill_after.py N pretrain ...`."""
+import os
+import signal
+import sys
+
+from llmscratch.cli import main
+from llmscratch.train.callbacks import Callback
+from llmscratch.train.trainer import Trainer
+
+STEP = int(sys.argv[1])
+
+
+class SigkillAfter(Callback):
+    def on_step_end(self, trainer):
+        if trainer.state.step == STEP:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+_defaults = Trainer.default_callbacks
+Trainer.default_callbacks = lambda self: [*_defaults(self), SigkillAfter()]
+main(sys.argv[2:])
+'''
+
+
+@pytest.fixture
+def kill_script(tmp_path) -> Path:
+    """A script that runs the llmscratch command and SIGKILLs itself after a step (a crash, as a test injects it)."""
+    path = tmp_path / "kill_after.py"
+    path.write_text(KILL_SCRIPT)
+    return path

@@ -14,11 +14,11 @@ from safetensors import safe_open
 from llmscratch.data.pretrain import WindowDataset
 from llmscratch.model import build_model, get_config
 from llmscratch.train import checkpoint as ckpt
-from llmscratch.train import loop
+from llmscratch.train.callbacks import Callback
 from llmscratch.train.config import TrainConfig
-from llmscratch.train.loop import build_optimizer, seed_everything, train
 from llmscratch.train.plots import read_metrics
 from llmscratch.train.tasks.pretrain import PretrainTask
+from llmscratch.train.trainer import build_optimizer, seed_everything, train
 from llmscratch.weights.ours import model_tensors
 
 
@@ -42,18 +42,22 @@ class Killed(Exception):
     pass
 
 
-def run_until_killed(tmp_path, monkeypatch, step: int, name="run"):
-    """Train with the crash hook set: the loop 'SIGKILLs' itself after `step` (os.kill patched to raise)."""
+class CrashAfter(Callback):
+    """A crash at the end of step `step` (after its evaluation and checkpoint, if any)."""
 
-    def fake_kill(pid, sig):
-        raise Killed
+    def __init__(self, step: int):
+        self.step = step
 
-    monkeypatch.setenv(loop.KILL_ENV, str(step))
-    monkeypatch.setattr(loop.os, "kill", fake_kill)
+    def on_step_end(self, trainer):
+        if trainer.state.step == self.step:
+            raise Killed
+
+
+def run_until_killed(tmp_path, step: int, name="run"):
+    """Train until a crash after `step`."""
     model, task = make()
     with pytest.raises(Killed):
-        train(model, task, config(tmp_path, name))
-    monkeypatch.delenv(loop.KILL_ENV)
+        train(model, task, config(tmp_path, name), callbacks=[CrashAfter(step)])
 
 
 def train_losses(result) -> list[float]:
@@ -137,12 +141,12 @@ def test_verify_detects_truncated_altered_and_missing_files(tmp_path):
         ckpt.verify(folder)
 
 
-def test_resume_after_crash_is_exact(tmp_path, monkeypatch):
+def test_resume_after_crash_is_exact(tmp_path):
     model, task = make()
     full = train(model, task, config(tmp_path, "full"))
     assert full.steps == 2 * (len(task.train) // 8)  # 2 epochs of 10 steps (4 x 2 accumulation)
     # crash mid-epoch at step 8: the newest checkpoint is step 6 (save_every=3), three micro-batch pairs in
-    run_until_killed(tmp_path, monkeypatch, 8)
+    run_until_killed(tmp_path, 8)
     model, task = make()
     resumed = train(model, task, config(tmp_path), resume=True)
     assert resumed.resumed_from.name == "step-00000006"
@@ -163,10 +167,10 @@ def build_and_load(folder):
     return model
 
 
-def test_damaged_newest_checkpoint_falls_back_to_previous(tmp_path, monkeypatch, capsys):
+def test_damaged_newest_checkpoint_falls_back_to_previous(tmp_path, capsys):
     model, task = make()
     full = train(model, task, config(tmp_path, "full", epochs=1))
-    run_until_killed(tmp_path, monkeypatch, 7)
+    run_until_killed(tmp_path, 7)
     root = tmp_path / "run" / "checkpoints"
     assert [p.name for p in ckpt.list_checkpoints(root)] == ["step-00000003", "step-00000006"]
     newest = root / "step-00000006" / "model.safetensors"

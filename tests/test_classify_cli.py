@@ -9,9 +9,9 @@ import random
 
 import pytest
 import torch
+from conftest import byte_gpt
 
 from llmscratch.cli import main
-from llmscratch.model import GPTConfig, build_model
 from llmscratch.tokenizer import Tokenizer
 from llmscratch.weights.ours import save_pretrained
 
@@ -20,9 +20,7 @@ from llmscratch.weights.ours import save_pretrained
 def tiny_folder(tmp_path_factory):
     """One of our model folders: a random tiny GPT-2 with a byte tokenizer (256 bytes + end of text)."""
     tok = Tokenizer({i: bytes([i]) for i in range(256)}, [], {"<|endoftext|>": 256}, eos_id=256)
-    torch.manual_seed(0)
-    model = build_model(GPTConfig(vocab_size=257, context_length=64, emb_dim=32, n_layers=2, n_heads=4))
-    return save_pretrained(model, tok, tmp_path_factory.mktemp("base") / "tiny")
+    return save_pretrained(byte_gpt(0), tok, tmp_path_factory.mktemp("base") / "tiny")
 
 
 def spam_table(path, n=48):

@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import random
 from types import SimpleNamespace
 
 import pytest
-import torch
-from conftest import ByteTokenizer, mirror_file
+from conftest import ByteTokenizer, byte_gpt, mirror_file
 
-import llmscratch.classify as classify
-from llmscratch.classify import FinetuneConfig, finetune_classifier, load_classifier, load_splits
-from llmscratch.model import GPTConfig, build_model
+import llmscratch.weights.classifier as classifier_folder
+from llmscratch.data.classification import load_classification_splits
 from llmscratch.model.lora import unmerge_lora
+from llmscratch.recipes.classify import ClassifyConfig
+from llmscratch.recipes.classify import run as finetune_classifier
+from llmscratch.train.tasks.classify import predict
 from llmscratch.utils import UserError
-
-CFG = GPTConfig(vocab_size=257, context_length=64, emb_dim=32, n_layers=2, n_heads=4)
+from llmscratch.weights.classifier import load_classifier
 
 
 def base(seed: int = 0):
-    torch.manual_seed(seed)
-    return SimpleNamespace(model=build_model(CFG), tokenizer=ByteTokenizer(), source="test")
+    return SimpleNamespace(model=byte_gpt(seed), tokenizer=ByteTokenizer(), source="test")
 
 
 def write_csv(path, rows, header=("text", "label")):
@@ -46,10 +46,16 @@ def learnable_rows(n: int, seed: int = 0, classes=("no", "yes")):
     return rows
 
 
+TRAIN = {"epochs", "lr", "batch_size", "eval_every", "progress", "max_steps", "max_seconds"}
+
+
 def config(tmp_path, data, **kw):
     kw = {"epochs": 10, "lr": 1e-2, "batch_size": 8, "eval_every": 20, "progress": False, "lora_rank": 4,
           "lora_alpha": 8, **kw}
-    return FinetuneConfig(model="tiny-test-base", data=str(data), out=str(tmp_path / "run"), **kw)
+    train = dataclasses.replace(ClassifyConfig(model="m").train, out_dir=str(tmp_path / "run"),
+                                **{k: v for k, v in kw.items() if k in TRAIN})
+    return ClassifyConfig(model="tiny-test-base", data=str(data), train=train,
+                          **{k: v for k, v in kw.items() if k not in TRAIN})
 
 
 @pytest.mark.parametrize("trainable", ["last-block", "lora"])
@@ -77,21 +83,25 @@ def test_loss_falls_and_accuracy_rises(tmp_path, trainable):
 def test_saved_classifier_predicts_like_the_trained_model(tmp_path, monkeypatch):
     data = write_csv(tmp_path / "d.csv", learnable_rows(48))
     finetune_classifier(config(tmp_path, data, trainable="lora", epochs=4), base=base())
-    monkeypatch.setattr(classify, "load_base", lambda spec, device=None, dtype=None: base())
+    monkeypatch.setattr(classifier_folder, "load_model", lambda spec, device=None, dtype=None: base())
     clf = load_classifier(tmp_path / "run")
-    assert clf.label_names == ["no", "yes"]
-    preds = clf.predict(["klmzno", "klmnop", "pppzzk"])
+    assert clf.info.label_names == ["no", "yes"]
+
+    def classify(texts):
+        return predict(clf.model, clf.tokenizer, texts, clf.info.label_names, clf.info.max_length, clf.info.pad_id)
+
+    preds = classify(["klmzno", "klmnop", "pppzzk"])
     assert [p.label for p in preds] == [max(p.probabilities, key=p.probabilities.get) for p in preds]
     assert all(abs(sum(p.probabilities.values()) - 1) < 1e-5 for p in preds)
     # The same predictions in a batch and alone (right padding does not change anything).
     unmerge_lora(clf.model)  # the classifier merged its adapters; unmerged, it predicts the same
-    for p, q in zip(preds, clf.predict(["klmzno", "klmnop", "pppzzk"])):
+    for p, q in zip(preds, classify(["klmzno", "klmnop", "pppzzk"])):
         assert list(q.probabilities.values()) == pytest.approx(list(p.probabilities.values()), abs=1e-5)
-    alone = clf.predict(["pppzzk"])[0].probabilities
+    alone = classify(["pppzzk"])[0].probabilities
     assert alone.keys() == preds[2].probabilities.keys()
     assert list(alone.values()) == pytest.approx(list(preds[2].probabilities.values()), abs=1e-5)
 
-    monkeypatch.setattr(classify, "load_base", lambda spec, device=None, dtype=None: base(seed=1))
+    monkeypatch.setattr(classifier_folder, "load_model", lambda spec, device=None, dtype=None: base(seed=1))
     with pytest.raises(UserError, match="fingerprint"):
         load_classifier(tmp_path / "run")
     with pytest.raises(UserError, match="not a classifier folder"):
@@ -159,11 +169,11 @@ def test_other_mistakes_fail_early(tmp_path):
         finetune_classifier(config(tmp_path, data), base=NoModel())
     with pytest.raises(UserError, match="exceeds the model's context length 64"):
         finetune_classifier(config(tmp_path, data, max_length=65, overwrite=True), base=base())
-    with pytest.raises(UserError, match="--trainable"):
+    with pytest.raises(UserError, match="trainable must be"):
         finetune_classifier(config(tmp_path, data, trainable="first-block", overwrite=True), base=NoModel())
     with pytest.raises(UserError, match="neither 'sms-spam' nor an existing file"):
         finetune_classifier(config(tmp_path, tmp_path / "nope.csv", overwrite=True), base=NoModel())
-    with pytest.raises(UserError, match="--epochs"):
+    with pytest.raises(UserError, match="epochs must be >= 1"):
         finetune_classifier(config(tmp_path, data, epochs=0, overwrite=True), base=NoModel())
 
 
@@ -177,10 +187,10 @@ def test_resume_continues_a_run(tmp_path):
 
 def test_sms_spam_uses_the_books_split():
     mirror_file("SMSSpamCollection")
-    (train, val, test), desc = load_splits(FinetuneConfig(model="unused"))
+    (train, val, test), desc = load_classification_splits("sms-spam")
     assert desc["rows"] == {"train": 1045, "validation": 149, "test": 300}
     assert desc["balanced"] and train.label_names == val.label_names == test.label_names == ["ham", "spam"]
-    (train, _, _), desc = load_splits(FinetuneConfig(model="unused", balanced=False))
+    (train, _, _), desc = load_classification_splits("sms-spam", balanced=False)
     assert sum(desc["rows"].values()) == 5574
     with pytest.raises(UserError, match="sms-spam has the labels"):
-        load_splits(FinetuneConfig(model="unused"), labels=["spam", "ham"])
+        load_classification_splits("sms-spam", labels=["spam", "ham"])

@@ -4,31 +4,23 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ByteTokenizer
+from conftest import ByteTokenizer, byte_gpt
 
-from llmscratch.classify import (
-    ClassifierInfo,
-    add_classifier_head,
-    base_fingerprint,
-    build_classifier,
-    parse_trainable,
-    restore_trained,
-    save_classifier,
-    set_trainable,
-)
 from llmscratch.data.classification import ClassificationData, ClassificationDataset
-from llmscratch.model import GPTConfig, build_model, get_config
+from llmscratch.model import build_model, get_config
+from llmscratch.model.heads import add_classifier_head, apply_trainable, parse_trainable, set_trainable
+from llmscratch.train.evaluate import means, task_sums
 from llmscratch.train.tasks import Task
-from llmscratch.train.tasks.classify import ClassificationTask, evaluate_classifier, last_token_logits
+from llmscratch.train.tasks.classify import ClassificationTask, eval_batches, last_token_logits
 from llmscratch.utils import UserError
+from llmscratch.weights.classifier import ClassifierInfo, base_fingerprint, restore_trained, save_classifier
 
-# emb 32, 2 layers, 4 heads, vocab 257 (bytes + end of text).
-CFG = GPTConfig(vocab_size=257, context_length=64, emb_dim=32, n_layers=2, n_heads=4)
+tiny = byte_gpt  # emb 32, 2 layers, 4 heads, vocab 257 (bytes + end of text)
 
 
-def tiny(seed: int = 0):
-    torch.manual_seed(seed)
-    return build_model(CFG)
+def build_classifier(model, num_classes, spec, seed=None):
+    add_classifier_head(model, num_classes, seed=seed)
+    return set_trainable(model, spec)
 
 
 # Hand counts for CFG. A block: norm1 2*32; qkv 32*96 + 96; proj 32*32 + 32; norm2 2*32; fc 32*128 + 128;
@@ -94,7 +86,7 @@ def test_lora_on_attention_only():
 
 def test_parse_trainable_errors():
     for bad in ("last-0", "first-block", "some", "last-x"):
-        with pytest.raises(UserError, match="--trainable"):
+        with pytest.raises(UserError, match="trainable must be"):
             parse_trainable(bad)
     with pytest.raises(UserError, match="only 2 blocks"):
         set_trainable(add_classifier_head(tiny(), 2), parse_trainable("last-3"))
@@ -102,6 +94,20 @@ def test_parse_trainable_errors():
         set_trainable(add_classifier_head(tiny(), 2), parse_trainable("lora", lora_targets=["head"]))
     with pytest.raises(UserError, match="rank"):
         parse_trainable("lora", lora_rank=0)
+    with pytest.raises(UserError, match="lora_alpha must be > 0, got nan"):
+        parse_trainable("lora", lora_alpha=float("nan"))
+
+
+def test_apply_trainable_for_any_fine_tuning():
+    """The reusable choice: the vocabulary head kept frozen (train_head=False), LoRA adapters only."""
+    model = tiny()
+    summary = apply_trainable(model, "lora", lora_rank=2, lora_alpha=4, train_head=False)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained and all(n.endswith((".lora_A", ".lora_B")) for n in trained)
+    assert summary["trainable"] == "lora" and summary["lora_layers"] == 8
+    model = tiny()
+    apply_trainable(model, "last-2")
+    assert all(p.requires_grad for p in model.blocks.parameters()) and model.head.weight.requires_grad
 
 
 def test_last_token_logits_ignore_right_padding():
@@ -157,8 +163,8 @@ def test_task_batches_and_metrics():
         both = task.evaluate_batch(model, batch)
         assert float(both[0]) == pytest.approx(float(loss)) and both[1] == {"accuracy": (correct, n)}
     assert task.batch_tokens(batch) == int(batch[1].sum()) < batch[0].numel()
-    result = evaluate_classifier(model, val, 5, 256)
-    assert result["count"] == 12 and 0 <= result["accuracy"] <= 1
+    sums = task_sums(model, task, eval_batches(val, 5, 256), torch.device("cpu"))
+    assert sums["loss"][1] == sums["accuracy"][1] == 12 and 0 <= means(sums)["accuracy"] <= 1
 
 
 @pytest.mark.parametrize("flag", ["last-block", "lora", "all"])

@@ -14,14 +14,13 @@ from llmscratch.data.classification import (
     ClassificationDataset,
     balance_classes,
     collate_classification,
-    create_classification_loader,
     load_sms_spam,
     load_table,
     pad_id_of,
     sms_spam_splits,
     split_data,
 )
-from llmscratch.data.pretrain import seek
+from llmscratch.train.tasks.classify import ClassificationTask
 from llmscratch.utils import UserError
 
 
@@ -197,15 +196,17 @@ def test_pad_id_choice():
         pad_id_of(tok)
 
 
-def test_classification_loader_is_resumable():
+def test_classification_batches_are_resumable():
     data = ClassificationData([f"text {i}" * (i % 3 + 1) for i in range(30)], [i % 2 for i in range(30)], ["a", "b"])
     ds = ClassificationDataset(data, ByteTokenizer())
-    loader = create_classification_loader(ds, 4, shuffle=True, drop_last=True, seed=9, pad_id=256)
-    epoch0 = [b.labels.tolist() + b.input_ids[:, 0].tolist() + b.last_index.tolist() for b in loader]
+    task = ClassificationTask(ds, ds, pad_id=256, seed=9)
+
+    def rows(batches):
+        return [labels.tolist() + ids[:, 0].tolist() + last.tolist() for ids, _, last, labels in batches]
+
+    epoch0 = rows(task.train_batches(0, 4))
     assert len(epoch0) == 7
-    seek(loader, 0, 3)
-    resumed = [b.labels.tolist() + b.input_ids[:, 0].tolist() + b.last_index.tolist() for b in loader]
-    assert resumed == epoch0[3:]
+    assert rows(task.train_batches(0, 4, start=3)) == epoch0[3:]
 
 
 def test_encode_failure_names_the_row():

@@ -19,13 +19,12 @@ from llmscratch.data.pretrain import (
     TokenFile,
     WindowDataset,
     _safe_cut,
-    create_dataloader,
     header_path,
     num_windows,
-    seek,
     split_train_val,
     tokenize_corpus,
 )
+from llmscratch.train.tasks.pretrain import PretrainTask
 from llmscratch.utils import UserError
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -142,22 +141,17 @@ def test_sampler_advances_epoch_after_full_iteration():
     assert list(s) == first
 
 
-def _batches(loader):
-    return [x.tolist() for x, _ in loader]
+def _batches(batches):
+    return [x.tolist() for x, _ in batches]
 
 
-def test_seek_resumes_exactly_mid_epoch():
+def test_training_resumes_exactly_mid_epoch():
     ids = torch.arange(1000)
-    loader = create_dataloader(ids, batch_size=3, max_length=8, stride=8, shuffle=True, drop_last=True, seed=5)
-    epochs = [_batches(loader) for _ in range(3)]  # one uninterrupted run: epochs 0, 1, 2
-    assert len(loader.dataset) == 124 and len(epochs[0]) == 124 // 3
+    task = PretrainTask(WindowDataset(ids, 8, 8), seed=5)
+    epochs = [_batches(task.train_batches(e, 3)) for e in range(3)]  # one uninterrupted run: epochs 0, 1, 2
+    assert len(task.train) == 124 and len(epochs[0]) == task.num_train_batches(3) == 124 // 3
     assert epochs[0] != epochs[1]
-
-    fresh = create_dataloader(ids, batch_size=3, max_length=8, stride=8, shuffle=True, drop_last=True, seed=5)
-    seek(fresh, epoch=1, batch=17)
-    assert len(fresh) == len(epochs[1]) - 17
-    assert _batches(fresh) == epochs[1][17:]
-    assert _batches(fresh) == epochs[2]  # then carries on with the next full epoch
+    assert _batches(task.train_batches(1, 3, start=17)) == epochs[1][17:]  # a resume at batch 17 of epoch 1
 
 
 def test_rank_sharding_partitions_each_epoch():
@@ -177,18 +171,16 @@ def test_rank_sharding_partitions_each_epoch():
         EpochSampler(10, rank=3, world_size=3)
 
 
-def test_dataloader_shapes_and_unshuffled_order():
-    loader = create_dataloader(list(range(41)), batch_size=4, max_length=4, stride=4, shuffle=False, drop_last=False)
-    batches = list(loader)
-    assert len(batches) == 3  # 10 windows: 4 + 4 + 2
+def test_batch_shapes_and_unshuffled_validation_order():
+    windows = WindowDataset(list(range(41)), 4, 4)
+    task = PretrainTask(windows, windows, shuffle=False)
+    batches = list(task.val_batches(4))
+    assert len(batches) == 3  # 10 windows: 4 + 4 + 2 (validation keeps the incomplete batch)
     x, y = batches[0]
     assert x.shape == (4, 4) and y.shape == (4, 4)
     assert x[1].tolist() == [4, 5, 6, 7] and y[1].tolist() == [5, 6, 7, 8]
     assert batches[-1][0].shape == (2, 4)
-    dropped = create_dataloader(list(range(41)), batch_size=4, max_length=4, stride=4, shuffle=False, drop_last=True)
-    assert len(list(dropped)) == 2
-    with pytest.raises(UserError, match="batch_size"):
-        create_dataloader(list(range(41)), batch_size=0, max_length=4, stride=4)
+    assert len(list(task.train_batches(0, 4))) == task.num_train_batches(4) == 2  # training drops it
 
 
 # ----------------------------------------------------------------------------------------------- token files
@@ -326,9 +318,7 @@ def test_real_tokenizer_the_verdict_book_loaders(tmp_path):
 
     # Book ch05: 90/10 split of the characters, context 256, stride 256, batch 2.
     train_text, val_text = split_train_val(text, 0.9)
-    train = create_dataloader(tok.encode(train_text), batch_size=2, max_length=256, stride=256,
-                              shuffle=True, drop_last=True, seed=123)
-    val = create_dataloader(tok.encode(val_text), batch_size=2, max_length=256, stride=256,
-                            shuffle=False, drop_last=False)
+    task = PretrainTask(WindowDataset(tok.encode(train_text), 256, 256), WindowDataset(tok.encode(val_text), 256, 256))
+    train, val = list(task.train_batches(0, 2)), list(task.val_batches(2))
     assert len(train) == 9 and len(val) == 1  # book: 9 train batches (4,608 tokens), 1 validation batch
     assert all(x.shape == (2, 256) for x, _ in train)

@@ -11,7 +11,6 @@ import pytest
 
 from llmscratch.cli import main
 from llmscratch.train.checkpoint import list_checkpoints
-from llmscratch.train.loop import KILL_ENV
 from llmscratch.train.plots import read_metrics
 
 
@@ -22,10 +21,11 @@ def pretrain_args(corpus, out, batch_size: int, *extra) -> list[str]:
             "--sample-tokens", "0", "--out", str(out), *extra]
 
 
-def torchrun(args: list[str], env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "llmscratch",
-           *args]
+def torchrun(args: list[str], kill_script=None, kill_after: int | None = None) -> subprocess.CompletedProcess:
+    """`torchrun -m llmscratch ARGS` on 2 processes (or the kill script, SIGKILLed after step `kill_after`)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    program = ["-m", "llmscratch"] if kill_after is None else [str(kill_script), str(kill_after)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *program, *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -59,8 +59,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, co
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("LLMSCRATCH_SLOW"), reason="two more torchrun launches; LLMSCRATCH_SLOW=1")
-def test_two_processes_resume_from_the_same_checkpoint(tmp_path, corpus, single):
-    cut = torchrun(pretrain_args(corpus, tmp_path / "ddp", 2), {KILL_ENV: "5"})  # both ranks die after step 5
+def test_two_processes_resume_from_the_same_checkpoint(tmp_path, corpus, single, kill_script):
+    cut = torchrun(pretrain_args(corpus, tmp_path / "ddp", 2), kill_script, 5)  # both ranks die after step 5
     assert cut.returncode != 0 and "step 4/8" in cut.stdout
     done = torchrun(pretrain_args(corpus, tmp_path / "ddp", 2, "--resume"))
     assert done.returncode == 0, done.stderr[-3000:]

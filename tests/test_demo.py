@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shlex
+
 from llmscratch.cli import main
-from llmscratch.cli.demo import DemoSettings, load_corpus, run_demo
+from llmscratch.recipes.demo import DemoSettings, load_corpus, run
 
 
 def test_quick_demo_runs_every_step(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("LLMSCRATCH_DATA_MIRROR", raising=False)  # the built-in corpus, no data files needed
-    settings = DemoSettings.quick()
-    settings.progress = False
-    res = run_demo(tmp_path / "demo", settings)
+    settings = dataclasses.replace(DemoSettings.quick_run(), progress=False, out=str(tmp_path / "demo"))
+    res = run(settings)
     out = capsys.readouterr().out
     for n in range(1, 5):
         assert f"=== Step {n}:" in out
@@ -26,6 +28,14 @@ def test_quick_demo_runs_every_step(tmp_path, capsys, monkeypatch):
     loaded = load_model(res.outputs["model"])  # the demo's model folder is a regular model folder
     assert loaded.tokenizer is not None and loaded.tokenizer.vocab_size == settings.vocab_size
     assert loaded.model.config.context_length == settings.context
+
+    # The command the demo suggests at the end works on its small model (its context is 32 tokens).
+    assert f"Try: {res.hint}" in out and "--max-new-tokens" in res.hint
+    capsys.readouterr()
+    argv = shlex.split(res.hint)[1:]
+    main(argv)
+    room = argv[argv.index("--max-new-tokens") + 1]
+    assert f"{room} tokens in" in capsys.readouterr().err  # the prompt and the new tokens fill the context
 
 
 def test_demo_cli_flags(tmp_path, capsys, monkeypatch):

@@ -10,15 +10,14 @@ from llmscratch.model.lora import (
     LoRALinear,
     apply_lora,
     count_lora_params,
-    load_lora,
     lora_layers,
     lora_state_dict,
     merge_lora,
     name_matches,
-    save_lora,
     unmerge_lora,
 )
 from llmscratch.utils import UserError
+from llmscratch.weights.lora import load_lora, save_lora
 
 # gpt2-tiny: emb 32, 2 layers, 4 heads, vocab 512, context 64.
 EMB, LAYERS = 32, 2

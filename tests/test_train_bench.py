@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from llmscratch.bench.train import TrainBenchConfig, add_arguments, config_from_args, run_train_bench
+from llmscratch.bench.train import TrainBenchConfig, run_train_bench
+from llmscratch.cli import build_parser
+from llmscratch.config import from_args
 from llmscratch.model import get_config
 
 
@@ -20,7 +22,7 @@ def test_flops_per_token_of_gpt2_124m():
 
 def test_quick_bench_compares_same_weights(tmp_path):
     pytest.importorskip("transformers")
-    cfg = TrainBenchConfig.quick()
+    cfg = TrainBenchConfig.quick_run()
     cfg.compiled, cfg.repeats, cfg.out_dir, cfg.progress = False, 2, str(tmp_path), False
     r = run_train_bench(cfg)
     assert r.max_logit_diff is not None and r.max_logit_diff < 1e-4
@@ -33,11 +35,11 @@ def test_quick_bench_compares_same_weights(tmp_path):
 
 
 def test_flags():
-    import argparse
+    def parse(*argv):
+        return from_args(TrainBenchConfig, build_parser().parse_args(["bench", "train", *argv]))
 
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    quick = config_from_args(p.parse_args(["--quick"]))
+    quick = parse("--quick")
     assert quick.preset == "gpt2-tiny" and not quick.compiled
-    full = config_from_args(p.parse_args(["--batch-size", "4", "--no-compile"]))
+    assert parse("--quick", "--compile").compiled and parse("--quick", "--batch-size", "2").batch_size == 2
+    full = parse("--batch-size", "4", "--no-compile")
     assert full.preset == "gpt2-124m" and full.batch_size == 4 and not full.compiled and full.eager

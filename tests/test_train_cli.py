@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from llmscratch.cli import build_parser, main
-from llmscratch.cli.train import resolve_options
-from llmscratch.train.loop import KILL_ENV
+from llmscratch.config import from_args
+from llmscratch.recipes.pretrain import PretrainConfig
 from llmscratch.train.plots import read_metrics
 from llmscratch.utils import UserError
 
@@ -24,30 +24,31 @@ def args_for(corpus, out, *extra) -> list[str]:
             "--no-progress", "--sample-prompt", "the cat", "--sample-tokens", "4", "--out", str(out), *extra]
 
 
-def parse(argv):
-    return resolve_options(build_parser().parse_args(argv))
+def parse(argv) -> PretrainConfig:
+    return from_args(PretrainConfig, build_parser().parse_args(argv))
 
 
 def test_config_file_sits_between_defaults_and_flags(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("data: the-verdict\nlr: 4e-4\nbatch-size: 2\nno_qkv_bias: true\nepochs: '10'\n")
-    opts = parse(["pretrain", "--config", str(cfg), "--batch-size", "8"])
-    assert opts["data"] == "the-verdict" and opts["lr"] == 4e-4 and isinstance(opts["lr"], float)
-    assert opts["batch_size"] == 8  # the flag wins over the file
-    assert opts["no_qkv_bias"] is True and opts["epochs"] == 10
-    assert opts["model"] == "gpt2-124m"  # untouched default
+    cfg = parse(["pretrain", "--config", str(cfg), "--batch-size", "8"])
+    assert cfg.data == "the-verdict" and cfg.train.lr == 4e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.train.batch_size == 8  # the flag wins over the file
+    assert cfg.no_qkv_bias is True and cfg.train.epochs == 10
+    assert cfg.model == "gpt2-124m" and cfg.train.out_dir == "runs/pretrain"  # untouched defaults
     js = tmp_path / "run.json"
-    js.write_text('{"data": "x.txt", "batch_size": 3}')
-    assert parse(["pretrain", "--config", str(js)])["batch_size"] == 3
+    js.write_text('{"data": "x.txt", "batch_size": 3, "out": "o", "no_progress": true}')
+    cfg = parse(["pretrain", "--config", str(js)])
+    assert cfg.train.batch_size == 3 and cfg.train.out_dir == "o" and cfg.train.progress is False
 
 
 def test_config_file_mistakes_are_user_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: x\nlearning_rate: 1\n")
-    with pytest.raises(UserError, match="unknown settings learning_rate"):
+    with pytest.raises(UserError, match="unknown setting 'learning_rate'"):
         parse(["pretrain", "--config", str(bad)])
     bad.write_text("data: x\nepochs: many\n")
-    with pytest.raises(UserError, match="epochs must be int"):
+    with pytest.raises(UserError, match="epochs must be an integer, got 'many'"):
         parse(["pretrain", "--config", str(bad)])
     with pytest.raises(UserError, match="not found"):
         parse(["pretrain", "--config", str(tmp_path / "none.yaml")])
@@ -68,12 +69,12 @@ def test_cli_errors_print_one_line(tmp_path, corpus, capsys):
     assert "neither a file nor a data set name" in capsys.readouterr().err
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, corpus, capsys):
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, corpus, capsys, kill_script):
     main(args_for(corpus, tmp_path / "full"))
     full = read_metrics(tmp_path / "full" / "metrics.jsonl")
     assert "trained 8 steps" in capsys.readouterr().out
-    env = {**os.environ, KILL_ENV: "5", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "llmscratch", *args_for(corpus, tmp_path / "cut")], env=env,
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(kill_script), "5", *args_for(corpus, tmp_path / "cut")], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert "step 4/8" in proc.stdout and "step 8/8" not in proc.stdout

@@ -12,10 +12,10 @@ from torch import nn
 from llmscratch.data.pretrain import WindowDataset
 from llmscratch.model import build_model, get_config
 from llmscratch.train.config import TrainConfig, lr_at
-from llmscratch.train.loop import build_optimizer, seed_everything, train
 from llmscratch.train.plots import plot_metrics, read_metrics
 from llmscratch.train.tasks import BaseTask, Task, move_to
 from llmscratch.train.tasks.pretrain import PretrainTask
+from llmscratch.train.trainer import build_optimizer, seed_everything, train
 from llmscratch.utils import UserError
 
 
@@ -213,7 +213,7 @@ def test_user_errors_before_any_work(tmp_path):
     model, task = tiny_setup(n=200)
     with pytest.raises(UserError, match="not enough training data"):
         train(model, task, cfg_for(tmp_path, batch_size=64))
-    with pytest.raises(UserError, match="batch size"):
+    with pytest.raises(UserError, match="batch_size must be >= 1"):
         train(model, task, cfg_for(tmp_path, batch_size=0))
     with pytest.raises(UserError, match="min_lr"):
         train(model, task, cfg_for(tmp_path, min_lr=1.0))
@@ -224,7 +224,7 @@ def test_diverging_loss_is_reported(tmp_path):
         def loss(self, model, batch):
             return super().loss(model, batch) * float("nan")
 
-    with pytest.raises(UserError, match="nan at step 1"):
+    with pytest.raises(UserError, match="stopped at step 1: the training loss became nan"):
         train(nn.Linear(4, 4), NanTask(), cfg_for(tmp_path, batch_size=8))
 
 

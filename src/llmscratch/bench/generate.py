@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from llmscratch.bench import common
+from llmscratch.config import check_fields, setting
 
 JSON_NAME = "bench_generate.json"
 PNG_NAME = "bench_generate.png"
@@ -29,19 +30,24 @@ PNG_NAME = "bench_generate.png"
 
 @dataclass
 class GenerateBenchConfig:
-    """What to measure. `quick`: a seconds-long smoke run on a tiny preset."""
+    """What to measure (the flags of `llmscratch bench generate`). `quick`: a seconds-long smoke run."""
 
-    model: str = "gpt2-124m"
-    tokens: tuple[int, ...] = (50, 200, 500)
-    repeats: int = 3  # rounds for the cached variants
-    no_cache_repeats: int = 1  # rounds for the uncached variants (each run takes minutes at 500 tokens)
-    prompt_tokens: int = 16
-    threads: int | None = None  # default: all cores
-    out: Path = Path("bench-results")
-    transformers: bool = True
-    quick: bool = False
-    seed: int = 0
-    progress: bool = True
+    model: str = setting("gpt2-124m", "GPT-2 or Llama model(s), comma-separated: preset (gpt2-tiny with --quick; "
+                         "llama-tiny), registered name (smollm2-135m-instruct: its GGUF, dequantized), folder, .gguf")
+    tokens: tuple[int, ...] = setting((50, 200, 500), "new-token counts, comma-separated", ge=1)
+    repeats: int = setting(3, "rounds for the cached variants", ge=1)
+    no_cache_repeats: int = setting(1, "rounds for the uncached variants (at 500 tokens one run takes minutes)",
+                                    ge=0)
+    prompt_tokens: int = setting(16, "prompt length in tokens", ge=1)
+    threads: int | None = setting(None, "torch threads (default: all cores)", ge=1)
+    out: Path = setting(Path("bench-results"), "folder for bench_generate.json and .png")
+    transformers: bool = setting(True, "benchmark ours only", switches={"--no-transformers": False})
+    quick: bool = setting(False, "a few-seconds smoke run (tiny preset, few tokens)", preset="quick_run")
+    seed: int = setting(0, "seed of the prompt", ge=0, cli=False)
+    progress: bool = setting(True, "no progress bar (for logs)", switches={"--no-progress": False})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     @classmethod
     def quick_run(cls, **overrides) -> GenerateBenchConfig:
@@ -199,13 +205,11 @@ def run_generate_bench(cfg: GenerateBenchConfig, echo: Callable[[str], None] = p
     """
     from llmscratch.utils import UserError
 
-    if cfg.repeats < 1 or cfg.no_cache_repeats < 0:
-        raise UserError("--repeats must be >= 1 and --no-cache-repeats >= 0")
-    if not cfg.tokens or min(cfg.tokens) < 1:
-        raise UserError("--tokens needs positive counts, e.g. 50,200,500")
+    if not cfg.tokens:
+        raise UserError("tokens needs positive counts, e.g. 50,200,500")
     specs = _model_specs(cfg)
     if not specs:
-        raise UserError("--model needs at least one model")
+        raise UserError("model needs at least one model")
     started = time.perf_counter()
     threads_before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
+from llmscratch.config import check_fields, setting
 from llmscratch.utils import UserError
 
 # torch (and transformers) are imported inside the functions: `llmscratch --help` builds these flags.
@@ -24,25 +25,32 @@ from llmscratch.utils import UserError
 
 @dataclass
 class TrainBenchConfig:
-    """What to measure."""
+    """What to measure (the flags of `llmscratch bench train` and benchmarks/bench_train.py)."""
 
-    preset: str = "gpt2-124m"
-    batch_size: int = 8
-    seq_len: int = 256
-    repeats: int = 5
-    dropout: float = 0.0
-    eager: bool = True
-    compiled: bool = True
-    with_transformers: bool = True
-    matmul_n: int = 4096
-    seed: int = 0
-    out_dir: str = "bench-results"
-    progress: bool = True
+    preset: str = setting("gpt2-124m", "GPT-2 model preset")
+    batch_size: int = setting(8, "sequences per step", ge=1)
+    seq_len: int = setting(256, "tokens per sequence", ge=1)
+    repeats: int = setting(5, "timed steps per case", ge=1)
+    dropout: float = setting(0.0, "dropout of both models", ge=0, lt=1)
+    eager: bool = setting(True, "skip the eager cases", switches={"--no-eager": False})
+    compiled: bool = setting(True, "the torch.compile cases: --no-compile skips them (compiling takes minutes), "
+                             "--compile includes them with --quick",
+                             switches={"--compile": True, "--no-compile": False})
+    with_transformers: bool = setting(True, "measure our model only", switches={"--no-transformers": False})
+    matmul_n: int = setting(4096, "size of the square float32 matmul that measures the peak", ge=1, cli=False)
+    seed: int = setting(0, "seed of the weights and the batch", ge=0, cli=False)
+    out_dir: str = setting("bench-results", "folder for bench_train.json and .png", flag="--out")
+    quick: bool = setting(False, "smoke test in seconds: tiny preset, batch 4 x 32, 3 repeats, eager only",
+                          preset="quick_run")
+    progress: bool = setting(True, "no progress bar", switches={"--no-progress": False})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     @classmethod
-    def quick(cls) -> TrainBenchConfig:
-        """A smoke test of seconds: the tiny preset, short sequences."""
-        return cls(preset="gpt2-tiny", batch_size=4, seq_len=32, repeats=3, matmul_n=512)
+    def quick_run(cls) -> TrainBenchConfig:
+        """A smoke test of seconds: the tiny preset, short sequences, eager only."""
+        return cls(preset="gpt2-tiny", batch_size=4, seq_len=32, repeats=3, matmul_n=512, compiled=False, quick=True)
 
 
 @dataclass
@@ -113,7 +121,7 @@ def _optimizer(model):
     import torch
 
     from llmscratch.train.config import TrainConfig
-    from llmscratch.train.loop import build_optimizer
+    from llmscratch.train.trainer import build_optimizer
 
     return build_optimizer(model, TrainConfig(lr=4e-4, weight_decay=0.1), torch.device("cpu"))
 
@@ -161,8 +169,6 @@ def run_train_bench(cfg: TrainBenchConfig) -> TrainBenchResult:
         write_json,
     )
 
-    if cfg.batch_size < 1 or cfg.seq_len < 1 or cfg.repeats < 1:
-        raise UserError("batch size, sequence length and repeats must be >= 1")
     if not (cfg.eager or cfg.compiled):
         raise UserError("nothing to measure: both eager and compiled are off")
     info = machine_info()
@@ -172,7 +178,7 @@ def run_train_bench(cfg: TrainBenchConfig) -> TrainBenchResult:
     ids = torch.randint(0, config.vocab_size, (cfg.batch_size, cfg.seq_len + 1), generator=g)
     x, y = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()  # (B, T) each
     flops = train_flops_per_token(config, cfg.seq_len)
-    result = TrainBenchResult(config=dict(cfg.__dict__), machine=info, peak_gflops=0.0, flops_per_token=flops)
+    result = TrainBenchResult(config=asdict(cfg), machine=info, peak_gflops=0.0, flops_per_token=flops)
     print(f"{cfg.preset}: {ours.num_params() / 1e6:.3g} M parameters, batch {cfg.batch_size} x {cfg.seq_len} tokens, "
           f"dropout {cfg.dropout}; "
           + (f"{flops / 1e9:.2f} GFLOP" if flops >= 1e8 else f"{flops / 1e6:.3g} MFLOP")
@@ -236,35 +242,3 @@ def run_train_bench(cfg: TrainBenchConfig) -> TrainBenchResult:
                      f"{result.peak_gflops:.0f} GFLOP/s")
     print(f"wrote {json_path} and {png}")
     return result
-
-
-def add_arguments(p) -> None:
-    """The flags of `llmscratch bench train` and benchmarks/bench_train.py."""
-    d = TrainBenchConfig()
-    p.add_argument("--preset", default=d.preset, help=f"GPT-2 model preset (default: {d.preset})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"sequences per step (default: {d.batch_size})")
-    p.add_argument("--seq-len", type=int, default=d.seq_len, help=f"tokens per sequence (default: {d.seq_len})")
-    p.add_argument("--repeats", type=int, default=d.repeats, help=f"timed steps per case (default: {d.repeats})")
-    p.add_argument("--dropout", type=float, default=d.dropout, help=f"dropout of both models (default: {d.dropout})")
-    p.add_argument("--no-eager", action="store_true", help="skip the eager cases")
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile cases (compiling takes minutes)")
-    p.add_argument("--compile", action="store_true", help="with --quick: include the torch.compile cases")
-    p.add_argument("--no-transformers", action="store_true", help="measure our model only")
-    p.add_argument("--out", default=d.out_dir, help=f"folder for bench_train.json and .png (default: {d.out_dir})")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke test in seconds: tiny preset, batch 4 x 32, 3 repeats, eager only")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def config_from_args(args) -> TrainBenchConfig:
-    """A TrainBenchConfig from parsed `add_arguments` flags (--quick replaces the size defaults)."""
-    cfg = TrainBenchConfig.quick() if args.quick else TrainBenchConfig()
-    if not args.quick:
-        cfg.preset, cfg.batch_size, cfg.seq_len, cfg.repeats = args.preset, args.batch_size, args.seq_len, args.repeats
-    cfg.dropout = args.dropout
-    cfg.eager = not args.no_eager
-    cfg.compiled = not args.no_compile and (args.compile or not args.quick)
-    cfg.with_transformers = not args.no_transformers
-    cfg.out_dir = args.out
-    cfg.progress = not args.no_progress
-    return cfg

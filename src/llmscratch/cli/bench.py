@@ -1,8 +1,10 @@
-"""`llmscratch bench ...`: benchmarks (the KV-cache generation benchmark: `bench generate`)."""
+"""`llmscratch bench ...`: benchmarks (generation speed with and without the KV cache; training throughput)."""
 
 from __future__ import annotations
 
-import argparse
+from llmscratch.bench.generate import GenerateBenchConfig
+from llmscratch.bench.train import TrainBenchConfig
+from llmscratch.config import add_command
 
 
 def register(subparsers) -> None:
@@ -13,13 +15,8 @@ def register(subparsers) -> None:
         "JSON file and a PNG chart.",
     )
     sub = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
-    add_generate_parser(sub)
-    add_train_parser(sub)
-
-
-def add_generate_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "generate",
+    add_command(
+        sub, "generate", GenerateBenchConfig, _generate,
         help="tokens/s of batch-1 decoding: our KV cache vs none vs transformers (GPT-2, SmolLM2/Llama)",
         description="Batch-1 greedy decoding on the CPU in float32: new tokens per second without and with our "
         "KV cache for several output lengths, and transformers' GPT2LMHeadModel or LlamaForCausalLM with the same "
@@ -30,62 +27,23 @@ def add_generate_parser(sub) -> argparse.ArgumentParser:
         "bytes of weights read per token). Default model: the gpt2-124m preset (random weights from a fixed "
         "seed: same speed as the real ones).",
     )
-    p.add_argument("--model", default=None,
-                   help="GPT-2 or Llama model(s), comma-separated: preset (default gpt2-124m; gpt2-tiny with --quick; "
-                   "llama-tiny), registered name (smollm2-135m-instruct: its GGUF, dequantized), folder, .gguf")
-    p.add_argument("--tokens", default=None, help="new-token counts, comma-separated (default 50,200,500)")
-    p.add_argument("--repeats", type=int, default=None, help="rounds for the cached variants (default 3)")
-    p.add_argument("--no-cache-repeats", type=int, default=None,
-                   help="rounds for the uncached variants (default 1: at 500 tokens one run takes minutes)")
-    p.add_argument("--prompt-tokens", type=int, default=None, help="prompt length in tokens (default 16)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    p.add_argument("--no-transformers", action="store_true", help="benchmark ours only")
-    p.add_argument("--out", default="bench-results", help="folder for bench_generate.json and .png")
-    p.add_argument("--quick", action="store_true", help="a few-seconds smoke run (tiny preset, few tokens)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
-    p.set_defaults(func=_generate)
-    return p
-
-
-def _generate(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    from llmscratch.bench.generate import GenerateBenchConfig, run_generate_bench
-    from llmscratch.utils import UserError
-
-    overrides: dict = {"out": Path(args.out), "transformers": not args.no_transformers,
-                       "progress": not args.no_progress}
-    if args.model:
-        overrides["model"] = args.model
-    if args.tokens:
-        try:
-            overrides["tokens"] = tuple(int(t) for t in args.tokens.split(",") if t.strip())
-        except ValueError:
-            raise UserError(f"--tokens takes comma-separated integers, not {args.tokens!r}") from None
-    for name in ("repeats", "no_cache_repeats", "prompt_tokens", "threads"):
-        if getattr(args, name) is not None:
-            overrides[name] = getattr(args, name)
-    cfg = GenerateBenchConfig.quick_run(**overrides) if args.quick else GenerateBenchConfig(**overrides)
-    run_generate_bench(cfg)
-
-
-def add_train_parser(sub) -> argparse.ArgumentParser:
-    from llmscratch.bench.train import add_arguments
-
-    p = sub.add_parser(
-        "train",
+    add_command(
+        sub, "train", TrainBenchConfig, _train,
         help="training tokens/s: our GPT-2 vs transformers, eager and compiled, with MFU",
         description="Training steps (forward, cross-entropy, backward, fused AdamW) of our GPT-2 and transformers' "
         "GPT2LMHeadModel with the same config, weights, dropout, batch and optimizer, eager against eager and "
         "torch.compile against torch.compile, interleaved; model FLOPs utilisation against a float32 matmul peak "
         "measured in the same run. Default: gpt2-124m at batch 8 x 256.",
     )
-    add_arguments(p)
-    p.set_defaults(func=_train)
-    return p
 
 
-def _train(args: argparse.Namespace) -> None:
-    from llmscratch.bench.train import config_from_args, run_train_bench
+def _generate(cfg: GenerateBenchConfig) -> None:
+    from llmscratch.bench.generate import run_generate_bench
 
-    run_train_bench(config_from_args(args))
+    run_generate_bench(cfg)
+
+
+def _train(cfg: TrainBenchConfig) -> None:
+    from llmscratch.bench.train import run_train_bench
+
+    run_train_bench(cfg)

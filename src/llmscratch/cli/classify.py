@@ -29,7 +29,8 @@ def register(subparsers) -> None:
 def _run(args: argparse.Namespace) -> None:
     import json
 
-    from llmscratch.classify import load_classifier
+    from llmscratch.train.tasks.classify import predict
+    from llmscratch.weights.classifier import load_classifier
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -43,7 +44,9 @@ def _run(args: argparse.Namespace) -> None:
     else:
         texts = args.text
     clf = load_classifier(args.model, device=args.device)
-    for pred in clf.predict(texts, batch_size=args.batch_size):
+    info = clf.info
+    for pred in predict(clf.model, clf.tokenizer, texts, info.label_names, info.max_length, info.pad_id,
+                        args.batch_size):
         if args.json:
             print(json.dumps({"text": pred.text, "label": pred.label, "probabilities": pred.probabilities}))
         else:

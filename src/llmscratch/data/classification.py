@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from llmscratch.utils import UserError
 
@@ -280,6 +280,39 @@ def sms_spam_splits(
     return split_data(data, 0.7, 0.1, seed=seed)
 
 
+def load_classification_splits(
+    data: str, text_column: str = "text", label_column: str = "label", balanced: bool | None = None,
+    labels: Sequence[str] | None = None,
+) -> tuple[tuple[ClassificationData, ClassificationData, ClassificationData], dict]:
+    """(train, validation, test) and a description of them, for fine-tuning.
+
+    "sms-spam": the book's recipe (balanced 747 + 747 messages unless `balanced` is False, 70/10/20 split,
+    seed 123). A file: read with the named columns, balanced when asked, then the same 70/10/20 split.
+    `labels` fixes the allowed label values and their order.
+    """
+    if data == "sms-spam":
+        table = load_sms_spam()
+        balanced = True if balanced is None else balanced
+        if labels is not None and list(labels) != list(table.label_names):
+            raise UserError(f"sms-spam has the labels {table.label_names}, the classifier has {list(labels)}")
+    else:
+        if not Path(data).is_file():
+            raise UserError(f"data {data!r} is neither 'sms-spam' nor an existing file")
+        table = load_table(Path(data), text_column, label_column, labels=labels)
+        balanced = False if balanced is None else balanced
+    if balanced:
+        table = balance_classes(table, seed=123)
+    splits = split_data(table, 0.7, 0.1, seed=123)
+    names = ("train", "validation", "test")
+    for name, part in zip(names, splits):
+        if len(part) == 0:
+            raise UserError(f"{data}: the {name} split is empty ({len(table)} rows); add more data")
+    desc = {"name": data, "balanced": balanced, "label_names": table.label_names,
+            "rows": {n: len(p) for n, p in zip(names, splits)},
+            "label_counts": {n: p.label_counts() for n, p in zip(names, splits)}}
+    return splits, desc
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Token ids, padding, loaders
 # ---------------------------------------------------------------------------------------------------------
@@ -359,33 +392,3 @@ def collate_classification(
     attention_mask = torch.arange(width)[None, :] < lengths[:, None]  # (B, T)
     labels = torch.tensor([int(y) for _, y in batch], dtype=torch.long)
     return ClassificationBatch(input_ids, attention_mask, lengths - 1, labels)
-
-
-def create_classification_loader(
-    dataset: ClassificationDataset,
-    batch_size: int = 8,
-    *,
-    shuffle: bool = False,
-    drop_last: bool = False,
-    seed: int = 123,
-    pad_id: int,
-    pad_to: int | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    num_workers: int = 0,
-) -> DataLoader:
-    """A DataLoader of `ClassificationBatch`es (the book: batch 8, train shuffled with drop_last).
-
-    Uses the resumable `EpochSampler` of `llmscratch.data.pretrain`, so `seek` works here too.
-    """
-    from functools import partial
-
-    from llmscratch.data.pretrain import EpochSampler
-
-    sampler = EpochSampler(
-        len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last
-    )
-    return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=num_workers,
-        collate_fn=partial(collate_classification, pad_id=pad_id, pad_to=pad_to),
-    )

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 from llmscratch.utils import UserError, atomic_path, atomic_write_text
 
@@ -275,45 +275,6 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_samples - self.start
-
-
-def create_dataloader(
-    tokens: Tokens | WindowDataset,
-    batch_size: int = 4,
-    max_length: int = 256,
-    stride: int = 128,
-    shuffle: bool = True,
-    drop_last: bool = True,
-    seed: int = 123,
-    *,
-    rank: int = 0,
-    world_size: int = 1,
-    num_workers: int = 0,
-) -> DataLoader:
-    """A DataLoader of (inputs, targets) batches, each (B, max_length), over sliding windows of `tokens`.
-
-    Its sampler is an `EpochSampler`: the order is a pure function of (seed, epoch); use `seek` to resume.
-    """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
-    dataset = tokens if isinstance(tokens, WindowDataset) else WindowDataset(tokens, max_length, stride)
-    sampler = EpochSampler(
-        len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last
-    )
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=num_workers)
-
-
-def seek(loader: DataLoader, epoch: int, batch: int = 0) -> None:
-    """Make the next iteration of `loader` yield batches `batch`, `batch + 1`, ... of epoch `epoch`.
-
-    The loader must come from `create_dataloader` (or use an `EpochSampler`). Batch k of epoch e is the same
-    batch whether reached by iterating from the start or by `seek(loader, e, k)`. Until that iteration ends,
-    `len(loader)` counts the batches left in the epoch.
-    """
-    sampler = loader.sampler
-    if not isinstance(sampler, EpochSampler):
-        raise TypeError("seek needs a DataLoader whose sampler is an EpochSampler (see create_dataloader)")
-    sampler.set_epoch(epoch, start=batch * loader.batch_size)
 
 
 # ---------------------------------------------------------------------------------------------------------

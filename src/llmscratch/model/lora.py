@@ -5,27 +5,25 @@
 adapter added as `<layer>.lora_A` (in, rank) and `<layer>.lora_B` (rank, out). B starts at zero: right after
 wrapping the model computes exactly what it computed before. `merge_lora` folds the update into the weights
 (W + (alpha / rank) * (A @ B)^T) for inference without extra cost; `unmerge_lora` takes it out again.
-Only the adapter (plus chosen modules such as a classifier head) is saved, in safetensors.
+`lora_state_dict` gives the adapter (plus chosen modules such as a classifier head); weights/lora.py saves
+and loads it as a safetensors file.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from llmscratch.model.base import tied_names
-from llmscratch.utils import UserError, atomic_path
+from llmscratch.utils import UserError
 
 # Every linear layer inside the transformer blocks: the attention and feed-forward projections of any family.
 DEFAULT_TARGETS: tuple[str, ...] = ("blocks.*",)
-_META_KEY = "llmscratch.lora"
 
 
 class LoRALinear(nn.Module):
@@ -161,59 +159,6 @@ def lora_state_dict(model: nn.Module, include: Sequence[str] = ("head",)) -> dic
         if name.endswith((".lora_A", ".lora_B")) or any(name == i or name.startswith(i + ".") for i in include):
             out[name] = p.detach().to("cpu").contiguous().clone()
     return out
-
-
-def save_lora(model: nn.Module, path: str | Path, include: Sequence[str] = ("head",)) -> Path:
-    """Write `lora_state_dict(model, include)` to a safetensors file (atomically), with rank/alpha/layers."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    meta = {_META_KEY: json.dumps(lora_config(model))}
-    with atomic_path(path) as tmp:
-        save_file(lora_state_dict(model, include), str(tmp), metadata=meta)
-    return path
-
-
-def load_lora(model: nn.Module, path: str | Path) -> list[str]:
-    """Load an adapter file written by `save_lora` into `model`, applying LoRA first when it has none.
-
-    Every tensor of the file must exist in the model with the same shape, and every adapter of the model must
-    be in the file; otherwise a UserError names the difference. Returns the loaded names.
-    """
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"LoRA adapter file not found: {path}")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if _META_KEY not in meta:
-        raise UserError(f"{path} is not a LoRA adapter file written by llmscratch (no {_META_KEY} metadata)")
-    cfg = json.loads(meta[_META_KEY])
-    if not lora_layers(model):
-        apply_lora(model, cfg["rank"], cfg["alpha"], targets=[_glob_escape(n) for n in cfg["layers"]])
-    params = dict(model.named_parameters())
-    missing = [n for n in params if n.endswith((".lora_A", ".lora_B")) and n not in tensors]
-    unknown = [n for n in tensors if n not in params]
-    if missing or unknown:
-        raise UserError(
-            f"{path} does not fit this model: "
-            + (f"missing adapters {missing[:4]} " if missing else "")
-            + (f"unknown tensors {unknown[:4]}" if unknown else "")
-        )
-    for name, t in tensors.items():
-        if params[name].shape != t.shape:
-            raise UserError(f"{path}: {name} has shape {tuple(t.shape)}, the model expects {tuple(params[name].shape)}")
-    with torch.no_grad():
-        for name, t in tensors.items():
-            params[name].copy_(t)
-    return list(tensors)
-
-
-def _glob_escape(name: str) -> str:
-    """A glob pattern matching exactly `name` (escapes glob metacharacters)."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def count_lora_params(model: nn.Module) -> int:

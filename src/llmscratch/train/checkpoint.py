@@ -8,14 +8,16 @@ Layout of `OUT/checkpoints/step-00000120/`:
     optimizer.safetensors  optimizer tensors (AdamW moments and step counts) keyed "state.<param>.<name>"
     optimizer.json         the rest of the optimizer state (param groups, hyperparameters, parameter names)
     rng.safetensors        per-rank torch / CUDA / numpy generator states
-    state.json             step, data position (epoch, batch), tokens seen, best val loss, schedule, python RNG,
-                           the training config
+    state.json             format version, step, data position (epoch, batch), tokens seen, best val loss,
+                           python RNG, the training config
     manifest.json          size and sha256 of every other file (written last)
 
 The folder is written as `.tmp-step-...` and renamed into place, so a crash never leaves a half folder under a
 real name; a file damaged later (truncated, missing) fails the manifest check and the previous good checkpoint
 is used instead. Only the newest `keep_last` folders are kept; the model with the best validation loss is
-written apart, as a model folder (`OUT/best/`, see loop.py).
+written apart, as a model folder (`OUT/best/`, see trainer.py).
+
+Format versions: 1 (state.json without a "version" entry, before versions were recorded, is the same).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from llmscratch.weights.ours import read_weights, save_weights, write_tokenizer
 
 CHECKPOINT_RE = re.compile(r"^step-(\d{8,})$")
 MANIFEST = "manifest.json"
+FORMAT = "llmscratch-checkpoint"
+VERSION = 1  # of the checkpoint folder layout; raised when a change would misread older folders
 
 
 class CheckpointError(Exception):
@@ -240,7 +244,8 @@ def save_checkpoint(
         write_tokenizer(tmp, tokenizer_ref if tokenizer_ref is not None else tokenizer)
         save_optimizer(optimizer, model, tmp)
         rng_plain = _save_rng(rng_states, tmp)
-        payload = {"state": asdict(state), "rng": rng_plain, "train_config": train_config}
+        payload = {"format": FORMAT, "version": VERSION, "state": asdict(state), "rng": rng_plain,
+                   "train_config": train_config}
         (tmp / "state.json").write_text(json.dumps(payload, indent=1) + "\n")
         write_manifest(tmp)
     prune(root, keep_last)
@@ -285,9 +290,16 @@ def load_checkpoint(
     folder = Path(folder)
     if not verified:
         verify(folder)
+    payload = json.loads((folder / "state.json").read_text())
+    version = payload.get("version", 1)  # folders written before versions were recorded are version 1
+    if payload.get("format", FORMAT) != FORMAT or version != VERSION:
+        raise CheckpointError(f"{folder} has checkpoint format {payload.get('format', FORMAT)!r} version {version}; "
+                              f"this llmscratch reads {FORMAT!r} version {VERSION}")
+    try:
+        state = TrainState(**payload["state"])
+    except TypeError as e:
+        raise CheckpointError(f"{folder}: state.json does not fit checkpoint format version {VERSION}: {e}") from None
     load_model_weights(model, folder / "model.safetensors")
     if optimizer is not None:
         load_optimizer(optimizer, model, folder)
-    payload = json.loads((folder / "state.json").read_text())
-    state = TrainState(**payload["state"])
     return state, _load_rng(folder, payload["rng"]), payload["train_config"]

@@ -1,4 +1,4 @@
-"""The training settings (TrainConfig), their JSON form, the learning-rate schedule and config files."""
+"""The training settings (TrainConfig), their JSON form and the learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -8,69 +8,61 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmscratch.config import check_fields, setting
 from llmscratch.utils import UserError, atomic_write_text
 
 
 @dataclass
 class TrainConfig:
-    """How to train: optimisation, schedule, evaluation, checkpoints and logging. Saved as JSON beside checkpoints."""
+    """How to train: optimisation, schedule, evaluation, checkpoints and logging. Saved as JSON beside checkpoints.
 
-    out_dir: str = "runs/train"
-    epochs: int = 1
-    max_steps: int | None = None  # stop after this many optimizer steps (None: run all epochs)
-    max_seconds: float | None = None  # stop (evaluate, save) once training has run this long
-    batch_size: int = 8  # micro-batch per process
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 4e-4
-    min_lr: float | None = None  # floor of the cosine decay (None: lr / 10)
-    schedule: str = "cosine"  # "cosine" (linear warmup, cosine decay to min_lr) or "constant" (warmup, then lr)
-    warmup_steps: int = 0
-    weight_decay: float = 0.1  # only on matrices (parameters with dim >= 2)
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float | None = 1.0  # max global gradient norm (None or 0: no clipping)
-    eval_every: int = 50  # optimizer steps between evaluations (0: only at the end)
-    eval_batches: int | None = None  # limit on validation batches per evaluation (None: all)
-    eval_train_batches: int = 0  # > 0: also measure train loss in eval mode on this many train batches
-    patience: int | None = None  # early stopping: evaluations without a better val loss before stopping
-    save_every: int | None = None  # optimizer steps between checkpoints (None: at each evaluation)
-    keep_last: int = 3  # newest checkpoints kept
-    export_models: bool = True  # write OUT/final and OUT/best (best val loss) as model folders (load_model layout)
-    seed: int = 123
-    device: str = "auto"
-    amp: bool = True  # bf16 autocast on CUDA (ignored elsewhere)
-    compile: bool = False  # torch.compile the model for training
-    sample_prompt: str | None = "Every effort moves you"
-    sample_tokens: int = 30
-    log_every: int = 1  # optimizer steps between train records in metrics.jsonl
-    tensorboard: bool = False
-    progress: bool = True  # tqdm progress bar
+    Each field's help text, flag and allowed range are in its metadata (llmscratch.config): recipes expose the
+    fields they need as flags of their command.
+    """
+
+    out_dir: str = setting("runs/train", "output folder: checkpoints/, final/ and best/ models, metrics.jsonl, "
+                           "loss.png", flag="--out")
+    epochs: int = setting(1, "passes over the training data", ge=1)
+    max_steps: int | None = setting(None, "stop after this many optimizer steps", ge=1)
+    max_seconds: float | None = setting(None, "stop (evaluate and save) once training has run this many seconds",
+                                        gt=0)
+    batch_size: int = setting(8, "examples per micro-batch per process", ge=1)
+    grad_accum: int = setting(1, "micro-batches per optimizer step", ge=1)
+    lr: float = setting(4e-4, "peak learning rate", gt=0)
+    min_lr: float | None = setting(None, "floor of the cosine decay (default: lr / 10)", ge=0)
+    schedule: str = setting("cosine", "cosine (warmup then cosine decay to min_lr) or constant (warmup then lr)",
+                            choices=("cosine", "constant"))
+    warmup_steps: int = setting(0, "linear warmup steps", ge=0)
+    weight_decay: float = setting(0.1, "AdamW weight decay (matrices only)", ge=0)
+    betas: tuple[float, float] = setting((0.9, 0.999), "AdamW betas", ge=0, lt=1, cli=False)
+    grad_clip: float | None = setting(1.0, "clip the global gradient norm to this (0: no clipping)", ge=0)
+    eval_every: int = setting(50, "optimizer steps between evaluations (0: only at the first and last step)", ge=0)
+    eval_batches: int | None = setting(None, "validation batches per evaluation (default: all)", ge=1)
+    eval_train_batches: int = setting(0, "also measure the train loss in eval mode on this many train batches", ge=0)
+    patience: int | None = setting(None, "early stopping: evaluations without a better validation loss", ge=1)
+    save_every: int | None = setting(None, "optimizer steps between checkpoints (default: at each evaluation)", ge=1)
+    keep_last: int = setting(3, "newest checkpoints to keep (the best model is kept apart, in OUT/best)", ge=1)
+    export_models: bool = setting(True, "write OUT/final and OUT/best (best validation loss) as model folders",
+                                  cli=False)
+    seed: int = setting(123, "random seed (initialisation, data order, dropout)", ge=0)
+    device: str = setting("auto", "cpu, cuda, mps or auto")
+    amp: bool = setting(True, "bf16 autocast on CUDA (ignored elsewhere)", cli=False)
+    compile: bool = setting(False, "torch.compile the model")
+    sample_prompt: str | None = setting("Every effort moves you", "prompt continued at each evaluation")
+    sample_tokens: int = setting(30, "tokens generated for the sample (0: none)", ge=0)
+    log_every: int = setting(1, "optimizer steps between train records in metrics.jsonl", ge=1, cli=False)
+    tensorboard: bool = setting(False, "also log to OUT/tensorboard (needs the tensorboard package)")
+    progress: bool = setting(True, "no progress bar", switches={"--no-progress": False})
     extra: dict = field(default_factory=dict)  # free-form run description (data, model preset...) saved with it
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         """Raise UserError for settings that cannot work, before any work starts."""
-        checks = [
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
-            (self.max_seconds is None or self.max_seconds > 0, f"max_seconds must be > 0, got {self.max_seconds}"),
-            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
-            (self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (self.min_lr is None or 0 <= self.min_lr <= self.lr, f"min_lr must be in [0, lr], got {self.min_lr}"),
-            (self.schedule in ("cosine", "constant"), f"schedule must be cosine or constant, got {self.schedule!r}"),
-            (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}"),
-            (self.eval_batches is None or self.eval_batches >= 1, "eval_batches must be >= 1"),
-            (self.eval_train_batches >= 0, "eval_train_batches must be >= 0"),
-            (self.patience is None or self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
-            (self.save_every is None or self.save_every >= 1, f"save_every must be >= 1, got {self.save_every}"),
-            (self.keep_last >= 1, f"keep_last must be >= 1, got {self.keep_last}"),
-            (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
-            (self.sample_tokens >= 0, f"sample_tokens must be >= 0, got {self.sample_tokens}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
+        check_fields(self)
+        if self.min_lr is not None and self.min_lr > self.lr:
+            raise UserError(f"min_lr must be <= lr ({self.lr:g}), got {self.min_lr:g}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -106,25 +98,3 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
     span = max(1, total_steps - cfg.warmup_steps - 1)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
-
-
-def load_options_file(path: str | Path) -> dict:
-    """The settings of a YAML or JSON config file (keys are flag names; dashes or underscores), as a dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file not found: {path}")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as e:  # yaml.YAMLError, json.JSONDecodeError
-        raise UserError(f"cannot parse config file {path}: {e}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping of flag names to values")
-    return {str(k).lstrip("-").replace("-", "_"): v for k, v in data.items()}

@@ -1,4 +1,4 @@
-"""Tasks plug data, loss and metrics into the one training loop (train/loop.py).
+"""Tasks plug data, loss and metrics into the one Trainer (train/trainer.py).
 
 A task owns its data set and knows how to turn a batch into a loss. The loop owns everything else: the
 optimizer, the schedule, accumulation, clipping, evaluation, checkpoints, logging and distribution.

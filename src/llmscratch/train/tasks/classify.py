@@ -1,20 +1,24 @@
 """Classification as a training task: cross-entropy on the last real token's class logits, accuracy as metric.
 
-Batches are right-padded (`llmscratch.data.classification.collate_classification`). The prediction is read at
+Batches are right-padded (`llmscratch.data.classification.collate_classification`); `predict` labels new
+texts the same way. The prediction is read at
 each row's last real token. Right padding needs no attention mask: attention is causal, so a real token never
 sees the padding after it, and its output is the same as without padding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from llmscratch.data.classification import ClassificationDataset, collate_classification
 from llmscratch.data.pretrain import EpochSampler
+from llmscratch.train.evaluate import eval_outputs
 from llmscratch.train.tasks import BaseTask
+from llmscratch.utils import UserError
 
 # (input_ids (B, T), attention_mask (B, T) bool, last_index (B,), labels (B,)): a tuple, so the loop moves it.
 ClassifyBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -91,34 +95,49 @@ def eval_batches(
         yield collate_rows(dataset, indices[i : i + batch_size], pad_id)
 
 
-def collate_rows(dataset: ClassificationDataset, indices: list[int], pad_id: int) -> ClassifyBatch:
-    """Rows `indices` of `dataset` as one right-padded batch tuple."""
+def collate_rows(dataset: Sequence[tuple[torch.Tensor, int]], indices: list[int], pad_id: int) -> ClassifyBatch:
+    """Rows `indices` of `dataset` ((ids, label) pairs) as one right-padded batch tuple."""
     b = collate_classification([dataset[i] for i in indices], pad_id)
     return b.input_ids, b.attention_mask, b.last_index, b.labels
 
 
-@torch.no_grad()
-def evaluate_classifier(
-    model, dataset: ClassificationDataset, batch_size: int, pad_id: int, desc: str | None = None
-) -> dict[str, float]:
-    """Mean loss and accuracy of `model` over every row of `dataset` (eval mode, no gradients).
+@dataclass
+class Prediction:
+    """The predicted label of one text and the probability of every label."""
 
-    With `desc`, a progress bar of that name counts the texts.
-    """
-    from tqdm.auto import tqdm
+    text: str
+    label: str
+    probabilities: dict[str, float]
 
-    was_training = model.training
-    model.eval()
+
+def predict(
+    model, tokenizer, texts: Sequence[str], label_names: Sequence[str], max_length: int, pad_id: int,
+    batch_size: int = 16,
+) -> list[Prediction]:
+    """Classify each text (its first `max_length` tokens, as in training) through the one evaluation loop:
+    right-padded batches of similar lengths, class probabilities at each text's last token."""
+    encoded = [_encode(tokenizer, t, max_length) for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
+    chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    rows = [(torch.tensor(ids), 0) for ids in encoded]
+    batches = (collate_rows(rows, c, pad_id) for c in chunks)
+
+    def probabilities(m, batch: ClassifyBatch) -> torch.Tensor:
+        ids, _, last, _ = batch
+        return torch.softmax(last_token_logits(m, ids, last).float(), dim=-1).cpu()  # (B, num_classes)
+
     device = next(model.parameters()).device
-    loss_sum, correct, n = 0.0, 0, 0
-    bar = tqdm(total=len(dataset), desc=desc, unit="text", disable=desc is None, leave=False)
-    for ids, _, last, labels in eval_batches(dataset, batch_size, pad_id):
-        bar.update(len(labels))
-        ids, last, labels = ids.to(device), last.to(device), labels.to(device)
-        logits = last_token_logits(model, ids, last).float()
-        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-        correct += int((logits.argmax(-1) == labels).sum())
-        n += len(labels)
-    bar.close()
-    model.train(was_training)
-    return {"loss": loss_sum / max(n, 1), "accuracy": correct / max(n, 1), "count": n}
+    out: list[Prediction | None] = [None] * len(texts)
+    for chunk, (_, probs) in zip(chunks, eval_outputs(model, batches, probabilities, device)):
+        for i, p in zip(chunk, probs):
+            out[i] = Prediction(texts[i], label_names[int(p.argmax())], dict(zip(label_names, map(float, p))))
+    return out
+
+
+def _encode(tokenizer, text: str, max_length: int) -> list[int]:
+    if not text.strip():
+        raise UserError("cannot classify an empty text")
+    ids = list(tokenizer.encode(text))[:max_length]
+    if not ids:
+        raise UserError(f"the text {text!r} encodes to no tokens")
+    return ids
