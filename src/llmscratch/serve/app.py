@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import hmac
 import logging
+import math
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -216,7 +217,8 @@ def load_served_model(config: ServeConfig):
 
 
 def _ctx(state: ServerState) -> int:
-    return state.loaded.model.config.context_length
+    """The most tokens (prompt + new) a request may have: the engine's row length."""
+    return state.engine.max_len
 
 
 def _vocab(state: ServerState) -> int:
@@ -282,7 +284,7 @@ def prepare(state: ServerState, job: Job) -> tuple[list[list[int]], list[str], i
         ids = [list(p) if isinstance(p, list) else tok.encode(p, allowed_special="all") for p in job.prompts]
         texts = [p if isinstance(p, str) else tok.decode(p) for p in job.prompts]
     longest = max(len(p) for p in ids)
-    ctx = model.config.context_length
+    ctx = _ctx(state)
     max_new = job.max_tokens or max(1, min(state.config.default_max_tokens, ctx - longest))
     try:
         check_fits(model, longest, max_new)
@@ -296,7 +298,7 @@ def sampling_for(state: ServerState, job: Job, max_new: int, choice: int):
     tok = state.loaded.tokenizer
     cfg = dataclasses.replace(job.sampling, max_new_tokens=max_new, stop_strings=())
     if job.sampling.seed is not None:
-        cfg.seed = job.sampling.seed + choice
+        cfg = dataclasses.replace(cfg, seed=job.sampling.seed + choice)
     if job.ignore_eos:
         return cfg
     if job.kind == "chat":
@@ -335,12 +337,14 @@ async def run_job(state: ServerState, job: Job) -> Response:
 
 
 def _submit_error(e: BaseException) -> BaseException:
-    from llmscratch.serve.engine import QueueFull
+    from llmscratch.serve.engine import EngineStopped, QueueFull
 
     if isinstance(e, QueueFull):
-        retry = max(1, round(e.retry_after))
-        return APIError(429, f"{e}; retry after {retry} s", "rate_limit_error", None, "queue_full",
+        retry = max(1, math.ceil(e.retry_after))
+        return APIError(429, f"the server is busy: {e}", "rate_limit_error", None, "queue_full",
                         {"Retry-After": str(retry)})
+    if isinstance(e, EngineStopped):
+        return APIError(503, str(e), "service_unavailable", None, "shutting_down")
     if isinstance(e, UserError):
         return bad_request(str(e), None, "context_length_exceeded" if "context length" in str(e) else None)
     return e

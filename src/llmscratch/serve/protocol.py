@@ -138,8 +138,8 @@ def _openai_common(body: Mapping, kind: str, max_n: int, max_tokens_limit: int) 
     if max_tokens is None:
         max_tokens = get_int(body, "max_tokens")
     if max_tokens is not None and not 1 <= max_tokens <= max_tokens_limit:
-        raise bad_request(f"{name} must be in 1..{max_tokens_limit} (the model's context length), got {max_tokens}",
-                          name)
+        raise bad_request(f"{name} must be in 1..{max_tokens_limit} (the most tokens a request may hold), got "
+                          f"{max_tokens}", name)
     stream = get_bool(body, "stream")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
@@ -242,8 +242,8 @@ def parse_hf(body: Mapping, max_tokens_limit: int) -> Job:
     p = "parameters."
     max_tokens = get_int(params, "max_new_tokens", label=p + "max_new_tokens")
     if max_tokens is not None and not 1 <= max_tokens <= max_tokens_limit:
-        raise bad_request(f"parameters.max_new_tokens must be in 1..{max_tokens_limit} (the model's context "
-                          f"length), got {max_tokens}", p + "max_new_tokens")
+        raise bad_request(f"parameters.max_new_tokens must be in 1..{max_tokens_limit} (the most tokens a request "
+                          f"may hold), got {max_tokens}", p + "max_new_tokens")
     temperature = get_float(params, "temperature", label=p + "temperature")
     do_sample = get_bool(params, "do_sample", temperature is not None and temperature > 0, label=p + "do_sample")
     temperature = (1.0 if temperature is None else temperature) if do_sample else 0.0
