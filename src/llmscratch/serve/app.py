@@ -243,7 +243,7 @@ def _error_handlers(app: FastAPI) -> None:
         else:
             message = str(e.detail)
         err = APIError(e.status_code, message, TYPES.get(e.status_code, "invalid_request_error"), None,
-                       "not_found" if e.status_code == 404 else None, dict(e.headers or {}))
+                       {404: "not_found", 405: "method_not_allowed"}.get(e.status_code), dict(e.headers or {}))
         return error_response(err)
 
     @app.exception_handler(Exception)

@@ -124,9 +124,10 @@ def _sampling(temperature: float, top_p: float | None, top_k: int | None, seed: 
               stops: tuple[str, ...], prefix: str = "") -> SamplingConfig:
     """A SamplingConfig; range mistakes are 400s naming the field."""
     if temperature < 0 or temperature > 2:
-        raise bad_request(f"temperature must be in [0, 2] (0 is greedy), got {temperature}", prefix + "temperature")
+        raise bad_request(f"{prefix}temperature must be in [0, 2] (0 is greedy), got {temperature}",
+                          prefix + "temperature")
     if top_p is not None and not 0 < top_p <= 1:
-        raise bad_request(f"top_p must be in (0, 1], got {top_p}", prefix + "top_p")
+        raise bad_request(f"{prefix}top_p must be in (0, 1], got {top_p}", prefix + "top_p")
     return SamplingConfig(max_new_tokens=0, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                           stop_strings=stops)
 
