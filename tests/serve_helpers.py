@@ -31,17 +31,17 @@ def byte_tokenizer() -> Tokenizer:
     return Tokenizer.from_vocab_and_merges(vocab, [], SPECIALS, bos_id=257, eos_id=258)
 
 
-def tiny_model(context_length: int = 256, seed: int = 0, eos_bias: float = 0.0):
-    """A 2-layer Llama with random weights over the byte tokenizer's 259 ids; `eos_bias` shifts EOS's logit."""
+def tiny_model(context_length: int = 256, seed: int = 0, endless: bool = False):
+    """A 2-layer Llama with random weights over the byte tokenizer's 259 ids; `endless`: greedy decoding never
+    picks a special token (their logits are 0, below the largest of 256 random ones), so it never stops."""
     config = get_config("llama-tiny", vocab_size=259, context_length=context_length, tie_embeddings=False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(config).eval()
     with torch.no_grad():
         model.head.weight.mul_(20.0)  # sharper logits: greedy choices far from ties
-        if eos_bias:
-            model.head.weight[258].zero_()
-            model.head.bias = None
+        if endless:
+            model.head.weight[256:].zero_()
     return model
 
 
