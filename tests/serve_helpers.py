@@ -94,3 +94,9 @@ def running_server(loaded: LoadedModel | None = None, loader=None, **config) -> 
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+def busy(engine) -> int:
+    """Requests the engine holds: generating or waiting."""
+    s = engine.stats()
+    return s.active + s.queued

@@ -9,7 +9,7 @@ import time
 
 import httpx
 import pytest
-from serve_helpers import CHATML, Slow, byte_tokenizer, loaded_tiny, running_server, tiny_model
+from serve_helpers import CHATML, Slow, busy, byte_tokenizer, loaded_tiny, running_server, tiny_model
 
 from llmscratch.chat import chat_prompt_ids, end_of_turn_ids
 from llmscratch.generate import SamplingConfig, generate, generate_text
@@ -229,9 +229,9 @@ def test_request_past_the_time_limit_is_cut():
 
 def _wait_idle(srv, seconds: float = 10) -> None:
     end = time.monotonic() + seconds
-    while srv.state.engine.pending() and time.monotonic() < end:
+    while busy(srv.state.engine) and time.monotonic() < end:
         time.sleep(0.02)
-    assert srv.state.engine.pending() == 0
+    assert busy(srv.state.engine) == 0
 
 
 def test_client_disconnect_frees_the_row():
@@ -242,7 +242,7 @@ def test_client_disconnect_frees_the_row():
                                                                  "stream": True, "ignore_eos": True}) as r:
             lines = r.iter_lines()
             next(lines)
-            steps.append(engine.pending())
+            steps.append(busy(engine))
         _wait_idle(srv, 3)  # 200 tokens would take 6 s: the row was freed long before
         assert steps == [1]
 

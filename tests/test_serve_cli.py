@@ -40,8 +40,9 @@ def model_folder(tmp_path_factory):
 
 
 def serve(args: list[str], env: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "llmscratch", "serve", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+                            stderr=subprocess.PIPE, text=True, env=env)
 
 
 def wait_ready(url: str, proc: subprocess.Popen, seconds: float = 90) -> None:

@@ -9,7 +9,7 @@ import json
 import os
 
 import httpx
-from serve_helpers import CHATML, byte_tokenizer, loaded_tiny, running_server, tiny_model
+from serve_helpers import CHATML, busy, byte_tokenizer, loaded_tiny, running_server, tiny_model
 
 from llmscratch.chat import chat_prompt_ids, end_of_turn_ids
 from llmscratch.generate import SamplingConfig, generate, generate_text
@@ -90,5 +90,5 @@ def test_64_concurrent_clients_none_lost_none_mixed_memory_back():
         assert got == want
         gc.collect()
         after = rss_mb()
-        assert srv.state.engine.pending() == 0 and srv.state.inflight == 0
+        assert busy(srv.state.engine) == 0 and srv.state.inflight == 0
         assert after - before < 40, f"memory grew from {before:.0f} MB to {after:.0f} MB"

@@ -6,7 +6,7 @@ import shutil
 import time
 
 import pytest
-from serve_helpers import Slow, loaded_tiny, running_server, tiny_model
+from serve_helpers import Slow, busy, loaded_tiny, running_server, tiny_model
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -64,7 +64,7 @@ def test_chat_page_streams_and_stops():
             driver.find_element(By.ID, "stop").click()
             wait_for(lambda: driver.find_element(By.ID, "status").text == "stopped", what="the stopped status")
             stopped = reply.text
-            wait_for(lambda: srv.state.engine.pending() == 0, 5, "the server to free the row")
+            wait_for(lambda: busy(srv.state.engine) == 0, 5, "the server to free the row")
             time.sleep(0.3)
             assert reply.text == stopped  # nothing more arrives
             assert 0 < len(stopped.encode()) < 200

@@ -39,12 +39,11 @@ log = logging.getLogger("llmscratch.serve")
 
 def make_engine(model, config: ServeConfig):
     """The engine `config` asks for: continuous batching, or one request at a time (batching off)."""
-    from llmscratch.serve import engine as engines
+    from llmscratch.serve.engine import Engine, SerialEngine
 
-    batching = getattr(engines, "Engine", None)  # the continuous-batching engine, where this tree has it
-    if config.batching and batching is not None:
-        return batching(model, max_batch=config.max_batch, max_queue=config.max_queue)
-    return engines.SerialEngine(model, max_queue=config.max_queue)
+    if config.batching:
+        return Engine(model, max_batch=config.max_batch, max_queue=config.max_queue)
+    return SerialEngine(model, max_queue=config.max_queue)
 
 
 @dataclasses.dataclass
@@ -287,7 +286,7 @@ def prepare(state: ServerState, job: Job) -> tuple[list[list[int]], list[str], i
     ctx = _ctx(state)
     max_new = job.max_tokens or max(1, min(state.config.default_max_tokens, ctx - longest))
     try:
-        check_fits(model, longest, max_new)
+        check_fits(model, longest, max_new, ctx)
     except UserError as e:
         raise bad_request(str(e), "messages" if job.kind == "chat" else "prompt", "context_length_exceeded") from None
     return ids, texts, max_new
