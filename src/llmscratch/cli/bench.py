@@ -1,4 +1,4 @@
-"""`llmscratch bench ...`: benchmarks (the KV-cache generation benchmark: `bench generate`)."""
+"""`llmscratch bench ...`: benchmarks (generation with and without the KV cache, training, serving)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
     add_generate_parser(sub)
     add_train_parser(sub)
+    add_serve_parser(sub)
 
 
 def add_generate_parser(sub) -> argparse.ArgumentParser:
@@ -89,3 +90,47 @@ def _train(args: argparse.Namespace) -> None:
     from llmscratch.bench.train import config_from_args, run_train_bench
 
     run_train_bench(config_from_args(args))
+
+
+def add_serve_parser(sub) -> argparse.ArgumentParser:
+    from llmscratch.bench.serve import ServeBenchConfig
+
+    d = ServeBenchConfig()
+    p = sub.add_parser(
+        "serve",
+        help="llmscratch serve under load: aggregate tokens/s, time to first token, batching on vs off",
+        description="Starts `llmscratch serve` on a free loopback port and runs streaming clients against it: for "
+        "each client count, every client sends --requests streaming completions of --max-tokens tokens (ignore_eos). "
+        "Prints aggregate tokens/s, time to first token and time between tokens (p50/p95), then the same load with "
+        "batching off (one request at a time), in one run; writes bench_serve.json and bench_serve.png.",
+    )
+    p.add_argument("--model", default=d.model,
+                   help=f"model to serve: registered name, folder, .gguf or preset (default {d.model}, random weights)")
+    p.add_argument("--clients", default=",".join(map(str, d.clients)),
+                   help=f"concurrent client counts, comma-separated (default {','.join(map(str, d.clients))})")
+    p.add_argument("--requests", type=int, default=d.requests, help=f"requests per client (default {d.requests})")
+    p.add_argument("--max-tokens", type=int, default=d.max_tokens,
+                   help=f"new tokens per request (default {d.max_tokens})")
+    p.add_argument("--max-batch", type=int, default=d.max_batch,
+                   help=f"the batching server's --max-batch (default {d.max_batch})")
+    p.add_argument("--no-batching-off", action="store_true", help="skip the run with batching off")
+    p.add_argument("--threads", type=int, default=None, help="the server's torch threads (default: all cores)")
+    p.add_argument("--out", default=str(d.out), help=f"folder for bench_serve.json and .png (default {d.out})")
+    p.set_defaults(func=_serve)
+    return p
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from llmscratch.bench.serve import ServeBenchConfig, run_serve_bench
+    from llmscratch.utils import UserError
+
+    try:
+        clients = tuple(int(c) for c in args.clients.split(",") if c.strip())
+    except ValueError:
+        raise UserError(f"--clients takes comma-separated integers, not {args.clients!r}") from None
+    run_serve_bench(ServeBenchConfig(
+        model=args.model, clients=clients, requests=args.requests, max_tokens=args.max_tokens,
+        max_batch=args.max_batch, batching_off=not args.no_batching_off, threads=args.threads, out=Path(args.out),
+    ))
