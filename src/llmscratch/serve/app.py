@@ -132,14 +132,10 @@ def create_app(config: ServeConfig, loader: Callable[[], Any] | None = None,
     """The server's app. `loader()` returns a LoadedModel (llmscratch.weights); it runs on a background thread
     when the app starts (default: load `config.model`)."""
     state = ServerState(config)
-    api_key = config.resolved_api_key()
-
-    def start() -> None:
-        threading.Thread(target=state.load, args=(loader or (lambda: load_served_model(config)), on_load_error),
-                         name="llmscratch-load", daemon=True).start()
 
     async def lifespan(app: FastAPI):
-        start()
+        threading.Thread(target=state.load, args=(loader or (lambda: load_served_model(config)), on_load_error),
+                         name="llmscratch-load", daemon=True).start()
         yield
         if state.engine is not None:
             state.engine.stop(drain=False)
@@ -148,20 +144,35 @@ def create_app(config: ServeConfig, loader: Callable[[], Any] | None = None,
     app.state.serve = state
     app.add_middleware(ServeMiddleware, state=state)
     _error_handlers(app)
+    _routes(app, state)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
 
-    def need_key(request: Request) -> None:
-        if api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-            raise APIError(401, "a valid API key is required: send it as 'Authorization: Bearer KEY'",
-                           "authentication_error", None, "invalid_api_key", {"WWW-Authenticate": "Bearer"})
 
-    def need_ready() -> ServerState:
-        if not state.ready:
-            raise APIError(503, "the model is still loading; try again shortly", "service_unavailable", None,
-                           "loading", {"Retry-After": "5"})
-        return state
+def need_key(state: ServerState, request: Request) -> None:
+    """401 unless the request carries the server's API key as a bearer token (when the server has one)."""
+    key = state.config.resolved_api_key()
+    if key is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+        raise APIError(401, "a valid API key is required: send it as 'Authorization: Bearer KEY'",
+                       "authentication_error", None, "invalid_api_key", {"WWW-Authenticate": "Bearer"})
+
+
+def need_ready(state: ServerState) -> ServerState:
+    """503 while the model loads."""
+    if not state.ready:
+        raise APIError(503, "the model is still loading; try again shortly", "service_unavailable", None,
+                       "loading", {"Retry-After": "5"})
+    return state
+
+
+def _routes(app: FastAPI, state: ServerState) -> None:
+    config = state.config
+
+    async def body_of(request: Request) -> dict:
+        return protocol.parse_json(await read_body(request, config.max_body_bytes))
 
     @app.get("/ping")
     async def ping():
@@ -171,28 +182,27 @@ def create_app(config: ServeConfig, loader: Callable[[], Any] | None = None,
 
     @app.post("/invocations")
     async def invocations(request: Request):
-        st = need_ready()
-        body = protocol.parse_json(await read_body(request, config.max_body_bytes))
-        return await run_job(st, protocol.parse_invocation(body, config.max_n, _ctx(st), _vocab(st)))
+        st = need_ready(state)
+        return await run_job(st, protocol.parse_invocation(await body_of(request), config.max_n, _ctx(st),
+                                                           _vocab(st)))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        need_key(request)
-        st = need_ready()
-        body = protocol.parse_json(await read_body(request, config.max_body_bytes))
-        return await run_job(st, protocol.parse_chat(body, config.max_n, _ctx(st)))
+        need_key(state, request)
+        st = need_ready(state)
+        return await run_job(st, protocol.parse_chat(await body_of(request), config.max_n, _ctx(st)))
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        need_key(request)
-        st = need_ready()
-        body = protocol.parse_json(await read_body(request, config.max_body_bytes))
-        return await run_job(st, protocol.parse_completion(body, config.max_n, _ctx(st), _vocab(st)))
+        need_key(state, request)
+        st = need_ready(state)
+        return await run_job(st, protocol.parse_completion(await body_of(request), config.max_n, _ctx(st),
+                                                           _vocab(st)))
 
     @app.get("/v1/models")
     async def models(request: Request):
-        need_key(request)
-        st = need_ready()
+        need_key(state, request)
+        st = need_ready(state)
         return {"object": "list", "data": [{"id": st.loaded.name, "object": "model", "created": 0,
                                             "owned_by": "llmscratch", "context_length": _ctx(st),
                                             "chat": st.template is not None}]}
@@ -200,9 +210,6 @@ def create_app(config: ServeConfig, loader: Callable[[], Any] | None = None,
     @app.get("/")
     async def page():
         return FileResponse(STATIC / "index.html", media_type="text/html")
-
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    return app
 
 
 def load_served_model(config: ServeConfig):
