@@ -84,7 +84,7 @@ async function send(text) {
   setBusy(true);
   $("status").textContent = "generating…";
   controller = new AbortController();
-  let reply = "", finish = null;
+  let reply = "", finish = null, failed = false;
   try {
     const response = await fetch("/v1/chat/completions", {
       method: "POST", headers: headers(), signal: controller.signal,
@@ -113,12 +113,18 @@ async function send(text) {
     if (e.name === "AbortError") {
       $("status").textContent = "stopped";
     } else {
+      failed = true;
       addMessage("error", "error: " + e.message);
       $("status").textContent = "error";
     }
   } finally {
     div.classList.remove("streaming");
-    messages.push({ role: "assistant", content: reply });
+    if (failed && !reply) {
+      messages.pop();  // the question got no answer: send it again with the next message
+      div.remove();
+    } else {
+      messages.push({ role: "assistant", content: reply });
+    }
     controller = null;
     setBusy(false);
   }
