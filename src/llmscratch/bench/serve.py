@@ -45,6 +45,7 @@ class ServeBenchConfig:
     threads: int | None = None  # the server's torch threads (default: all cores)
     out: Path = Path("bench-results")
     load_timeout: float = 900.0  # seconds for the server to load the model
+    request_timeout: float = 3600.0  # the server's --timeout: waiting in the queue is part of what is measured
     extra_args: tuple[str, ...] = field(default_factory=tuple)  # more `llmscratch serve` flags
 
     def validate(self) -> None:
@@ -86,6 +87,7 @@ def start_server(cfg: ServeBenchConfig, batching: bool) -> tuple[subprocess.Pope
     port = _free_port()
     args = [sys.executable, "-m", "llmscratch", "serve", "--model", cfg.model, "--port", str(port),
             "--max-batch", str(cfg.max_batch), "--max-queue", str(4 * max(cfg.clients)), "--log-level", "warning",
+            "--timeout", str(cfg.request_timeout),
             *cfg.extra_args]
     if not batching:
         args.append("--no-batching")
