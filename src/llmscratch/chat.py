@@ -78,6 +78,19 @@ def _token_text(tokenizer, token_id: int | None) -> str | None:
     return None if token_id is None else tokenizer.decode([token_id])
 
 
+def chat_prompt_ids(tokenizer, template: str, messages: Sequence[Mapping[str, str]]) -> list[int]:
+    """Token ids of `messages` rendered with chat `template`, ending with the assistant's turn opener (what the
+    chat session and the server's chat route feed the model)."""
+    text = render_chat(
+        template,
+        messages,
+        add_generation_prompt=True,
+        bos_token=_token_text(tokenizer, tokenizer.bos_id),
+        eos_token=_token_text(tokenizer, tokenizer.eos_id),
+    )
+    return tokenizer.encode(text, allowed_special="all")
+
+
 class ChatSession:
     """A multi-turn conversation with one model: add a user message, stream the reply, repeat.
 
@@ -103,14 +116,7 @@ class ChatSession:
 
     def prompt_ids(self, messages: Sequence[Mapping[str, str]] | None = None) -> list[int]:
         """Token ids of the conversation so far, ending with the assistant's turn opener."""
-        text = render_chat(
-            self.template,
-            self.messages if messages is None else messages,
-            add_generation_prompt=True,
-            bos_token=_token_text(self.tokenizer, self.tokenizer.bos_id),
-            eos_token=_token_text(self.tokenizer, self.tokenizer.eos_id),
-        )
-        return self.tokenizer.encode(text, allowed_special="all")
+        return chat_prompt_ids(self.tokenizer, self.template, self.messages if messages is None else messages)
 
     def add_user(self, text: str) -> int:
         """Append a user message; drop the oldest turns until the prompt fits. Returns the number dropped.

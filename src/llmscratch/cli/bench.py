@@ -1,8 +1,9 @@
-"""`llmscratch bench ...`: benchmarks (generation speed with and without the KV cache; training throughput)."""
+"""`llmscratch bench ...`: benchmarks (generation with and without the KV cache, training, serving)."""
 
 from __future__ import annotations
 
 from llmscratch.bench.generate import GenerateBenchConfig
+from llmscratch.bench.serve import ServeBenchConfig
 from llmscratch.bench.train import TrainBenchConfig
 from llmscratch.config import add_command
 
@@ -35,6 +36,14 @@ def register(subparsers) -> None:
         "torch.compile against torch.compile, interleaved; model FLOPs utilisation against a float32 matmul peak "
         "measured in the same run. Default: gpt2-124m at batch 8 x 256.",
     )
+    add_command(
+        sub, "serve", ServeBenchConfig, _serve,
+        help="llmscratch serve under load: aggregate tokens/s, time to first token, batching on vs off",
+        description="Starts `llmscratch serve` on a free loopback port and runs streaming clients against it: for "
+        "each client count, every client sends --requests streaming completions of --max-tokens tokens (ignore_eos). "
+        "Prints aggregate tokens/s, time to first token and time between tokens (p50/p95), then the same load with "
+        "batching off (one request at a time), in one run; writes bench_serve.json and bench_serve.png.",
+    )
 
 
 def _generate(cfg: GenerateBenchConfig) -> None:
@@ -47,3 +56,9 @@ def _train(cfg: TrainBenchConfig) -> None:
     from llmscratch.bench.train import run_train_bench
 
     run_train_bench(cfg)
+
+
+def _serve(cfg: ServeBenchConfig) -> None:
+    from llmscratch.bench.serve import run_serve_bench
+
+    run_serve_bench(cfg)
