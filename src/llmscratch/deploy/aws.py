@@ -7,6 +7,7 @@ stand-in such as moto's server.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 
@@ -23,11 +24,12 @@ def session(region: str | None = None):
     import botocore.exceptions
 
     try:
-        s = boto3.Session(region_name=region)
+        s = boto3.Session(region_name=region or os.environ.get("AWS_REGION") or None)
     except botocore.exceptions.ProfileNotFound as e:
         raise UserError(f"AWS profile not found: {e}") from None
     if not s.region_name:
-        raise UserError("no AWS region: pass --region, set AWS_REGION, or put a region in ~/.aws/config")
+        raise UserError("no AWS region: pass --region, set AWS_REGION (or AWS_DEFAULT_REGION), or put a region in "
+                        "~/.aws/config")
     if s.get_credentials() is None:
         raise UserError(f"no AWS credentials found: {CREDENTIALS_HELP}")
     return s

@@ -395,29 +395,20 @@ def payload_parts(events: Iterable[dict], endpoint: str) -> Iterator[bytes]:
 
 
 def sse_data(chunks: Iterable[bytes]) -> Iterator[str]:
-    """The data of each server-sent event in a byte stream cut anywhere (an event ends at a blank line)."""
-    buffer = b""
-    for chunk in chunks:
+    """The data of each server-sent event in a byte stream cut anywhere (lines end in \n or \r\n; an event
+    ends at a blank line; comments and other fields are skipped)."""
+    buffer, data = b"", []
+    for chunk in [*chunks, b"\n\n"]:  # the final blank line ends an event the stream left open
         buffer += chunk
-        while True:
-            cut = min((i for i in (buffer.find(b"\n\n"), buffer.find(b"\r\n\r\n")) if i >= 0), default=-1)
-            if cut < 0:
-                break
-            sep = 4 if buffer[cut:cut + 4] == b"\r\n\r\n" else 2
-            event, buffer = buffer[:cut], buffer[cut + sep:]
-            data = _event_data(event)
-            if data is not None:
-                yield data
-    if buffer.strip():
-        data = _event_data(buffer)
-        if data is not None:
-            yield data
-
-
-def _event_data(event: bytes) -> str | None:
-    lines = event.decode("utf-8").splitlines()
-    data = [line[5:].removeprefix(" ") for line in lines if line.startswith("data:")]
-    return "\n".join(data) if data else None
+        *lines, buffer = buffer.split(b"\n")
+        for raw in lines:
+            line = raw.removesuffix(b"\r").decode("utf-8")
+            if not line:
+                if data:
+                    yield "\n".join(data)
+                data = []
+            elif line.startswith("data:"):
+                data.append(line[5:].removeprefix(" "))
 
 
 def stream_texts(datas: Iterable[str]) -> Iterator[str]:
