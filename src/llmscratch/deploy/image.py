@@ -86,9 +86,10 @@ def build_image(cfg: BuildImageConfig, say: Callable[[str], None] = print) -> st
     say(f"built {local}")
     if not cfg.push:
         return local
-    from llmscratch.deploy.aws import session
+    from llmscratch.deploy.aws import aws_errors, session
 
-    uri = f"{ecr_login(session(cfg.region), docker, cfg.repository)}:{cfg.tag}"
+    with aws_errors("pushing to ECR"):
+        uri = f"{ecr_login(session(cfg.region), docker, cfg.repository)}:{cfg.tag}"
     run([docker, "tag", local, uri])
     run([docker, "push", uri])
     say(f"pushed {uri}")

@@ -144,6 +144,11 @@ def model_data_uri(sess, cfg: SageMakerConfig, endpoint: str) -> str:
 
 def deploy(cfg: SageMakerConfig, say: Callable[[str], None] = print) -> DeployResult:
     """Create (or update) the endpoint `cfg` describes; wait and autoscale when asked."""
+    with aws_errors("deploying"):  # what the steps below do not name themselves (e.g. the network)
+        return _deploy(cfg, say)
+
+
+def _deploy(cfg: SageMakerConfig, say: Callable[[str], None]) -> DeployResult:
     cfg.validate()
     endpoint = check_endpoint_name(cfg.endpoint_name or default_endpoint_name(cfg.model_data))
     sess = session(cfg.region)
@@ -323,6 +328,11 @@ def remove_config_and_models(sm, config_name: str) -> list[str]:
 
 def delete(cfg: DeleteConfig) -> list[str]:
     """Remove the endpoint, its autoscaling target, its endpoint config and its model(s); returns what went."""
+    with aws_errors(f"deleting the endpoint {cfg.endpoint_name}"):
+        return _delete(cfg)
+
+
+def _delete(cfg: DeleteConfig) -> list[str]:
     check_endpoint_name(cfg.endpoint_name)
     sess = session(cfg.region)
     sm = sess.client("sagemaker")
