@@ -59,14 +59,14 @@ def test_archive_holds_the_folder_at_top_level_with_manifest_and_serving_config(
         assert info == {"size": len(members[name]), "sha256": hashlib.sha256(members[name]).hexdigest()}
     assert set(manifest["files"]) == set(names) - {"manifest.json"}
     assert json.loads(members["serving.json"]) == {"default_max_tokens": 50, "max_batch": 2, "max_queue": 64,
-                                                   "request_timeout": 60.0}
+                                                   "request_timeout": 60.0, "device": "auto", "dtype": "float32"}
     assert members["model.safetensors"] == (tiny_folder / "model.safetensors").read_bytes()
     assert r.model == "." and r.path == out and out.stat().st_mode & 0o777 == 0o644 & ~_umask()
 
     folder = unpack(out, tmp_path / "opt-ml-model")
     assert verify_model_dir(folder) == folder
     assert serve_args(folder) == ["--model", str(folder), "--default-max-tokens", "50", "--max-batch", "2",
-                                  "--max-queue", "64", "--request-timeout", "60.0"]
+                                  "--max-queue", "64", "--timeout", "60.0", "--device", "auto", "--dtype", "float32"]
     loaded = load_model(folder)  # what the server will do with --model /opt/ml/model
     assert loaded.tokenizer.encode("hi") == [104, 105]
     assert check_archive(out)["files"] == manifest["files"]
@@ -239,5 +239,7 @@ def test_check_archive_finds_an_archive_without_a_model(tiny_folder, tmp_path):
 def test_serving_config_is_checked(tiny_folder, tmp_path):
     with pytest.raises(UserError, match="max_batch must be >= 1"):
         package_model(PackageConfig(model=str(tiny_folder), out=str(tmp_path / "a.tar.gz")), ServingConfig(max_batch=0))
+    with pytest.raises(UserError, match="dtype must be"):
+        package_model(PackageConfig(model=str(tiny_folder), out=str(tmp_path / "a.tar.gz")), ServingConfig(dtype="x"))
     with pytest.raises(UserError, match="compress_level"):
         package_model(PackageConfig(model=str(tiny_folder), out=str(tmp_path / "a.tar.gz"), compress_level=0))

@@ -20,12 +20,18 @@ def _f(default, help: str, **extra):
 @dataclass
 class ServingConfig:
     """What the endpoint's server uses when a request does not say, and its limits: written into the archive as
-    serving.json; each key is a `llmscratch serve` flag (key with dashes) the container's entrypoint passes on."""
+    serving.json. The container's entrypoint passes each on as the `llmscratch serve` flag in its metadata."""
 
-    default_max_tokens: int = _f(256, "new tokens for a request that gives no max_new_tokens / max_tokens")
-    max_batch: int = _f(8, "most sequences decoded together")
-    max_queue: int = _f(64, "most requests waiting; more are turned away (busy)")
-    request_timeout: float = _f(60.0, "seconds a request may take (SageMaker cuts real-time requests at 60 s)")
+    default_max_tokens: int = _f(256, "new tokens for a request that gives no max_new_tokens / max_tokens",
+                                 serve_flag="--default-max-tokens")
+    max_batch: int = _f(8, "most sequences decoded together", serve_flag="--max-batch")
+    max_queue: int = _f(64, "most requests waiting; more are turned away (429, busy)", serve_flag="--max-queue")
+    request_timeout: float = _f(60.0, "seconds a request may take (SageMaker cuts real-time requests at 60 s)",
+                                serve_flag="--timeout")
+    device: str = _f("auto", "device on the endpoint: auto (CUDA on a GPU instance with a CUDA image), cpu, cuda",
+                     serve_flag="--device")
+    dtype: str = _f("float32", "weight precision on the endpoint: float32, bfloat16 or float16",
+                    serve_flag="--dtype")
 
     def validate(self) -> None:
         """Raise UserError for a setting that makes no sense."""
@@ -34,11 +40,14 @@ class ServingConfig:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.request_timeout <= 0:
             raise UserError(f"request_timeout must be > 0, got {self.request_timeout}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UserError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise UserError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
 
     def serve_args(self) -> list[str]:
         """These settings as `llmscratch serve` flags."""
-        return [a for f in dataclasses.fields(self)
-                for a in (f"--{f.name.replace('_', '-')}", str(getattr(self, f.name)))]
+        return [a for f in dataclasses.fields(self) for a in (f.metadata["serve_flag"], str(getattr(self, f.name)))]
 
 
 @dataclass
