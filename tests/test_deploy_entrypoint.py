@@ -112,6 +112,24 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> float:
     pytest.fail(f"port {port} did not open within {timeout} s")
 
 
+def wait_for_ping(base: str, proc: subprocess.Popen, timeout: float) -> float:
+    """Seconds until /ping answers 200, as SageMaker polls it: every answer (503 while the model loads) must come
+    within 2 s."""
+    import httpx
+
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        assert proc.poll() is None, f"the server exited with {proc.returncode}"
+        t = time.monotonic()
+        status = httpx.get(f"{base}/ping", timeout=2.0).status_code
+        assert time.monotonic() - t < 2.0
+        if status == 200:
+            return time.monotonic() - start
+        assert status == 503  # still loading
+        time.sleep(0.05)
+    pytest.fail(f"/ping did not answer 200 within {timeout} s")
+
+
 @needs_serve
 def test_entrypoint_serves_what_sagemaker_checks(model_dir):
     import httpx
@@ -124,9 +142,7 @@ def test_entrypoint_serves_what_sagemaker_checks(model_dir):
     try:
         opened = wait_for_port(port, proc, timeout=120)
         base = f"http://127.0.0.1:{port}"
-        t = time.monotonic()
-        ping = httpx.get(f"{base}/ping", timeout=2.0)  # SageMaker's health check: 200 within 2 s
-        assert ping.status_code == 200 and time.monotonic() - t < 2.0
+        ready = wait_for_ping(base, proc, timeout=120)
         answer = httpx.post(f"{base}/invocations", json={"inputs": "Hello", "parameters": {"max_new_tokens": 4}},
                             timeout=60)
         assert answer.status_code == 200
@@ -137,7 +153,7 @@ def test_entrypoint_serves_what_sagemaker_checks(model_dir):
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
             pieces = list(stream_texts(sse_data(r.iter_bytes())))
         assert len(pieces) >= 1 and all(isinstance(p, str) for p in pieces)
-        print(f"tiny model: port open {opened:.2f} s after start")
+        print(f"tiny model: port open {opened:.2f} s after start, /ping 200 {ready:.2f} s later")
         proc.send_signal(signal.SIGTERM)  # what `docker stop` and SageMaker send (SIGKILL 30 s later)
         assert proc.wait(timeout=25) in (0, -signal.SIGTERM)
     finally:
