@@ -45,11 +45,7 @@ class PackageResult:
     model: str  # the model's path inside the archive ("." or the GGUF file's name)
     files: dict[str, dict]  # the manifest's files
     seconds: float
-
-    @property
-    def size(self) -> int:
-        """Bytes of the archive."""
-        return self.path.stat().st_size
+    size: int  # bytes of the archive
 
 
 # ------------------------------------------------------------------------------------------------ hashing
@@ -172,7 +168,7 @@ def package_model(cfg: PackageConfig, serving: ServingConfig | None = None) -> P
         manifest_bytes = (json.dumps(manifest, indent=1) + "\n").encode()
         with atomic_path(out) as tmp:
             _write_tar(tmp, [(MANIFEST, manifest_bytes), (SERVING, serving_bytes)], files, cfg, out.name)
-    return PackageResult(out, model, entries, time.perf_counter() - start)
+    return PackageResult(out, model, entries, time.perf_counter() - start, out.stat().st_size)
 
 
 def _check_overwrite(out: Path, overwrite: bool) -> None:
