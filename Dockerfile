@@ -46,7 +46,7 @@ RUN pip install -c constraints.txt . \
     && rm -rf /opt/llmscratch/src
 
 # Not root at run time. The model folder is only read; the cache goes to /tmp.
-RUN useradd --create-home --uid 1000 llmscratch && mkdir -p /opt/ml/model
+RUN useradd --create-home llmscratch && mkdir -p /opt/ml/model
 USER llmscratch
 WORKDIR /home/llmscratch
 

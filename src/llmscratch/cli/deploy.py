@@ -44,7 +44,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
         required = bool(meta.get("required"))
         shown = "" if required or f.default is None else f" (default: {f.default})"
         parser.add_argument(*names, dest=f.name, type=typ, default=f.default, required=required,
-                            metavar=f.name.upper(), help=help_text + shown)
+                            metavar={int: "N", float: "X"}.get(typ, f.name.upper()), help=help_text + shown)
 
 
 def config_from_args(cls, args: argparse.Namespace):
@@ -147,6 +147,9 @@ def _sagemaker(args: argparse.Namespace) -> None:
               "invocations per instance per minute")
     if r.removed:
         print(f"removed the previous {', '.join(r.removed)}")
+    elif r.previous_config:
+        print(f"the previous endpoint config {r.previous_config} and its model stay (deploy with --wait to remove "
+              "them once the update is done)")
     if r.status != "InService":
         print(f"not in service yet: `aws sagemaker wait endpoint-in-service --endpoint-name {r.endpoint_name}` "
               "or deploy with --wait")

@@ -40,6 +40,7 @@ class DeployResult:
     status: str  # the endpoint's status when deploy returned
     autoscaling: dict | None = None
     removed: list[str] = field(default_factory=list)  # previous models and configs removed after an update
+    previous_config: str | None = None  # the config an update replaced
 
 
 # ------------------------------------------------------------------------------------------------ names
@@ -166,7 +167,8 @@ def _deploy(cfg: SageMakerConfig, say: Callable[[str], None]) -> DeployResult:
     model_name = config_name = resource_name(endpoint, stamp)
     create_model(sm, cfg, model_name, uri, endpoint)
     create_endpoint_config(sm, cfg, config_name, model_name, endpoint)
-    result = DeployResult(endpoint, model_name, config_name, uri, updated=existing is not None, status="")
+    result = DeployResult(endpoint, model_name, config_name, uri, updated=existing is not None, status="",
+                          previous_config=existing["EndpointConfigName"] if existing else None)
     scaling = sess.client("application-autoscaling")
     with aws_errors(f"{'updating' if existing else 'creating'} the endpoint {endpoint}"):
         if existing:
