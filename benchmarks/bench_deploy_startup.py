@@ -98,7 +98,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             source = str(tiny_model(tmp)) if spec == "tiny" else spec
-            r = package_model(PackageConfig(model=source, out=str(tmp / "model.tar.gz"), no_progress=True))
+            r = package_model(PackageConfig(model=source, out=str(tmp / "model.tar.gz"), progress=False))
             t = time.monotonic()
             with tarfile.open(r.path, "r:gz") as tar:
                 tar.extractall(tmp / "model", filter="data")

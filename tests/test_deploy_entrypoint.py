@@ -48,8 +48,8 @@ def model_dir(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(GPTConfig(vocab_size=257, context_length=64, emb_dim=32, n_layers=2, n_heads=4))
     folder = save_pretrained(model, tok, tmp / "tiny")
-    archive = package_model(PackageConfig(model=str(folder), out=str(tmp / "model.tar.gz"), no_progress=True),
-                            ServingConfig(default_max_tokens=8, max_batch=2)).path
+    archive = package_model(PackageConfig(model=str(folder), out=str(tmp / "model.tar.gz"), progress=False,
+                                          serving=ServingConfig(default_max_tokens=8, max_batch=2))).path
     with tarfile.open(archive, "r:gz") as tar:
         tar.extractall(tmp / "model", filter="data")
     return tmp / "model"

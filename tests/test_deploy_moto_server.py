@@ -64,7 +64,7 @@ def archive(tmp_path_factory):
     model = build_model(GPTConfig(vocab_size=257, context_length=32, emb_dim=16, n_layers=1, n_heads=2))
     torch.manual_seed(0)
     folder = save_pretrained(model, tok, tmp / "tiny")
-    return package_model(PackageConfig(model=str(folder), out=str(tmp / "model.tar.gz"), no_progress=True)).path
+    return package_model(PackageConfig(model=str(folder), out=str(tmp / "model.tar.gz"), progress=False)).path
 
 
 def test_deploy_invoke_delete_through_aws_endpoint_url(env, archive):

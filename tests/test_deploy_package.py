@@ -46,8 +46,8 @@ def unpack(archive, dest):
 
 def test_archive_holds_the_folder_at_top_level_with_manifest_and_serving_config(tiny_folder, tmp_path):
     out = tmp_path / "model.tar.gz"
-    r = package_model(PackageConfig(model=str(tiny_folder), out=str(out), no_progress=True),
-                      ServingConfig(default_max_tokens=50, max_batch=2))
+    r = package_model(PackageConfig(model=str(tiny_folder), out=str(out), progress=False,
+                                    serving=ServingConfig(default_max_tokens=50, max_batch=2)))
     with tarfile.open(out, "r:gz") as tar:
         names = tar.getnames()
         members = {n: tar.extractfile(n).read() for n in names}
@@ -59,7 +59,7 @@ def test_archive_holds_the_folder_at_top_level_with_manifest_and_serving_config(
         assert info == {"size": len(members[name]), "sha256": hashlib.sha256(members[name]).hexdigest()}
     assert set(manifest["files"]) == set(names) - {"manifest.json"}
     assert json.loads(members["serving.json"]) == {"default_max_tokens": 50, "max_batch": 2, "max_queue": 64,
-                                                   "request_timeout": 60.0, "device": "auto", "dtype": "float32"}
+                                                   "timeout": 60.0, "device": "auto", "dtype": "float32"}
     assert members["model.safetensors"] == (tiny_folder / "model.safetensors").read_bytes()
     assert r.model == "." and r.path == out and out.stat().st_mode & 0o777 == 0o644 & ~_umask()
 
@@ -85,7 +85,7 @@ def test_a_named_tokenizer_is_stored_so_the_endpoint_needs_no_network(tmp_path):
     model = build_model(GPTConfig(vocab_size=257, context_length=32, emb_dim=16, n_layers=1, n_heads=2))
     folder = save_pretrained(model, str(tmp_path / "tok.json"), tmp_path / "named")
     assert (folder / "tokenizer.ref.json").exists()
-    package_model(PackageConfig(model=str(folder), out=str(tmp_path / "a.tar.gz"), no_progress=True))
+    package_model(PackageConfig(model=str(folder), out=str(tmp_path / "a.tar.gz"), progress=False))
     (tmp_path / "tok.json").unlink()  # the endpoint has no access to the packager's files
     unpacked = unpack(tmp_path / "a.tar.gz", tmp_path / "u")
     assert not (unpacked / "tokenizer.ref.json").exists()
@@ -96,14 +96,14 @@ def test_a_folder_without_tokenizer_is_refused(tmp_path):
     model = build_model(GPTConfig(vocab_size=257, context_length=32, emb_dim=16, n_layers=1, n_heads=2))
     folder = save_pretrained(model, None, tmp_path / "notok")
     with pytest.raises(UserError, match="has no tokenizer"):
-        package_model(PackageConfig(model=str(folder), out=str(tmp_path / "a.tar.gz"), no_progress=True))
+        package_model(PackageConfig(model=str(folder), out=str(tmp_path / "a.tar.gz"), progress=False))
 
 
 def test_a_gguf_file_goes_in_as_is(tmp_path):
     gguf = tmp_path / "tiny.Q4_0.gguf"
     gguf.write_bytes(b"GGUF" + bytes(range(256)) * 40)
     out = tmp_path / "g.tar.gz"
-    r = package_model(PackageConfig(model=str(gguf), out=str(out), no_progress=True))
+    r = package_model(PackageConfig(model=str(gguf), out=str(out), progress=False))
     assert r.model == "tiny.Q4_0.gguf"
     folder = unpack(out, tmp_path / "u")
     assert (folder / "tiny.Q4_0.gguf").read_bytes() == gguf.read_bytes()
@@ -111,7 +111,7 @@ def test_a_gguf_file_goes_in_as_is(tmp_path):
     assert serve_args(folder)[:2] == ["--model", str(folder / "tiny.Q4_0.gguf")]
     # repackaging the unpacked folder (a single GGUF beside the old manifest) gives the same model entry
     assert package_model(PackageConfig(model=str(folder), out=str(tmp_path / "again.tar.gz"),
-                                       no_progress=True)).model == "tiny.Q4_0.gguf"
+                                       progress=False)).model == "tiny.Q4_0.gguf"
 
 
 def test_not_a_gguf_nor_a_model(tmp_path):
@@ -132,7 +132,7 @@ def test_pickles_are_refused(tiny_folder, tmp_path, name):
     shutil.copytree(tiny_folder, folder)
     torch.save({"w": torch.zeros(2)}, folder / name)
     with pytest.raises(UserError, match=f"pickled files \\({name}\\)"):
-        package_model(PackageConfig(model=str(folder), out=str(tmp_path / "a.tar.gz"), no_progress=True))
+        package_model(PackageConfig(model=str(folder), out=str(tmp_path / "a.tar.gz"), progress=False))
     assert not (tmp_path / "a.tar.gz").exists()
 
 
@@ -144,7 +144,7 @@ def test_protocol_pickle_without_suffix_is_found(tiny_folder, tmp_path):
     shutil.copytree(tiny_folder, folder)
     (folder / "weights.dat").write_bytes(pickle.dumps({"a": 1}, protocol=4))
     with pytest.raises(UserError, match="weights.dat"):
-        package_model(PackageConfig(model=str(folder), out=str(tmp_path / "a.tar.gz"), no_progress=True))
+        package_model(PackageConfig(model=str(folder), out=str(tmp_path / "a.tar.gz"), progress=False))
 
 
 def test_an_unrelated_file_is_not_overwritten_without_overwrite(tiny_folder, tmp_path, capsys):
@@ -175,13 +175,13 @@ def test_a_failed_write_leaves_nothing_behind(tiny_folder, tmp_path, monkeypatch
 
     monkeypatch.setattr(package, "_write_tar", broken)
     with pytest.raises(OSError, match="disk full"):
-        package_model(PackageConfig(model=str(tiny_folder), out=str(tmp_path / "m.tar.gz"), no_progress=True))
+        package_model(PackageConfig(model=str(tiny_folder), out=str(tmp_path / "m.tar.gz"), progress=False))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_verify_names_the_damaged_or_missing_file(tiny_folder, tmp_path, capsys):
     out = tmp_path / "m.tar.gz"
-    package_model(PackageConfig(model=str(tiny_folder), out=str(out), no_progress=True))
+    package_model(PackageConfig(model=str(tiny_folder), out=str(out), progress=False))
     folder = unpack(out, tmp_path / "u")
     data = bytearray((folder / "model.safetensors").read_bytes())
     data[-1] ^= 0xFF  # same size, one bit pattern changed
@@ -203,7 +203,7 @@ def test_verify_names_the_damaged_or_missing_file(tiny_folder, tmp_path, capsys)
 
 def test_verify_refuses_a_pickle_slipped_in(tiny_folder, tmp_path):
     out = tmp_path / "m.tar.gz"
-    package_model(PackageConfig(model=str(tiny_folder), out=str(out), no_progress=True))
+    package_model(PackageConfig(model=str(tiny_folder), out=str(out), progress=False))
     folder = unpack(out, tmp_path / "u")
     torch.save({}, folder / "evil.pt")
     with pytest.raises(UserError, match="evil.pt"):
@@ -226,7 +226,7 @@ def test_check_archive_finds_an_archive_without_a_model(tiny_folder, tmp_path):
     with pytest.raises(UserError, match="holds no model"):
         check_archive(_tar(tmp_path / "empty.tar.gz", {"manifest.json": json.dumps(empty).encode()}))
     out = tmp_path / "m.tar.gz"
-    package_model(PackageConfig(model=str(tiny_folder), out=str(out), no_progress=True))
+    package_model(PackageConfig(model=str(tiny_folder), out=str(out), progress=False))
     with tarfile.open(out, "r:gz") as tar:
         members = {n: tar.extractfile(n).read() for n in tar.getnames()}
     members.pop("model.safetensors")
@@ -236,10 +236,23 @@ def test_check_archive_finds_an_archive_without_a_model(tiny_folder, tmp_path):
         check_archive(tmp_path / "absent.tar.gz")
 
 
-def test_serving_config_is_checked(tiny_folder, tmp_path):
+def test_settings_are_checked(tiny_folder, tmp_path, capsys):
     with pytest.raises(UserError, match="max_batch must be >= 1"):
-        package_model(PackageConfig(model=str(tiny_folder), out=str(tmp_path / "a.tar.gz")), ServingConfig(max_batch=0))
-    with pytest.raises(UserError, match="dtype must be"):
-        package_model(PackageConfig(model=str(tiny_folder), out=str(tmp_path / "a.tar.gz")), ServingConfig(dtype="x"))
-    with pytest.raises(UserError, match="compress_level"):
-        package_model(PackageConfig(model=str(tiny_folder), out=str(tmp_path / "a.tar.gz"), compress_level=0))
+        ServingConfig(max_batch=0)
+    with pytest.raises(UserError, match="dtype must be one of"):
+        ServingConfig(dtype="x")
+    with pytest.raises(UserError, match="compress_level must be <= 9"):
+        PackageConfig(model=str(tiny_folder), compress_level=10)
+    with pytest.raises(SystemExit) as e:
+        main(["deploy", "package", "--model", str(tiny_folder), "-o", str(tmp_path / "a.tar.gz"), "--max-queue", "0"])
+    assert e.value.code == 2 and "--max-queue must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "a.tar.gz").exists()
+
+
+def test_settings_from_a_config_file(tiny_folder, tmp_path):
+    (tmp_path / "deploy.yaml").write_text("max-batch: 4\ndtype: bfloat16\ncompress-level: 1\n")
+    main(["deploy", "package", "--model", str(tiny_folder), "-o", str(tmp_path / "a.tar.gz"), "--no-progress",
+          "--config", str(tmp_path / "deploy.yaml"), "--max-batch", "2"])
+    with tarfile.open(tmp_path / "a.tar.gz", "r:gz") as tar:
+        serving = json.loads(tar.extractfile("serving.json").read())
+    assert (serving["max_batch"], serving["dtype"]) == (2, "bfloat16")  # flags given win over the file

@@ -68,11 +68,11 @@ def archive(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(GPTConfig(vocab_size=257, context_length=64, emb_dim=32, n_layers=2, n_heads=4))
     folder = save_pretrained(model, tok, tmp / "tiny")
-    return package_model(PackageConfig(model=str(folder), out=str(tmp / "model.tar.gz"), no_progress=True)).path
+    return package_model(PackageConfig(model=str(folder), out=str(tmp / "model.tar.gz"), progress=False)).path
 
 
 def cfg(archive, **kw) -> SageMakerConfig:
-    base = dict(model_data=str(archive), image_uri=IMAGE, role=ROLE, endpoint_name="tiny", no_progress=True,
+    base = dict(model_data=str(archive), image_uri=IMAGE, role=ROLE, endpoint_name="tiny", progress=False,
                 poll_seconds=0.0)
     return SageMakerConfig(**{**base, **kw})
 
@@ -101,7 +101,7 @@ def test_deploy_uploads_and_creates_model_config_and_endpoint(aws, archive):
 def test_a_large_archive_goes_up_in_parts(aws, tmp_path):
     gguf = tmp_path / "big.gguf"
     gguf.write_bytes(b"GGUF" + os.urandom(sm_mod.MULTIPART_THRESHOLD + 1024 * 1024))
-    big = package_model(PackageConfig(model=str(gguf), out=str(tmp_path / "big.tar.gz"), no_progress=True,
+    big = package_model(PackageConfig(model=str(gguf), out=str(tmp_path / "big.tar.gz"), progress=False,
                                       compress_level=1)).path
     r = sm_mod.deploy(cfg(big, bucket=None), say=lambda s: None)
     bucket, key = sm_mod.parse_s3_uri(r.model_data)

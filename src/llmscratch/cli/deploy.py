@@ -1,55 +1,16 @@
 """`llmscratch deploy ...`: package a model, build the container image, deploy to SageMaker, invoke, delete.
 
-Flags come from the typed configs in llmscratch/deploy/config.py (a field = a flag, its metadata = the help).
+Flags come from the typed configs in llmscratch/deploy/config.py through llmscratch.config's generator (`verify`,
+which takes a folder argument, has plain argparse flags).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
-import types
-import typing
 
-from llmscratch.deploy.config import (
-    BuildImageConfig,
-    DeleteConfig,
-    InvokeConfig,
-    PackageConfig,
-    SageMakerConfig,
-    ServingConfig,
-)
-
-
-def _flag_type(hint):
-    """(python type, optional) of a field's type hint: int, float, str or bool, possibly `| None`."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
-        return next(a for a in args if a is not type(None)), True
-    return hint, False
-
-
-def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
-    """One flag per field of the dataclass `cls`: --field-name (bool: a switch), help and default from the field."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        meta = f.metadata
-        names = [meta.get("short")] if meta.get("short") else []
-        names.append("--" + meta.get("flag", f.name).replace("_", "-"))
-        typ, _ = _flag_type(hints[f.name])
-        help_text = meta.get("help", "")
-        if typ is bool:
-            parser.add_argument(*names, dest=f.name, action="store_true", help=help_text)
-            continue
-        required = bool(meta.get("required"))
-        shown = "" if required or f.default is None else f" (default: {f.default})"
-        parser.add_argument(*names, dest=f.name, type=typ, default=f.default, required=required,
-                            metavar={int: "N", float: "X"}.get(typ, f.name.upper()), help=help_text + shown)
-
-
-def config_from_args(cls, args: argparse.Namespace):
-    """The dataclass `cls` filled from the parsed flags."""
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+from llmscratch.config import add_command, add_flags, from_args
+from llmscratch.deploy.config import BuildImageConfig, DeleteConfig, InvokeConfig, PackageConfig, SageMakerConfig
 
 
 def register(subparsers) -> None:
@@ -68,9 +29,8 @@ def register(subparsers) -> None:
                        "serving.json with the server's defaults and limits; manifest.json with every file's "
                        "sha256, checked when the container starts. Pickled files are refused.",
                        epilog="Example: llmscratch deploy package --model runs/sft/final -o model.tar.gz")
-    add_config_flags(q, PackageConfig)
-    add_config_flags(q.add_argument_group("serving defaults (serving.json)"), ServingConfig)
-    q.set_defaults(func=_package)
+    add_flags(q, PackageConfig, group_titles={"serving": "serving defaults (serving.json: llmscratch serve flags)"})
+    q.set_defaults(func=lambda args: _package(from_args(PackageConfig, args)))
 
     q = sub.add_parser("verify", help="check an unpacked model archive against its manifest",
                        description="Check the folder an archive was unpacked into (every file's size and sha256 "
@@ -82,36 +42,34 @@ def register(subparsers) -> None:
                    "entrypoint)")
     q.set_defaults(func=_verify)
 
-    q = sub.add_parser("build-image", help="docker build the serving image (and push it to ECR)",
-                       description="Build the container image from the repository's Dockerfile (torch CPU; "
-                       "--base-image and --torch-index-url for CUDA). With --push: create the ECR repository if "
-                       "needed, log in and push; prints the image URI for `deploy sagemaker --image-uri`.")
-    add_config_flags(q, BuildImageConfig)
-    q.set_defaults(func=_build_image)
+    add_command(sub, "build-image", BuildImageConfig, _build_image,
+                help="docker build the serving image (and push it to ECR)",
+                description="Build the container image from the repository's Dockerfile (torch CPU; "
+                "--base-image and --torch-index-url for CUDA). With --push: create the ECR repository if "
+                "needed, log in and push; prints the image URI for `deploy sagemaker --image-uri`.")
 
-    q = sub.add_parser("sagemaker", help="create or update a SageMaker endpoint from model.tar.gz",
-                       description="Upload model.tar.gz to S3 (multipart, progress bar), create the SageMaker "
-                       "model, endpoint config and endpoint (or update an existing endpoint to the new config), "
-                       "optionally wait and set up autoscaling on invocations per instance.",
-                       epilog="Example: llmscratch deploy sagemaker --model-data model.tar.gz --image-uri "
-                       "123456789012.dkr.ecr.eu-west-1.amazonaws.com/llmscratch:latest --role "
-                       "arn:aws:iam::123456789012:role/llmscratch-sagemaker --instance-type ml.m5.xlarge --wait")
-    add_config_flags(q, SageMakerConfig)
-    q.set_defaults(func=_sagemaker)
-
-    q = sub.add_parser("invoke", help="send a prompt to an endpoint (optionally streaming the answer)")
-    add_config_flags(q, InvokeConfig)
-    q.set_defaults(func=_invoke)
-
-    q = sub.add_parser("delete", help="remove an endpoint, its endpoint config, model and autoscaling target")
-    add_config_flags(q, DeleteConfig)
-    q.set_defaults(func=_delete)
+    add_command(sub, "sagemaker", SageMakerConfig, _sagemaker,
+                help="create or update a SageMaker endpoint from model.tar.gz",
+                description="Upload model.tar.gz to S3 (multipart, progress bar), create the SageMaker "
+                "model, endpoint config and endpoint (or update an existing endpoint to the new config), "
+                "optionally wait and set up autoscaling on invocations per instance.",
+                epilog="Example: llmscratch deploy sagemaker --model-data model.tar.gz --image-uri "
+                "123456789012.dkr.ecr.eu-west-1.amazonaws.com/llmscratch:latest --role "
+                "arn:aws:iam::123456789012:role/llmscratch-sagemaker --instance-type ml.m5.xlarge --wait")
+    add_command(sub, "invoke", InvokeConfig, _invoke,
+                help="send a prompt to an endpoint (optionally streaming the answer)",
+                description="One request through sagemaker-runtime: InvokeEndpoint, or with --stream "
+                "InvokeEndpointWithResponseStream, printing tokens as they come.")
+    add_command(sub, "delete", DeleteConfig, _delete,
+                help="remove an endpoint, its endpoint config, model and autoscaling target",
+                description="Remove the endpoint's autoscaling target, the endpoint, its endpoint config and its "
+                "model(s). The archive in S3 stays.")
 
 
-def _package(args: argparse.Namespace) -> None:
+def _package(cfg: PackageConfig) -> None:
     from llmscratch.deploy.package import package_model
 
-    r = package_model(config_from_args(PackageConfig, args), config_from_args(ServingConfig, args))
+    r = package_model(cfg)
     what = "the model folder" if r.model == "." else r.model
     print(f"wrote {r.path} ({r.size / 1e6:.1f} MB, {len(r.files)} files: {what}, serving.json; manifest.json) in "
           f"{r.seconds:.1f} s")
@@ -127,17 +85,16 @@ def _verify(args: argparse.Namespace) -> None:
     print(f"{args.folder}: every file matches manifest.json; model: {model}")
 
 
-def _build_image(args: argparse.Namespace) -> None:
+def _build_image(cfg: BuildImageConfig) -> None:
     from llmscratch.deploy.image import build_image
 
-    uri = build_image(config_from_args(BuildImageConfig, args))
+    uri = build_image(cfg)
     print(f"image: {uri}")
 
 
-def _sagemaker(args: argparse.Namespace) -> None:
+def _sagemaker(cfg: SageMakerConfig) -> None:
     from llmscratch.deploy.sagemaker import deploy, how_to_invoke
 
-    cfg = config_from_args(SageMakerConfig, args)
     r = deploy(cfg)
     print(f"model data: {r.model_data}")
     print(f"endpoint: {r.endpoint_name} ({r.status}; model {r.model_name}, config {r.config_name})")
@@ -157,10 +114,9 @@ def _sagemaker(args: argparse.Namespace) -> None:
         print(line)
 
 
-def _invoke(args: argparse.Namespace) -> None:
+def _invoke(cfg: InvokeConfig) -> None:
     from llmscratch.deploy.sagemaker import invoke, invoke_stream
 
-    cfg = config_from_args(InvokeConfig, args)
     if not cfg.stream:
         print(invoke(cfg))
         return
@@ -170,8 +126,8 @@ def _invoke(args: argparse.Namespace) -> None:
     print()
 
 
-def _delete(args: argparse.Namespace) -> None:
+def _delete(cfg: DeleteConfig) -> None:
     from llmscratch.deploy.sagemaker import delete
 
-    for what in delete(config_from_args(DeleteConfig, args)):
+    for what in delete(cfg):
         print(f"deleted {what}")

@@ -149,19 +149,16 @@ def _stored_tokenizer(source: Path, scratch: Path) -> Path:
 # ------------------------------------------------------------------------------------------------ writing
 
 
-def package_model(cfg: PackageConfig, serving: ServingConfig | None = None) -> PackageResult:
-    """Write the archive `cfg.out` for the model `cfg.model` (see the module docstring)."""
-    serving = serving or ServingConfig()
-    serving.validate()
-    if not 1 <= cfg.compress_level <= 9:
-        raise UserError(f"compress_level must be 1..9, got {cfg.compress_level}")
+def package_model(cfg: PackageConfig) -> PackageResult:
+    """Write the archive `cfg.out` for the model `cfg.model`, with `cfg.serving` as serving.json (see the module
+    docstring)."""
     out = Path(cfg.out).expanduser()
     _check_overwrite(out, cfg.overwrite)
     start = time.perf_counter()
     source = resolve_model(cfg.model)
     with tempfile.TemporaryDirectory(prefix="llmscratch-package-") as scratch:
         files, model = model_files(source, Path(scratch))
-        serving_bytes = (json.dumps(dataclasses.asdict(serving), indent=2) + "\n").encode()
+        serving_bytes = (json.dumps(dataclasses.asdict(cfg.serving), indent=2) + "\n").encode()
         entries = {n: {"size": p.stat().st_size, "sha256": file_sha256(p)} for n, p in files.items()}
         entries[SERVING] = {"size": len(serving_bytes), "sha256": hashlib.sha256(serving_bytes).hexdigest()}
         manifest = {"format": FORMAT, "version": VERSION, "model": model, "files": entries}
@@ -187,7 +184,7 @@ def _write_tar(path: Path, small: list[tuple[str, bytes]], files: dict[str, Path
     total = sum(p.stat().st_size for p in files.values())
     with tarfile.open(path, "w:gz", compresslevel=cfg.compress_level) as tar, tqdm(
         total=total, unit="B", unit_scale=True, desc=f"packing {name}",
-        disable=cfg.no_progress, leave=False,
+        disable=not cfg.progress, leave=False,
     ) as bar:
         for name, data in small:
             tar.addfile(_member(name, len(data)), io.BytesIO(data))
@@ -295,7 +292,6 @@ def serve_args(folder: str | os.PathLike) -> list[str]:
     path = Path(folder) / SERVING
     try:
         serving = ServingConfig(**json.loads(path.read_text()))
-        serving.validate()
     except (OSError, ValueError, TypeError) as e:
         raise UserError(f"{path} is not a valid serving config: {e}") from None
     return ["--model", str(model), *serving.serve_args()]

@@ -137,7 +137,7 @@ def model_data_uri(sess, cfg: SageMakerConfig, endpoint: str) -> str:
     check_archive(path)
     bucket = ensure_bucket(sess, cfg.bucket)
     key = f"{cfg.prefix.strip('/')}/{endpoint}/{_stamp()}/model.tar.gz".lstrip("/")
-    return upload(sess, path, bucket, key, progress=not cfg.no_progress)
+    return upload(sess, path, bucket, key, progress=cfg.progress)
 
 
 # ------------------------------------------------------------------------------------------------ deploy
@@ -150,7 +150,6 @@ def deploy(cfg: SageMakerConfig, say: Callable[[str], None] = print) -> DeployRe
 
 
 def _deploy(cfg: SageMakerConfig, say: Callable[[str], None]) -> DeployResult:
-    cfg.validate()
     endpoint = check_endpoint_name(cfg.endpoint_name or default_endpoint_name(cfg.model_data))
     sess = session(cfg.region)
     check_role(sess, cfg.role)
@@ -181,7 +180,7 @@ def _deploy(cfg: SageMakerConfig, say: Callable[[str], None]) -> DeployResult:
     if not (cfg.wait or cfg.autoscaling):
         result.status = describe_endpoint(sm, endpoint)["EndpointStatus"]
         return result
-    final = wait_for_endpoint(sm, endpoint, config_name, cfg.wait_timeout, cfg.poll_seconds, not cfg.no_progress)
+    final = wait_for_endpoint(sm, endpoint, config_name, cfg.wait_timeout, cfg.poll_seconds, cfg.progress)
     result.status = final["EndpointStatus"]
     if cfg.autoscaling:
         result.autoscaling = configure_autoscaling(scaling, endpoint, cfg)
