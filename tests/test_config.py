@@ -13,7 +13,8 @@ from llmscratch.config import Flag, _Given, add_flags, flags_of, from_args, nest
 from llmscratch.train.config import TrainConfig
 from llmscratch.utils import UserError
 
-REQUIRED = {"data": "x.txt", "model": "m"}  # values for fields that have no default
+REQUIRED = {"data": "x.txt", "model": "m", "repository": "r", "model_data": "m.tar.gz", "image_uri": "i",
+            "role": "arn:aws:iam::123456789012:role/r", "endpoint_name": "e", "prompt": "p"}  # fields without default
 
 
 def generated_parsers():
@@ -35,7 +36,7 @@ def generated_parsers():
 
 def instance(cls):
     """`cls` built by its own constructor (default factories and all), required fields filled in."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls) if f.metadata.get("required")}
     return cls(**{k: v for k, v in REQUIRED.items() if k in names})
 
 
@@ -59,7 +60,8 @@ def test_every_flag_default_is_the_field_default(command, parser, cls):
         if action.dest not in REQUIRED:  # a required field has no default (None)
             assert action.default == lookup(expected, action.dest), (command, action.option_strings)
         assert action.help, (command, action.option_strings)  # every flag explains itself
-    argv = [w for k, v in REQUIRED.items() if any(f.path == (k,) for f in flags_of(cls)) for w in (f"--{k}", v)]
+    argv = [w for k, v in REQUIRED.items() for f in flags_of(cls) if f.path == (k,) and f.meta.get("required")
+            for w in (f.option, v)]
     assert from_args(cls, parser.parse_args(argv)) == expected
 
 
