@@ -74,7 +74,10 @@ def _train(args: argparse.Namespace) -> None:
 
     from llmscratch.tokenizer import train
     from llmscratch.tokenizer.bpe import vocab_view_path
+    from llmscratch.utils import check_not_input, check_output_file
 
+    check_not_input([args.output, vocab_view_path(args.output)], [args.input])
+    check_output_file(args.output)
     text = _read_text(args.input)
     start = time.perf_counter()
     try:

@@ -183,9 +183,12 @@ def load_hf_folder(folder: str | os.PathLike, device=None, dtype=None):
 # ---------------------------------------------------------------------------------------------- export
 
 
-def export_hf(model, tokenizer, folder: str | os.PathLike, chat_template: str | None = None) -> Path:
+def export_hf(
+    model, tokenizer, folder: str | os.PathLike, chat_template: str | None = None, overwrite: bool = False
+) -> Path:
     """Write `model` (+ tokenizer files) as a Hugging Face folder that `transformers` loads with
-    from_pretrained; replaces `folder` atomically. Returns the folder."""
+    from_pretrained, atomically. An existing `folder` is replaced only when it is one of our outputs, or with
+    `overwrite` (`llmscratch.utils.atomic_folder`). Returns the folder."""
     from safetensors.torch import save_file
 
     family = model.config.family
@@ -195,7 +198,7 @@ def export_hf(model, tokenizer, folder: str | os.PathLike, chat_template: str | 
     hf_config = exporter.config_to_hf(model.config)
     tensors = exporter.state_dict_to_hf(model)
     folder = Path(folder)
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, overwrite) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tokenizer is not None:
             for key in ("bos", "eos", "pad"):

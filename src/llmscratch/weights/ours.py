@@ -124,12 +124,14 @@ def model_from_state_dict(
 
 
 def save_pretrained(
-    model: LanguageModel, tokenizer_or_spec=None, folder: str | os.PathLike = "model", chat_template: str | None = None
+    model: LanguageModel, tokenizer_or_spec=None, folder: str | os.PathLike = "model", chat_template: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write `model` (+ its tokenizer: a Tokenizer object, or a spec such as "gpt2" stored as a reference) to
-    `folder`, replacing what was there atomically. Returns the folder."""
+    `folder`, atomically. An existing `folder` is replaced only when it is one of our outputs, or with `overwrite`
+    (`llmscratch.utils.atomic_folder`). Returns the folder."""
     folder = Path(folder)
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, overwrite) as tmp:
         save_weights(model, tmp / WEIGHTS)
         atomic_write_text(tmp / CONFIG, json.dumps(config_to_dict(model.config), indent=2) + "\n")
         write_tokenizer(tmp, tokenizer_or_spec)
