@@ -86,7 +86,7 @@ def test_export_replaces_its_own_output_and_anything_with_overwrite(capsys, tmp_
     out = tmp_path / "m"
     assert _run(capsys, "export", "--model", "gpt2-tiny", "-o", out)[0] == 0
     assert _run(capsys, "export", "--model", "gpt2-tiny", "--format", "ours", "-o", out)[0] == 0  # ours -> ours
-    assert (out / "tokenizer.ref.json").is_file() and not (out / "generation_config.json").exists()
+    assert (out / "tokenizer.json").is_file() and not (out / "generation_config.json").exists()
     (out / "notes.txt").write_text("mine")
     assert _run(capsys, "export", "--model", "gpt2-tiny", "-o", out)[0] == 2
     assert (out / "notes.txt").read_text() == "mine"

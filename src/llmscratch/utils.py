@@ -107,19 +107,33 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     Readers never see a partial file: the rename is atomic on POSIX file systems.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with _named(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with _named(path, tmp):
+            yield tmp
+            os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _named(target: Path, tmp: Path | None = None) -> Iterator[None]:
+    """File system errors about the temporary path (or none) are reported as errors about `target`."""
+    try:
+        yield
+    except OSError as e:
+        ours = os.path.join(str(target.parent), f".{target.name}.")  # the prefix of our temporary names
+        if e.filename is None or str(e.filename) == str(tmp) or str(e.filename).startswith(ours):
+            raise OSError(e.errno, e.strerror, str(target)) from e
+        raise
 
 
 def replace_folder(new: Path, folder: Path, overwrite: bool = False, ours: frozenset[str] = OUTPUT_FILES) -> None:
@@ -159,14 +173,15 @@ def atomic_folder(
     anything is written, unless `overwrite` (see `replace_folder`)."""
     folder = Path(folder)
     check_replaceable(folder, overwrite, ours)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    with _named(folder):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
-        yield tmp
-        replace_folder(tmp, folder, overwrite, ours)
+        with _named(folder, tmp):
+            yield tmp
+            replace_folder(tmp, folder, overwrite, ours)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

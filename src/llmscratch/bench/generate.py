@@ -140,7 +140,7 @@ def _bench_model(spec: str, cfg: GenerateBenchConfig, echo: Callable[[str], None
     if spec in PRESETS:  # no tokenizer needed: prompts are token ids
         loaded = load_preset(spec, "cpu", torch.float32, with_tokenizer=False)
     else:
-        loaded = load_model(spec, device="cpu", dtype=torch.float32)
+        loaded = load_model(spec, device="cpu", dtype=torch.float32, progress=cfg.progress)
     model = loaded.model
     if model.config.family not in ("gpt2", "llama"):
         raise UserError(f"the generation benchmark compares GPT-2 and Llama models; {spec} is {model.config.family}")

@@ -1,12 +1,15 @@
 """The `llmscratch` command. Each module in this package adds its subcommands through `register(subparsers)`.
 
-Subcommands stay thin: they parse flags, call library functions and print. A `UserError` raised anywhere is
-printed as one line (no traceback) and exits with status 2.
+Subcommands stay thin: they parse flags, call library functions and print. A user's mistake is printed as one
+line (no traceback) and exits with status 2: a `UserError` raised anywhere, and the classes of error that only the
+user's files and machine cause: file system errors (missing, unreadable, read-only, full disk, a folder where a
+file is expected) and text that is not UTF-8. Any other exception is an internal error and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import pkgutil
 import re
@@ -57,16 +60,45 @@ def user_message(error: UserError, parser: argparse.ArgumentParser) -> str:
     return text
 
 
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full (files written before are kept; partial outputs were removed)",
+    errno.EDQUOT: "the disk quota is exceeded (files written before are kept; partial outputs were removed)",
+    errno.EFBIG: "the file is too large for this file system or limit (partial outputs were removed)",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EISDIR: "it is a folder, not a file",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.ENOENT: "no such file or folder",
+    errno.ENAMETOOLONG: "the name is too long",
+}
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for a file system error: the path(s) and what went wrong."""
+    what = _OS_HINTS.get(e.errno, e.strerror or str(e) or type(e).__name__)
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    return f"{paths}: {what}" if paths else what
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.func(args)
     except UserError as e:
-        print(f"llmscratch: error: {user_message(e, leaf_parser(parser, args))}", file=sys.stderr)
-        sys.exit(2)
+        _fail(user_message(e, leaf_parser(parser, args)))
     except KeyboardInterrupt:
         print("llmscratch: interrupted", file=sys.stderr)
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except OSError as e:  # the user's files and disks: missing, read-only, full, a folder in place of a file
+        _fail(os_error_message(e))
+    except UnicodeDecodeError as e:  # a text, CSV or config file that is not UTF-8, read without a check
+        _fail(f"a file given is not UTF-8 text ({e.reason} at byte {e.start})")
+
+
+def _fail(message: str) -> None:
+    print(f"llmscratch: error: {' '.join(message.splitlines())}", file=sys.stderr)  # one line, always
+    sys.exit(2)

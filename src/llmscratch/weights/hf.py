@@ -23,6 +23,7 @@ import torch
 
 from llmscratch.utils import UserError, atomic_folder, atomic_write_text
 from llmscratch.weights import hf_gpt2, hf_llama
+from llmscratch.weights.shapes import checked_config
 
 
 class Importer(NamedTuple):
@@ -174,7 +175,7 @@ def load_hf_folder(folder: str | os.PathLike, device=None, dtype=None):
         supported = ", ".join(IMPORTERS)
         raise UserError(f"{folder}: Hugging Face model_type {kind!r} is not supported (supported: {supported})")
     importer = IMPORTERS[kind]
-    config = importer.config_from_hf(hf_config)
+    config = checked_config(lambda: importer.config_from_hf(hf_config), str(folder / "config.json"))
     state = importer.state_dict_from_hf(read_hf_tensors(folder), config, str(folder))
     model = model_from_state_dict(config, state, str(folder), device, dtype)
     return model, load_hf_tokenizer(folder), read_chat_template(folder)

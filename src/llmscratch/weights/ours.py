@@ -24,7 +24,7 @@ from torch import nn
 from llmscratch.model import config_from_dict, config_to_dict
 from llmscratch.model.base import LanguageModel, empty_model, tied_names
 from llmscratch.utils import UserError, atomic_folder, atomic_write_text
-from llmscratch.weights.shapes import check_tensors
+from llmscratch.weights.shapes import check_config, check_tensors, checked_config
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -107,6 +107,7 @@ def model_from_state_dict(
     random init) filled from `state`. Every tensor is checked: a missing, misshapen or unexpected one is a
     UserError naming it. The tied head may be absent from `state`.
     """
+    check_config(config, source)
     model = empty_model(config)
     tied = tied_names(model)
     expected = model.state_dict()
@@ -172,10 +173,8 @@ def load_tokenizer_of(folder: Path):
 def load_checkpoint(folder: str | os.PathLike, device=None, dtype=None):
     """One of our model folders -> (model, tokenizer or None, chat template or None)."""
     folder = Path(folder)
-    try:
-        config = config_from_dict(json.loads((folder / CONFIG).read_text()))
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as e:
-        raise UserError(f"{folder / CONFIG} is not a valid model config: {e}") from None
+    config = checked_config(lambda: config_from_dict(json.loads((folder / CONFIG).read_text(encoding="utf-8"))),
+                            str(folder / CONFIG))
     model = model_from_state_dict(config, read_weights(folder / WEIGHTS), str(folder / WEIGHTS), device, dtype)
     template = (folder / CHAT_TEMPLATE).read_text() if (folder / CHAT_TEMPLATE).is_file() else None
     return model, load_tokenizer_of(folder), template
