@@ -23,8 +23,9 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
 def _error(capsys, *argv: str) -> str:
     code, _, err = _run(capsys, *argv)
     assert code == 2, err
-    assert err.startswith("llmscratch: error: ") and "Traceback" not in err and err.count("\n") == 1, err
-    return err
+    last = err.splitlines()[-1]  # after progress bars, if any
+    assert last.startswith("llmscratch: error: ") and "Traceback" not in err, err
+    return last
 
 
 # ------------------------------------------------------------------------------- outputs onto inputs
@@ -136,3 +137,142 @@ def test_atomic_folder_refuses_before_the_body_runs_and_overwrite_replaces_a_lin
     assert not link.is_symlink() and (link / "model.safetensors").is_file()
     assert (user / "notes.txt").read_text() == "mine"
     assert sorted(os.listdir(tmp_path)) == ["link", "user"]
+
+
+# ------------------------------------------------------------------------------- file system errors
+
+
+def _read_only_dir(tmp_path):
+    """A folder nobody may write into: chmod works for users; root writes anywhere except read-only mounts."""
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        return ro
+    try:
+        open("/sys/llmscratch-probe", "w").close()
+    except OSError:
+        return "/sys"
+    os.unlink("/sys/llmscratch-probe")
+    pytest.skip("running as root without a read-only folder (/sys) to write into")
+
+
+@pytest.mark.parametrize("argv", [
+    ["data", "tokenize", "{txt}", "-o", "{ro}/t.bin", "--quiet"],
+    ["tokenizer", "train", "--input", "{txt}", "--vocab-size", "260", "-o", "{ro}/t.json"],
+    ["export", "--model", "gpt2-tiny", "-o", "{ro}/m"],
+    ["data", "tokenize", "{txt}", "-o", "{txt}/t.bin", "--quiet"],  # below a file
+])
+def test_unwritable_outputs_are_one_line(capsys, tmp_path, argv):
+    txt = tmp_path / "a.txt"
+    txt.write_text("hello hello world\n")
+    ro = _read_only_dir(tmp_path)
+    err = _error(capsys, *[a.format(txt=txt, ro=ro) for a in argv])
+    assert any(w in err for w in ("permission", "not permitted", "read-only", "is a file")), err
+
+
+def test_full_disk_keeps_what_was_there(capsys, tmp_path, corpus):
+    import resource
+    import signal
+
+    txt = tmp_path / "a.txt"
+    txt.write_text("hello world " * 500)
+    tok = tmp_path / "tok.json"
+    tok.write_bytes((corpus / "tok.json").read_bytes())
+    out = tmp_path / "t.bin"
+    out.write_bytes(b"old tokens")
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100, hard))
+    try:
+        err = _error(capsys, "data", "tokenize", txt, "-o", out, "--tokenizer", tok, "--quiet")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert str(out) in err and ("too large" in err or "disk" in err)
+    assert out.read_bytes() == b"old tokens"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "t.bin", "tok.json"]
+
+
+def test_not_utf8_files_are_one_line(capsys, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\xfe caf\xe9\n")
+    model = tmp_path / "m"
+    assert _run(capsys, "export", "--model", "gpt2-tiny", "--format", "ours", "-o", model)[0] == 0
+    assert "not UTF-8" in _error(capsys, "tokenizer", "encode", "--input", bad)
+    assert "not UTF-8" in _error(capsys, "data", "tokenize", bad, "-o", tmp_path / "t.bin", "--quiet")
+    assert "utf-8" in _error(capsys, "tokenizer", "encode", "--tokenizer", bad, "--text", "hi").lower()
+    (model / "config.json").write_bytes(b"{\"family\": \"gpt2\xff\"}")
+    assert "config" in _error(capsys, "generate", "--model", model, "--prompt", "hi")
+    assert "config" in _error(capsys, "model", "info", model)
+
+
+# ------------------------------------------------------------------------------- impossible values
+
+
+@pytest.mark.parametrize("change", [
+    {"n_heads": 0}, {"emb_dim": -32}, {"n_layers": 2.5}, {"vocab_size": 0}, {"context_length": 10**12},
+    {"dropout": float("nan")}, {"dropout": 1.0}, {"layer_norm_eps": 0.0}, {"layer_norm_eps": float("inf")},
+    {"n_heads": 5}, {"qkv_bias": "yes"}, {"context_length": None},
+])
+def test_model_folder_with_impossible_config(capsys, tmp_path, change):
+    import json
+
+    model = tmp_path / "m"
+    assert _run(capsys, "export", "--model", "gpt2-tiny", "--format", "ours", "-o", model)[0] == 0
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, **change}).replace("NaN", "NaN"))
+    for argv in (["generate", "--model", model, "--prompt", "hi"], ["model", "info", model],
+                 ["export", "--model", model, "-o", tmp_path / "x"]):
+        assert str(model / "config.json") in _error(capsys, *argv)
+
+
+@pytest.mark.parametrize("flags", [
+    ["--temperature", "nan"], ["--temperature", "inf"], ["--temperature", "-1"], ["--top-p", "nan"],
+    ["--top-p", "0"], ["--top-k", "0"], ["--max-new-tokens", "-1"], ["--seed", str(2**70)],
+])
+def test_sampling_settings_refused_before_loading(capsys, flags):
+    err = _error(capsys, "generate", "--model", "no-such-model", "--prompt", "hi", *flags)
+    assert flags[0] in err and "no-such-model" not in err  # checked first, named as the flag
+
+
+# ------------------------------------------------------------------------------- what the README promises
+
+
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
+def test_tiny_presets_generate_with_random_weights(capsys, preset):
+    code, out, err = _run(capsys, "generate", "--model", preset, "--prompt", "hi", "--max-new-tokens", "4")
+    assert code == 0 and "random weights" in err and "4 tokens" in err and out.strip()
+
+
+def test_model_info_takes_registered_names(capsys, tmp_path, monkeypatch):
+    from llmscratch.weights import registry
+
+    folder = tmp_path / "hf"
+    assert _run(capsys, "export", "--model", "llama-tiny", "-o", folder)[0] == 0
+    fetched = []
+    monkeypatch.setattr(registry, "fetch", lambda name, *a, **k: fetched.append(name) or folder)
+    code, out, _ = _run(capsys, "model", "info", "smollm2-135m-instruct")
+    assert code == 0 and fetched == ["smollm2-135m-instruct"]
+    assert out.startswith("smollm2-135m-instruct: llama, 2 layers, 4 heads (2 key/value heads)")
+    assert "neither a preset" in _error(capsys, "model", "info", "no-such-model")
+
+
+def test_classify_explains_text_and_input(capsys, tmp_path):
+    err = _error(capsys, "classify", "--model", tmp_path, "--text", "hi", "--input", tmp_path / "messages.txt")
+    assert "either with --text" in err and "one text per line" in err and "not both" in err
+    assert "one of the two" in _error(capsys, "classify", "--model", tmp_path)
+
+
+def test_library_parameters_become_flags():
+    from llmscratch.cli import build_parser, leaf_parser, user_message
+
+    parser = build_parser()
+    args = parser.parse_args(["generate", "--model", "m", "--prompt", "p"])
+    leaf = leaf_parser(parser, args)
+    e = UserError("max_new_tokens must be >= 0; a max_new_tokens_x stays", params="max_new_tokens")
+    assert user_message(e, leaf) == "--max-new-tokens must be >= 0; a max_new_tokens_x stays"
+    assert user_message(FolderInUse(tmp := __import__("pathlib").Path("x"), "is a file"),
+                        leaf_parser(parser, parser.parse_args(["export", "--model", "m", "-o", "x"]))).endswith(
+        "pass --overwrite to replace it anyway")
+    assert tmp.name == "x"

@@ -60,14 +60,19 @@ def check_not_input(outputs: list[str | os.PathLike], inputs: list[str | os.Path
 
 
 def check_output_file(path: str | os.PathLike) -> None:
-    """Refuse, before any work, an output file path that cannot be written: an existing folder, or a path below
-    something that is not a folder."""
+    """Refuse, before any work, an output file path that cannot be written: an existing folder, a path below
+    something that is not a folder, or a folder where no file can be created (read-only, no permission: an
+    OSError naming `path`)."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"the output {path} is a folder; give a file path")
-    parent = next((p for p in path.parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
+    parent = next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():
         raise UserError(f"cannot write {path}: {parent} is a file, not a folder")
+    with _named(path):
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    os.close(fd)
+    os.unlink(probe)
 
 
 def folder_problem(folder: str | os.PathLike, ours: frozenset[str] = OUTPUT_FILES) -> str | None:
@@ -132,7 +137,8 @@ def _named(target: Path, tmp: Path | None = None) -> Iterator[None]:
     except OSError as e:
         ours = os.path.join(str(target.parent), f".{target.name}.")  # the prefix of our temporary names
         if e.filename is None or str(e.filename) == str(tmp) or str(e.filename).startswith(ours):
-            raise OSError(e.errno, e.strerror, str(target)) from e
+            what = e.strerror or f"could not be written completely ({e}); is the disk full?"
+            raise OSError(e.errno, what, str(target)) from e
         raise
 
 
