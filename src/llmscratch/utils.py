@@ -207,9 +207,9 @@ def pick_device(name: str | None = None):
 
     if name and name != "auto":
         if name.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"--device {name} asked for, but CUDA is not available on this machine")
+            raise UserError(f"device {name} asked for, but CUDA is not available on this machine", params="device")
         if name == "mps" and not torch.backends.mps.is_available():
-            raise UserError("--device mps asked for, but MPS is not available on this machine")
+            raise UserError("device mps asked for, but MPS is not available on this machine", params="device")
         return torch.device(name)
     if torch.cuda.is_available():
         return torch.device("cuda")

@@ -206,10 +206,10 @@ def run_generate_bench(cfg: GenerateBenchConfig, echo: Callable[[str], None] = p
     from llmscratch.utils import UserError
 
     if not cfg.tokens:
-        raise UserError("tokens needs positive counts, e.g. 50,200,500")
+        raise UserError("tokens needs positive counts, e.g. 50,200,500", params="tokens")
     specs = _model_specs(cfg)
     if not specs:
-        raise UserError("model needs at least one model")
+        raise UserError("model needs at least one model", params="model")
     started = time.perf_counter()
     threads_before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)

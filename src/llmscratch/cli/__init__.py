@@ -50,13 +50,24 @@ def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 
 def user_message(error: UserError, parser: argparse.ArgumentParser) -> str:
-    """The error's text with the parameters it names written as this command's flags (overwrite=True ->
-    --overwrite, max_new_tokens -> --max-new-tokens)."""
+    """The error's text with the parameters it names (`error.params`) written as this command's flags:
+    `overwrite=True` -> --overwrite, `x=False` or `with_x=False` -> --no-x (when that flag exists), `template=FILE` ->
+    --template FILE, and the bare name -> its flag where it cannot be an ordinary word (it has an underscore, or
+    it starts the message: "max_new_tokens must be ..." -> "--max-new-tokens must be ...")."""
     text = str(error)
     flags = flag_names(parser)
     for param in getattr(error, "params", ()):
-        if param in flags:
-            text = re.sub(rf"(?<![\w-]){re.escape(param)}(=True)?(?![\w-])", flags[param], text)
+        name = re.escape(param)
+        negated = f"no_{param.removeprefix('with_')}"  # with_transformers=False -> --no-transformers
+        if negated in flags:
+            text = re.sub(rf"(?<![\w-]){name}=False\b", flags[negated], text)
+        if param not in flags:
+            continue
+        flag = flags[param]
+        text = re.sub(rf"(?<![\w-]){name}=True\b", flag, text)
+        text = re.sub(rf"(?<![\w-]){name}=(?=\w)", flag + " ", text)
+        bare = rf"(?<![\w-]){name}(?![\w=-])"
+        text = re.sub(bare, flag, text) if "_" in param else re.sub(rf"^{bare}", flag, text)
     return text
 
 

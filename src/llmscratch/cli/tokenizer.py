@@ -101,7 +101,8 @@ def _encode(args: argparse.Namespace) -> None:
     try:
         ids = tok.encode(text, allowed_special="all" if args.allow_special else ())
     except ValueError as e:
-        raise UserError(str(e)) from None
+        hint = " (on the command line: --allow-special)" if "allowed_special" in str(e) else ""
+        raise UserError(f"{e}{hint}") from None
     print(len(ids) if args.count else " ".join(map(str, ids)))
 
 

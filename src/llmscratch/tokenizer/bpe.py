@@ -276,8 +276,8 @@ class Tokenizer:
             if m:
                 raise ValueError(
                     f"text contains the special token {m.group()!r}, which is not allowed. To encode it as "
-                    f"the special token, pass allowed_special={{{m.group()!r}}} or allowed_special='all' "
-                    "(CLI: --allow-special); to encode it as ordinary text, pass disallowed_special=()."
+                    f"the special token, pass allowed_special={{{m.group()!r}}} or allowed_special='all'; to "
+                    "encode it as ordinary text, pass disallowed_special=()."
                 )
         if not allowed:
             return self.encode_ordinary(text)
