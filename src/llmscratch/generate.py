@@ -20,6 +20,8 @@ import torch
 
 from llmscratch.utils import UserError
 
+MIN_TEMPERATURE = 1e-6  # smallest temperature above 0: logits / it stay finite in float32
+
 
 @dataclass
 class SamplingConfig:
@@ -37,8 +39,9 @@ class SamplingConfig:
         """Raise UserError for a setting that makes no sense (out of range, NaN, infinite), before any work."""
         if self.max_new_tokens < 0:
             raise UserError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}", params="max_new_tokens")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise UserError(f"temperature must be >= 0 (0 means greedy) and finite, got {self.temperature}",
+        if not (math.isfinite(self.temperature) and (self.temperature == 0 or self.temperature >= MIN_TEMPERATURE)):
+            raise UserError(f"temperature must be >= 0 (0 means greedy), finite, and not between 0 and "
+                            f"{MIN_TEMPERATURE:g} (logits divided by it overflow), got {self.temperature}",
                             params="temperature")
         if self.top_k is not None and self.top_k < 1:
             raise UserError(f"top_k must be >= 1, got {self.top_k}", params="top_k")
@@ -76,6 +79,7 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gene
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         drop = cum - sorted_logits.softmax(dim=-1) >= cfg.top_p  # mass before this token already reaches p
+        drop[:, 0] = False  # the most likely token always stays (a top_p that rounds to 0 in float32)
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(dim=-1)

@@ -206,6 +206,12 @@ def pick_device(name: str | None = None):
     import torch
 
     if name and name != "auto":
+        try:
+            kind = torch.device(name).type
+        except RuntimeError:
+            kind = None
+        if kind not in ("cpu", "cuda", "mps"):
+            raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N, mps or auto", params="device")
         if name.startswith("cuda") and not torch.cuda.is_available():
             raise UserError(f"device {name} asked for, but CUDA is not available on this machine", params="device")
         if name == "mps" and not torch.backends.mps.is_available():

@@ -39,7 +39,7 @@ class GenerateBenchConfig:
     no_cache_repeats: int = setting(1, "rounds for the uncached variants (at 500 tokens one run takes minutes)",
                                     ge=0)
     prompt_tokens: int = setting(16, "prompt length in tokens", ge=1)
-    threads: int | None = setting(None, "torch threads (default: all cores)", ge=1)
+    threads: int | None = setting(None, "torch threads (default: all cores)", ge=1, le=1024)
     out: Path = setting(Path("bench-results"), "folder for bench_generate.json and .png")
     transformers: bool = setting(True, "benchmark ours only", switches={"--no-transformers": False})
     quick: bool = setting(False, "a few-seconds smoke run (tiny preset, few tokens)", preset="quick_run")

@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail(os_error_message(e))
     except UnicodeDecodeError as e:  # a text, CSV or config file that is not UTF-8, read without a check
         _fail(f"a file given is not UTF-8 text ({e.reason} at byte {e.start})")
+    except MemoryError:  # a setting asked for more memory than there is
+        _fail("out of memory: a setting (a size, a count, a batch) asks for more memory than this machine has")
 
 
 def _fail(message: str) -> None:
