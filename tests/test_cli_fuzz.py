@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -85,6 +86,14 @@ FIXED: dict[str, dict[str, str]] = {
     "bench train": {"--compile": "compiling takes minutes", "--quick": "the full benchmark takes minutes"},
     "bench generate": {"--quick": "the full benchmark takes minutes"},
     "demo": {"--quick": "the full demo takes minutes"},
+}
+# Numeric flags that still accept NaN, in modules their owners are rewriting (issue 17, typed configs): listed in
+# docs/bad-input.md; remove an entry once its config checks it.
+KNOWN_NAN: dict[tuple[str, str], str] = {
+    ("pretrain", "--grad-clip"): "train/ config",
+    ("finetune classify", "--weight-decay"): "classify.py config",
+    ("finetune classify", "--lora-alpha"): "classify.py config",
+    ("demo", "--max-seconds"): "cli/demo.py settings",
 }
 EXAMPLES = int(os.environ.get("LLMSCRATCH_FUZZ_EXAMPLES", "0"))
 SLOW = {"pretrain", "finetune classify", "demo", "bench generate", "bench train"}
@@ -224,13 +233,18 @@ def readonly_place(tmp: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
-    """{name: path} of the fixture files every case may read (and must not change)."""
+    return build_tree(tmp_path_factory.mktemp("tree"))
+
+
+def build_tree(root: Path) -> dict[str, Path]:
+    """{name: path} of the fixture files every case may read (and must not change), under `root`."""
     from llmscratch.model import GPTConfig, build_model
     from llmscratch.tokenizer import Tokenizer, train
     from llmscratch.weights.hf import export_hf
     from llmscratch.weights.ours import save_pretrained
 
-    fx = tmp_path_factory.mktemp("fixtures")
+    fx = root / "fixtures"
+    fx.mkdir(parents=True)
     text = "the cat sat on the mat. see you at home later.\n" * 60
     (fx / "a.txt").write_text(text)
     (fx / "corpus.txt").write_text(text * 3)
@@ -257,10 +271,10 @@ def tree(tmp_path_factory):
         "empty": fx / "empty.txt", "yaml": fx / "run.yaml", "template": fx / "chat.jinja", "tok": fx / "tok.json",
         "model": fx / "model", "hf": fx / "hf", "tsv": fx / "msgs.tsv", "bad_tsv": fx / "bad.tsv",
         "user": fx / "user", "run": fx / "run", "missing": fx / "missing", "below_file": fx / "a.txt" / "below",
-        "link_to_txt": fx / "link.txt", "readonly": readonly_place(tmp_path_factory.mktemp("ro")),
+        "link_to_txt": fx / "link.txt", "readonly": readonly_place(root),
         "classifier": fx / "classifier",
     }
-    clf_out = tmp_path_factory.mktemp("clf") / "clf"
+    clf_out = root / "clf"
     code, _, err, _ = run_cli(["finetune", "classify", "--model", str(fx / "model"), "--data", str(fx / "msgs.tsv"),
                                "--text-column", "message", "--label-column", "kind", "--epochs", "1",
                                "--eval-every", "0", "--out", str(clf_out), "--no-progress"], stop_at=[])
@@ -359,7 +373,19 @@ def run_cli(argv: list[str], stop_at: list[str]) -> tuple[object, str, str, str 
 ERROR_LINE = re.compile(r"^llmscratch( [\w-]+)*: error: ")
 
 
-def check_case(command: str, template: list[str], tree: dict, out_area: Path) -> None:
+@dataclasses.dataclass
+class Outcome:
+    line: str  # the command line run
+    code: object  # exit status, or "exception" / "too long"
+    message: str  # the last line on stderr (the error), or of the traceback
+    traceback: str | None
+    stderr: str
+    changed: list[str]  # fixture files changed outside the outputs
+    nan_flags: list[str]  # float flags given NaN (not in KNOWN_NAN)
+
+
+def run_case(command: str, template: list[str], tree: dict, out_area: Path) -> Outcome:
+    """Run one case and observe it: exit status, message, and the fixture files it changed."""
     argv = [a.format(out=out_area, **tree) for a in template]
     outputs = [Path(argv[i + 1]) for i, a in enumerate(argv[:-1])
                if a in ("-o", "--out", "--output", "--out-dir")]
@@ -368,13 +394,20 @@ def check_case(command: str, template: list[str], tree: dict, out_area: Path) ->
     after = checksums(tree["fx"])
     changed = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p) and outside(p, outputs))
     last = (tb or err).strip().splitlines()[-1] if (tb or err).strip() else ""
+    nan_flags = [flag for flag, value in zip(argv, argv[1:]) if value == "nan" and (command, flag) not in KNOWN_NAN
+                 and any(flag in a.option_strings and kind(a) == "float" for a in COMMANDS[command]._actions)]
     _report(command, template, code, last)
-    line = f"llmscratch {command} {' '.join(argv)}"
-    assert tb is None, f"{line}\n{tb}"
-    assert code in (0, 2), f"{line}\nexit status {code}\n{err[-2000:]}"
-    assert "Traceback" not in err, f"{line}\n{err[-3000:]}"
-    assert code == 0 or ERROR_LINE.match(last), f"{line}\nexit 2 without a one-line error:\n{err[-2000:]}"
-    assert not changed, f"{line}\nchanged files outside the output {outputs}: {changed}"
+    return Outcome(f"llmscratch {command} {' '.join(argv)}", code, last, tb, err, changed, nan_flags)
+
+
+def check_case(command: str, template: list[str], tree: dict, out_area: Path) -> None:
+    o = run_case(command, template, tree, out_area)
+    assert o.traceback is None, f"{o.line}\n{o.traceback}"
+    assert o.code in (0, 2), f"{o.line}\nexit status {o.code}\n{o.stderr[-2000:]}"
+    assert "Traceback" not in o.stderr, f"{o.line}\n{o.stderr[-3000:]}"
+    assert o.code == 0 or ERROR_LINE.match(o.message), f"{o.line}\nexit 2 without a one-line error:\n{o.stderr[-2000:]}"
+    assert not o.changed, f"{o.line}\nchanged files outside the output: {o.changed}"
+    assert o.code == 2 or not o.nan_flags, f"{o.line}\naccepted NaN for {o.nan_flags}"
 
 
 def _report(command: str, template: list[str], code: object, last: str) -> None:
