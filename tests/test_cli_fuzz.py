@@ -106,6 +106,7 @@ INPUT_PATHS = ["{txt}", "{bad_utf8}", "{empty}", "{model}", "{hf}", "{tok}", "{t
                "{run}", "{missing}", "{below_file}", "{readonly}", "{fx}", "{link_to_txt}", "gpt2-tiny", "{yaml}"]
 OUTPUT_PATHS = ["{out}/new", "{out}/deeper/new", "{user}", "{txt}", "{model}", "{run}", "{readonly}/new",
                 "{below_file}", "{link_to_txt}", "{out}", "{hf}"]
+USERS_FILE = "notes.txt"  # in the fixture's user folder: never changed, even when that folder is an output
 PATH_WORDS = ("file", "folder", "path", "dir", "model", "data", "corpus", "tokenizer", "config", "template", "input")
 
 
@@ -261,7 +262,7 @@ def build_tree(root: Path) -> dict[str, Path]:
     spam_table(fx / "msgs.tsv")
     (fx / "bad.tsv").write_bytes(b"message\tkind\n\xff\xfe\tham\n")
     (fx / "user").mkdir()
-    (fx / "user" / "notes.txt").write_text("mine")
+    (fx / "user" / USERS_FILE).write_text("mine")
     (fx / "run" / "checkpoints" / "step-1").mkdir(parents=True)
     (fx / "run" / "metrics.jsonl").write_text("{}\n")
     (fx / "run" / "checkpoints" / "step-1" / "model.safetensors").write_bytes(b"x")
@@ -392,7 +393,8 @@ def run_case(command: str, template: list[str], tree: dict, out_area: Path) -> O
     before = checksums(tree["fx"])
     code, _, err, tb = run_cli([*command.split(), *argv], STOP_AT.get(command, []))
     after = checksums(tree["fx"])
-    changed = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p) and outside(p, outputs))
+    changed = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p)
+                     and (outside(p, outputs) or Path(p).name == USERS_FILE))  # a user's file even in an output
     last = (tb or err).strip().splitlines()[-1] if (tb or err).strip() else ""
     nan_flags = [flag for flag, value in zip(argv, argv[1:]) if value == "nan" and (command, flag) not in KNOWN_NAN
                  and any(flag in a.option_strings and kind(a) == "float" for a in COMMANDS[command]._actions)]

@@ -3,7 +3,8 @@
 Subcommands stay thin: they parse flags, call library functions and print. A user's mistake is printed as one
 line (no traceback) and exits with status 2: a `UserError` raised anywhere, and the classes of error that only the
 user's files and machine cause: file system errors (missing, unreadable, read-only, full disk, a folder where a
-file is expected) and text that is not UTF-8. Any other exception is an internal error and keeps its traceback.
+file is expected), text that is not UTF-8, and running out of memory. Any other exception is an internal error and
+keeps its traceback.
 """
 
 from __future__ import annotations
@@ -92,6 +93,14 @@ def os_error_message(e: OSError) -> str:
     return f"{paths}: {what}" if paths else what
 
 
+def out_of_memory(e: BaseException) -> bool:
+    """Whether `e` says memory ran out: MemoryError, torch's OutOfMemoryError (CUDA), or the CPU allocator's
+    RuntimeError."""
+    text = str(e)
+    return (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in text or "CUDA out of memory" in text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -108,8 +117,11 @@ def main(argv: list[str] | None = None) -> None:
         _fail(os_error_message(e))
     except UnicodeDecodeError as e:  # a text, CSV or config file that is not UTF-8, read without a check
         _fail(f"a file given is not UTF-8 text ({e.reason} at byte {e.start})")
-    except MemoryError:  # a setting asked for more memory than there is
-        _fail("out of memory: a setting (a size, a count, a batch) asks for more memory than this machine has")
+    except (MemoryError, RuntimeError) as e:  # a setting asked for more memory than there is
+        if not out_of_memory(e):
+            raise
+        _fail("out of memory: a setting (a size, a count, a batch) asks for more memory than this machine has"
+              + (f" ({str(e).splitlines()[0][:200]})" if str(e) else ""))
 
 
 def _fail(message: str) -> None:
