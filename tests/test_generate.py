@@ -268,7 +268,10 @@ def test_generate_cli_refuses_context_overflow_and_warns_for_presets(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--model", "gpt2-tiny", "--prompt", "hi", "--max-new-tokens", "100"])
     err = capsys.readouterr().err
-    assert "random weights" in err and "no tokenizer" in err
+    assert "random weights" in err and "context" in err
+    assert main(["generate", "--model", "gpt2-tiny", "--prompt", "hi", "--max-new-tokens", "3"]) is None
+    out, err = capsys.readouterr()
+    assert "random weights" in err and "3 tokens" in err
 
 
 def test_bench_generate_quick_smoke(tmp_path, capsys):

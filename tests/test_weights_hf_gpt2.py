@@ -239,7 +239,8 @@ def test_damaged_our_folder_is_a_user_error(tmp_path):
 
 def test_presets_and_unknown_specs():
     a, b = load_model("gpt2-tiny"), load_model("gpt2-tiny")
-    assert a.random_weights and a.tokenizer is None
+    assert a.random_weights and a.tokenizer.decode(a.tokenizer.encode("héllo")) == "héllo"  # one token per byte
+    assert a.tokenizer.vocab_size == a.model.config.vocab_size and a.tokenizer.decode([300, 104]) == "<|300|>h"
     assert torch.equal(a.model.tok_emb.weight, b.model.tok_emb.weight)  # fixed seed
     with pytest.raises(UserError, match="unknown model 'no-such-model'"):
         load_model("no-such-model")

@@ -101,7 +101,8 @@ class ChatSession:
 
     def __init__(self, model, tokenizer, template: str, sampling: SamplingConfig, system: str | None = None):
         if not template:
-            raise UserError("this model has no chat template; give one (--template FILE) or use `generate`")
+            raise UserError("this model has no chat template; give one (template=FILE) or generate without a chat "
+                            "(`llmscratch generate`)", params="template")
         self.model, self.tokenizer, self.template = model, tokenizer, template
         stops = end_of_turn_ids(tokenizer)
         self.sampling = dataclasses.replace(sampling, stop_ids=tuple(sampling.stop_ids) + tuple(stops))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 import torch
 
 from llmscratch.utils import UserError
+
+MIN_TEMPERATURE = 1e-6  # smallest temperature above 0: logits / it stay finite in float32
 
 
 @dataclass
@@ -33,15 +36,19 @@ class SamplingConfig:
     stop_strings: Sequence[str] = field(default_factory=tuple)
 
     def validate(self) -> None:
-        """Raise UserError for a setting that makes no sense, before any work starts."""
+        """Raise UserError for a setting that makes no sense (out of range, NaN, infinite), before any work."""
         if self.max_new_tokens < 0:
-            raise UserError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise UserError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
+            raise UserError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}", params="max_new_tokens")
+        if not (math.isfinite(self.temperature) and (self.temperature == 0 or self.temperature >= MIN_TEMPERATURE)):
+            raise UserError(f"temperature must be >= 0 (0 means greedy), finite, and not between 0 and "
+                            f"{MIN_TEMPERATURE:g} (logits divided by it overflow), got {self.temperature}",
+                            params="temperature")
         if self.top_k is not None and self.top_k < 1:
-            raise UserError(f"top_k must be >= 1, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise UserError(f"top_k must be >= 1, got {self.top_k}", params="top_k")
+        if self.top_p is not None and not 0 < self.top_p <= 1:  # False for NaN too
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}", params="top_p")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**64:  # what torch's generators take
+            raise UserError(f"seed must be in -2**63..2**64-1, got {self.seed}", params="seed")
         if any(not s for s in self.stop_strings):
             raise UserError("stop strings must not be empty")
 
@@ -72,6 +79,7 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gene
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         drop = cum - sorted_logits.softmax(dim=-1) >= cfg.top_p  # mass before this token already reaches p
+        drop[:, 0] = False  # the most likely token always stays (a top_p that rounds to 0 in float32)
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(dim=-1)

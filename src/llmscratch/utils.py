@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -11,7 +12,97 @@ from pathlib import Path
 
 
 class UserError(ValueError):
-    """A mistake the user can fix (bad flag, missing file, offline download). The CLI prints it without a traceback."""
+    """A mistake the user can fix (bad flag, missing file, offline download). The CLI prints it without a traceback.
+
+    `params` names the parameters the message speaks of (e.g. "max_new_tokens"); the CLI writes them as the flags
+    it maps them to (--max-new-tokens).
+    """
+
+    def __init__(self, message: str, params: tuple[str, ...] | str = ()):
+        super().__init__(message)
+        self.params = (params,) if isinstance(params, str) else tuple(params)
+
+
+class FolderInUse(UserError):
+    """An output folder exists and is not one of ours: replacing it would delete what it holds."""
+
+    def __init__(self, folder: Path, reason: str):
+        super().__init__(f"{folder} {reason}; refusing to replace it: choose another output path, remove it, or "
+                         "pass overwrite=True to replace it anyway", params="overwrite")
+        self.folder, self.reason = folder, reason
+
+
+# Every file name our folder writers produce (model folders, Hugging Face exports, checkpoints, classifiers).
+OUTPUT_FILES = frozenset({
+    "model.safetensors", "config.json", "tokenizer.json", "tokenizer.ref.json", "chat_template.jinja",
+    "generation_config.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json",
+    "optimizer.safetensors", "optimizer.json", "rng.safetensors", "state.json", "manifest.json", "training.json",
+    "classifier.json", "classifier.safetensors", "report.json",
+})
+_TEMP_NAME = re.compile(r"^\..+\.tmp$")  # a file left by an interrupted atomic write
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether `a` and `b` name the same existing file (after resolving links), or the same path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def check_not_input(outputs: list[str | os.PathLike], inputs: list[str | os.PathLike]) -> None:
+    """Refuse to write any of `outputs` onto one of `inputs` (compared after resolving links)."""
+    for out in outputs:
+        for src in inputs:
+            if same_file(out, src):
+                raise UserError(f"the output {out} is the same file as the input {src}: writing it would destroy "
+                                "the input; choose another output path")
+
+
+def check_output_file(path: str | os.PathLike) -> None:
+    """Refuse, before any work, an output file path that cannot be written: an existing folder, a path below
+    something that is not a folder, or a folder where no file can be created (read-only, no permission: an
+    OSError naming `path`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"the output {path} is a folder; give a file path")
+    parent = next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise UserError(f"cannot write {path}: {parent} is a file, not a folder")
+    with _named(path):
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    os.close(fd)
+    os.unlink(probe)
+
+
+def folder_problem(folder: str | os.PathLike, ours: frozenset[str] = OUTPUT_FILES) -> str | None:
+    """Why `folder` may not be replaced without an explicit overwrite, or None when it may: it does not exist, is
+    empty, or holds only files our writers produce (names in `ours`, at least one *.safetensors, no subfolder)."""
+    folder = Path(folder)
+    if folder.is_symlink():
+        return "is a symbolic link"
+    if not folder.exists():
+        return None
+    if not folder.is_dir():
+        return "is a file, not a folder"
+    try:
+        entries = list(folder.iterdir())
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    foreign = sorted(p.name for p in entries
+                     if not (p.is_file() and not p.is_symlink() and (p.name in ours or _TEMP_NAME.match(p.name))))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        return f"holds files that are not ours ({shown})"
+    if entries and not any(p.suffix == ".safetensors" for p in entries):
+        return "is not one of our output folders (it holds no weights)"
+    return None
+
+
+def check_replaceable(folder: str | os.PathLike, overwrite: bool = False, ours: frozenset[str] = OUTPUT_FILES) -> None:
+    """Raise FolderInUse unless `folder` may be replaced by a new output (see `folder_problem`) or `overwrite`."""
+    if not overwrite and (reason := folder_problem(folder, ours)) is not None:
+        raise FolderInUse(Path(folder), reason)
 
 
 @contextlib.contextmanager
@@ -21,50 +112,82 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     Readers never see a partial file: the rename is atomic on POSIX file systems.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with _named(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with _named(path, tmp):
+            yield tmp
+            os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
-def replace_folder(new: Path, folder: Path) -> None:
-    """Move the finished folder `new` onto `folder` (whose old content, if any, is removed), with the usual
-    permissions (temporary folders and files are private to their owner)."""
+@contextlib.contextmanager
+def _named(target: Path, tmp: Path | None = None) -> Iterator[None]:
+    """File system errors about the temporary path (or none) are reported as errors about `target`."""
+    try:
+        yield
+    except OSError as e:
+        ours = os.path.join(str(target.parent), f".{target.name}.")  # the prefix of our temporary names
+        if e.filename is None or str(e.filename) == str(tmp) or str(e.filename).startswith(ours):
+            what = e.strerror or f"could not be written completely ({e}); is the disk full?"
+            raise OSError(e.errno, what, str(target)) from e
+        raise
+
+
+def replace_folder(new: Path, folder: Path, overwrite: bool = False, ours: frozenset[str] = OUTPUT_FILES) -> None:
+    """Move the finished folder `new` onto `folder`, with the usual permissions (temporary folders and files are
+    private to their owner). An existing `folder` is replaced only when it is one of our outputs (see
+    `folder_problem`) or with `overwrite` (then anything there: a folder, a file or a link, which is removed, not
+    followed); otherwise FolderInUse is raised and nothing is touched."""
+    check_replaceable(folder, overwrite, ours)
     umask = os.umask(0)
     os.umask(umask)
     for f in new.iterdir():
         f.chmod(0o666 & ~umask)
     new.chmod(0o777 & ~umask)
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-        os.replace(folder, old)
+    if not folder.exists() and not folder.is_symlink():
         os.replace(new, folder)
+        return
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    os.replace(folder, old)
+    try:
+        os.replace(new, folder)
+    except OSError:
+        os.replace(old, folder)  # put the old one back
+        raise
+    if old.is_dir() and not old.is_symlink():
         shutil.rmtree(old)
     else:
-        os.replace(new, folder)
+        old.unlink()
 
 
 @contextlib.contextmanager
-def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside `folder` to fill; on success it replaces `folder`, on failure it is removed."""
+def atomic_folder(
+    folder: str | os.PathLike, overwrite: bool = False, ours: frozenset[str] = OUTPUT_FILES
+) -> Iterator[Path]:
+    """Yield a temporary folder beside `folder` to fill; on success it replaces `folder`, on failure it is removed.
+
+    An existing `folder` that is not one of our outputs (a user's folder, a file, a link) is refused before
+    anything is written, unless `overwrite` (see `replace_folder`)."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    check_replaceable(folder, overwrite, ours)
+    with _named(folder):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
-        yield tmp
-        replace_folder(tmp, folder)
+        with _named(folder, tmp):
+            yield tmp
+            replace_folder(tmp, folder, overwrite, ours)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -83,10 +206,16 @@ def pick_device(name: str | None = None):
     import torch
 
     if name and name != "auto":
+        try:
+            kind = torch.device(name).type
+        except RuntimeError:
+            kind = None
+        if kind not in ("cpu", "cuda", "mps"):
+            raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N, mps or auto", params="device")
         if name.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"--device {name} asked for, but CUDA is not available on this machine")
+            raise UserError(f"device {name} asked for, but CUDA is not available on this machine", params="device")
         if name == "mps" and not torch.backends.mps.is_available():
-            raise UserError("--device mps asked for, but MPS is not available on this machine")
+            raise UserError("device mps asked for, but MPS is not available on this machine", params="device")
         return torch.device(name)
     if torch.cuda.is_available():
         return torch.device("cuda")

@@ -39,7 +39,7 @@ class GenerateBenchConfig:
     no_cache_repeats: int = setting(1, "rounds for the uncached variants (at 500 tokens one run takes minutes)",
                                     ge=0)
     prompt_tokens: int = setting(16, "prompt length in tokens", ge=1)
-    threads: int | None = setting(None, "torch threads (default: all cores)", ge=1)
+    threads: int | None = setting(None, "torch threads (default: all cores)", ge=1, le=1024)
     out: Path = setting(Path("bench-results"), "folder for bench_generate.json and .png")
     transformers: bool = setting(True, "benchmark ours only", switches={"--no-transformers": False})
     quick: bool = setting(False, "a few-seconds smoke run (tiny preset, few tokens)", preset="quick_run")
@@ -140,7 +140,7 @@ def _bench_model(spec: str, cfg: GenerateBenchConfig, echo: Callable[[str], None
     if spec in PRESETS:  # no tokenizer needed: prompts are token ids
         loaded = load_preset(spec, "cpu", torch.float32, with_tokenizer=False)
     else:
-        loaded = load_model(spec, device="cpu", dtype=torch.float32)
+        loaded = load_model(spec, device="cpu", dtype=torch.float32, progress=cfg.progress)
     model = loaded.model
     if model.config.family not in ("gpt2", "llama"):
         raise UserError(f"the generation benchmark compares GPT-2 and Llama models; {spec} is {model.config.family}")
@@ -206,10 +206,10 @@ def run_generate_bench(cfg: GenerateBenchConfig, echo: Callable[[str], None] = p
     from llmscratch.utils import UserError
 
     if not cfg.tokens:
-        raise UserError("tokens needs positive counts, e.g. 50,200,500")
+        raise UserError("tokens needs positive counts, e.g. 50,200,500", params="tokens")
     specs = _model_specs(cfg)
     if not specs:
-        raise UserError("model needs at least one model")
+        raise UserError("model needs at least one model", params="model")
     started = time.perf_counter()
     threads_before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)

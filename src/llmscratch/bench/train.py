@@ -113,7 +113,7 @@ def build_models(cfg: TrainBenchConfig):
     theirs = transformers_twin(ours, attn_implementation="sdpa")
     if theirs is None:
         raise UserError("the comparison needs transformers (a dev dependency): pip install transformers, or "
-                        "pass --no-transformers")
+                        "pass with_transformers=False", params="with_transformers")
     return ours, theirs.train(), config
 
 

@@ -1,14 +1,19 @@
 """The `llmscratch` command. Each module in this package adds its subcommands through `register(subparsers)`.
 
-Subcommands stay thin: they parse flags, call library functions and print. A `UserError` raised anywhere is
-printed as one line (no traceback) and exits with status 2.
+Subcommands stay thin: they parse flags, call library functions and print. A user's mistake is printed as one
+line (no traceback) and exits with status 2: a `UserError` raised anywhere, and the classes of error that only the
+user's files and machine cause: file system errors (missing, unreadable, read-only, full disk, a folder where a
+file is expected), text that is not UTF-8, and running out of memory. Any other exception is an internal error and
+keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import pkgutil
+import re
 import sys
 
 from llmscratch import __version__
@@ -30,16 +35,95 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def leaf_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)parser of the command that `args` runs, e.g. the one of `data tokenize`."""
+    while True:
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        name = getattr(args, sub.dest, None) if sub is not None else None
+        if name not in (sub.choices if sub is not None else {}):
+            return parser
+        parser = sub.choices[name]
+
+
+def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """{parameter (dest): its long flag} for the options of one parser."""
+    return {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings}
+
+
+def user_message(error: UserError, parser: argparse.ArgumentParser) -> str:
+    """The error's text with the parameters it names (`error.params`) written as this command's flags:
+    `overwrite=True` -> --overwrite, `x=False` or `with_x=False` -> --no-x (when that flag exists), `template=FILE` ->
+    --template FILE, and the bare name -> its flag where it cannot be an ordinary word (it has an underscore, or
+    it starts the message: "max_new_tokens must be ..." -> "--max-new-tokens must be ...")."""
+    text = str(error)
+    flags = flag_names(parser)
+    for param in getattr(error, "params", ()):
+        name = re.escape(param)
+        negated = f"no_{param.removeprefix('with_')}"  # with_transformers=False -> --no-transformers
+        if negated in flags:
+            text = re.sub(rf"(?<![\w-]){name}=False\b", flags[negated], text)
+        if param not in flags:
+            continue
+        flag = flags[param]
+        text = re.sub(rf"(?<![\w-]){name}=True\b", flag, text)
+        text = re.sub(rf"(?<![\w-]){name}=(?=\w)", flag + " ", text)
+        bare = rf"(?<![\w-]){name}(?![\w=-])"
+        text = re.sub(bare, flag, text) if "_" in param else re.sub(rf"^{bare}", flag, text)
+    return text
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full (files written before are kept; partial outputs were removed)",
+    errno.EDQUOT: "the disk quota is exceeded (files written before are kept; partial outputs were removed)",
+    errno.EFBIG: "the file is too large for this file system or limit (partial outputs were removed)",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EISDIR: "it is a folder, not a file",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.ENOENT: "no such file or folder",
+    errno.ENAMETOOLONG: "the name is too long",
+}
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for a file system error: the path(s) and what went wrong."""
+    what = _OS_HINTS.get(e.errno, e.strerror or str(e) or type(e).__name__)
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    return f"{paths}: {what}" if paths else what
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether `e` says memory ran out: MemoryError, torch's OutOfMemoryError (CUDA), or the CPU allocator's
+    RuntimeError."""
+    text = str(e)
+    return (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in text or "CUDA out of memory" in text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.func(args)
     except UserError as e:
-        print(f"llmscratch: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _fail(user_message(e, leaf_parser(parser, args)))
     except KeyboardInterrupt:
         print("llmscratch: interrupted", file=sys.stderr)
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except OSError as e:  # the user's files and disks: missing, read-only, full, a folder in place of a file
+        _fail(os_error_message(e))
+    except UnicodeDecodeError as e:  # a text, CSV or config file that is not UTF-8, read without a check
+        _fail(f"a file given is not UTF-8 text ({e.reason} at byte {e.start})")
+    except (MemoryError, RuntimeError) as e:  # a setting asked for more memory than there is
+        if not out_of_memory(e):
+            raise
+        _fail("out of memory: a setting (a size, a count, a batch) asks for more memory than this machine has"
+              + (f" ({str(e).splitlines()[0][:200]})" if str(e) else ""))
+
+
+def _fail(message: str) -> None:
+    print(f"llmscratch: error: {' '.join(message.splitlines())}", file=sys.stderr)  # one line, always
+    sys.exit(2)

@@ -12,14 +12,16 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "classify",
         help="classify texts with a fine-tuned classifier folder",
-        description="Print the predicted label and the probability of every label, for --text or for each "
-        "line of --input.",
-        epilog='Example: llmscratch classify --model runs/spam-lora --text "You won a prize! Call now"',
+        description="Print the predicted label and the probability of every label, for the texts of --text or "
+        "for each line of an --input file (one of the two).",
+        epilog='Examples: llmscratch classify --model runs/spam-lora --text "You won a prize! Call now" --text "See '
+        'you at 6"; llmscratch classify --model runs/spam-lora --input messages.txt (messages.txt: a UTF-8 text '
+        'file of your own, one message per line)',
     )
     p.add_argument("--model", required=True, help="classifier folder written by `llmscratch finetune classify`")
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--text", action="append", help="a text to classify (may be given several times)")
-    what.add_argument("--input", help="a UTF-8 file: one text per line (empty lines are skipped)")
+    p.add_argument("--text", action="append", help="a text to classify (may be given several times)")
+    p.add_argument("--input", metavar="FILE",
+                   help="a UTF-8 text file of your own, one text per line (empty lines are skipped); instead of --text")
     p.add_argument("--batch-size", type=int, default=16, help="texts per batch (default: 16)")
     p.add_argument("--json", action="store_true", help="one JSON object per text instead of a table")
     p.add_argument("--device", default=None, help="cpu, cuda, mps or auto (default: auto)")
@@ -34,11 +36,17 @@ def _run(args: argparse.Namespace) -> None:
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if (args.text is None) == (args.input is None):
+        raise UserError("give the texts to classify either with --text (repeatable) or with --input FILE (a UTF-8 "
+                        "file, one text per line), " + ("not both" if args.text else "one of the two"))
     if args.input is not None:
         path = Path(args.input)
         if not path.is_file():
             raise UserError(f"--input file {path} not found")
-        texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError as e:
+            raise UserError(f"--input file {path} is not UTF-8 text: {e.reason} at byte {e.start}") from None
         if not texts:
             raise UserError(f"{path} holds no text")
     else:

@@ -13,26 +13,32 @@ def register(subparsers) -> None:
         "-o DIR. --format hf writes config.json + model.safetensors + tokenizer files that "
         "transformers' from_pretrained loads (GPT-2: GPT2LMHeadModel, with vocab.json + merges.txt; Llama: "
         "LlamaForCausalLM; tokenizer.json for every byte-level BPE tokenizer). --format ours writes our own "
-        "model folder. The folder is replaced atomically.",
+        "model folder. The folder is written atomically. An existing -o folder is replaced only when it is one "
+        "of our outputs (it holds only the files we write: weights, config, tokenizer); anything else (a folder "
+        "with other files, a file, a link) is refused unless --overwrite.",
     )
     p.add_argument("--model", required=True, help="model name or path")
     p.add_argument("--format", choices=["hf", "ours"], default="hf", help="hf (default) or ours")
-    p.add_argument("-o", "--out", required=True, help="output folder (replaced if it exists)")
+    p.add_argument("-o", "--out", required=True, help="output folder (an earlier export there is replaced)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace -o even when it is not one of our outputs (its content is deleted)")
     p.set_defaults(func=_export)
 
 
 def _export(args: argparse.Namespace) -> None:
     from pathlib import Path
 
+    from llmscratch.utils import check_replaceable
     from llmscratch.weights import load_model
     from llmscratch.weights.hf import export_hf
     from llmscratch.weights.ours import save_pretrained
 
+    check_replaceable(args.out, args.overwrite)  # before the model is loaded
     loaded = load_model(args.model)
     if args.format == "hf":
-        folder = export_hf(loaded.model, loaded.tokenizer, args.out, loaded.chat_template)
+        folder = export_hf(loaded.model, loaded.tokenizer, args.out, loaded.chat_template, args.overwrite)
     else:
-        folder = save_pretrained(loaded.model, loaded.tokenizer, args.out, loaded.chat_template)
+        folder = save_pretrained(loaded.model, loaded.tokenizer, args.out, loaded.chat_template, args.overwrite)
     files = sorted(Path(folder).iterdir())
     size = sum(f.stat().st_size for f in files)
     print(f"exported {loaded.name} ({loaded.model.num_params():,} parameters) to {folder} as {args.format}: "

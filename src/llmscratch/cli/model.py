@@ -9,8 +9,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "model",
         help="facts about model presets (sizes, memory)",
-        description="Facts about model presets and model folders, computed from the config without loading "
-        "weights.",
+        description="Facts about model presets, registered models and model folders, computed from the config "
+        "without loading weights.",
     )
     sub = parser.add_subparsers(dest="model_command", metavar="ACTION", required=True)
     p = sub.add_parser(
@@ -19,7 +19,9 @@ def register(subparsers) -> None:
         description="Parameter count, weight memory in float32 and bfloat16, the KV cache at full context "
         "(batch 1), and the bytes read per generated token (the memory traffic that bounds batch-1 decoding).",
     )
-    p.add_argument("name", help="a preset (e.g. gpt2-124m; `llmscratch model list` shows them) or a model folder")
+    p.add_argument("name", help="a preset (e.g. gpt2-124m; `llmscratch model list` shows them), a registered model "
+                   "(e.g. smollm2-135m-instruct; `llmscratch models list`; fetched if not cached), a model folder or "
+                   "a .gguf file")
     p.set_defaults(func=_info)
     p = sub.add_parser("list", help="the model presets")
     p.set_defaults(func=_list)

@@ -74,7 +74,10 @@ def _train(args: argparse.Namespace) -> None:
 
     from llmscratch.tokenizer import train
     from llmscratch.tokenizer.bpe import vocab_view_path
+    from llmscratch.utils import check_not_input, check_output_file
 
+    check_not_input([args.output, vocab_view_path(args.output)], [args.input])
+    check_output_file(args.output)
     text = _read_text(args.input)
     start = time.perf_counter()
     try:
@@ -98,7 +101,8 @@ def _encode(args: argparse.Namespace) -> None:
     try:
         ids = tok.encode(text, allowed_special="all" if args.allow_special else ())
     except ValueError as e:
-        raise UserError(str(e)) from None
+        hint = " (on the command line: --allow-special)" if "allowed_special" in str(e) else ""
+        raise UserError(f"{e}{hint}") from None
     print(len(ids) if args.count else " ".join(map(str, ids)))
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from llmscratch.utils import UserError, atomic_path, atomic_write_text
+from llmscratch.utils import UserError, atomic_path, atomic_write_text, check_not_input, check_output_file
 
 TOKEN_FILE_FORMAT = "llmscratch-tokens"
 TOKEN_FILE_VERSION = 1
@@ -341,8 +341,10 @@ def tokenize_corpus(
     input_path, out_path = Path(input_path), Path(out_path)
     if not input_path.is_file():
         raise UserError(f"corpus file {input_path} not found")
-    if chunk_chars < 2:
-        raise UserError(f"chunk_chars must be at least 2, got {chunk_chars}")
+    if not 2 <= chunk_chars <= 1 << 30:
+        raise UserError(f"chunk_chars must be in 2..2**30, got {chunk_chars}", params="chunk_chars")
+    check_not_input([out_path, header_path(out_path)], [input_path])
+    check_output_file(out_path)
     tok, spec = _resolve_tokenizer(tokenizer)
     vocab_size = int(tok.vocab_size)
     dtype = np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)

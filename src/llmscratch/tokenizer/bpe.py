@@ -190,6 +190,16 @@ class Tokenizer:
         )
 
     @classmethod
+    def bytes_only(cls, vocab_size: int = 257, eos: str = "<|endoftext|>") -> Tokenizer:
+        """A tokenizer without merges for a model of `vocab_size` (>= 257) tokens, e.g. a random-weight preset:
+        text is encoded one token per byte (ids 0..255), `eos` is id 256, and the ids above (which encoding never
+        produces) decode to placeholders `<|N|>`."""
+        if vocab_size < 257:
+            raise ValueError(f"vocab_size must be >= 257 (256 bytes + eos), got {vocab_size}")
+        vocab = {i: bytes([i]) for i in range(256)} | {i: f"<|{i}|>".encode() for i in range(257, vocab_size)}
+        return cls(vocab, [], {eos: 256}, "gpt2", eos_id=256)
+
+    @classmethod
     def from_gpt2_files(cls, encoder_json: str | os.PathLike, vocab_bpe: str | os.PathLike) -> Tokenizer:
         """GPT-2's tokenizer from OpenAI's published `encoder.json` and `vocab.bpe`."""
         from llmscratch.tokenizer.files import read_gpt2_files
@@ -266,8 +276,8 @@ class Tokenizer:
             if m:
                 raise ValueError(
                     f"text contains the special token {m.group()!r}, which is not allowed. To encode it as "
-                    f"the special token, pass allowed_special={{{m.group()!r}}} or allowed_special='all' "
-                    "(CLI: --allow-special); to encode it as ordinary text, pass disallowed_special=()."
+                    f"the special token, pass allowed_special={{{m.group()!r}}} or allowed_special='all'; to "
+                    "encode it as ordinary text, pass disallowed_special=()."
                 )
         if not allowed:
             return self.encode_ordinary(text)

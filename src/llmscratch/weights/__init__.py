@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from llmscratch.utils import UserError
+from llmscratch.weights.shapes import checked_config
 
 PRESET_SEED = 0
 
@@ -39,31 +40,35 @@ class LoadedModel:
 
 
 def load_model(
-    spec: str | os.PathLike, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    spec: str | os.PathLike, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+    progress: bool = True,
 ) -> LoadedModel:
-    """Load the model `spec` names (see the module docstring) onto `device` (default CPU), float32 unless `dtype`."""
+    """Load the model `spec` names (see the module docstring) onto `device` (default CPU), float32 unless `dtype`;
+    `progress`: bars while fetching and dequantizing."""
     from llmscratch.model import PRESETS
     from llmscratch.weights.registry import MODELS, fetch
 
     text = os.fspath(spec)
     path = Path(text).expanduser()
     if path.exists():
-        return load_path(path, path.resolve().name, device, dtype)
+        return load_path(path, path.resolve().name, device, dtype, progress=progress)
     if text in MODELS:
-        return load_path(fetch(text), text, device, dtype, source=f"registry:{text}")
+        return load_path(fetch(text, progress=progress), text, device, dtype, f"registry:{text}", progress)
     if text in PRESETS:
         return load_preset(text, device, dtype)
     if _looks_like_hub_id(text):
         from llmscratch.weights.hf import hub_download
 
-        return load_path(hub_download(text), text, device, dtype, source=f"hub:{text}")
+        return load_path(hub_download(text), text, device, dtype, f"hub:{text}", progress)
     raise UserError(
         f"unknown model {text!r}: not a file or folder, not a registered model ({', '.join(MODELS)}), not a "
         f"preset ({', '.join(PRESETS)}), not a Hugging Face Hub id (owner/name)"
     )
 
 
-def load_path(path: str | os.PathLike, name: str, device=None, dtype=None, source: str | None = None) -> LoadedModel:
+def load_path(
+    path: str | os.PathLike, name: str, device=None, dtype=None, source: str | None = None, progress: bool = True
+) -> LoadedModel:
     """A model from a local folder (ours or Hugging Face) or .gguf file."""
     from llmscratch.weights.hf import is_hf_folder, load_hf_folder
     from llmscratch.weights.ours import is_checkpoint, load_checkpoint
@@ -72,7 +77,7 @@ def load_path(path: str | os.PathLike, name: str, device=None, dtype=None, sourc
     if path.is_file() and path.suffix == ".gguf":
         from llmscratch.weights.gguf import load_gguf
 
-        g = load_gguf(path, device, dtype)
+        g = load_gguf(path, device, dtype, progress=progress)
         return LoadedModel(g.model, g.tokenizer, g.name, g.chat_template, source or f"gguf:{path}")
     if path.is_dir() and is_checkpoint(path):
         model, tok, template = load_checkpoint(path, device, dtype)
@@ -91,8 +96,8 @@ def load_path(path: str | os.PathLike, name: str, device=None, dtype=None, sourc
 def load_preset(
     name: str, device=None, dtype=None, seed: int = PRESET_SEED, with_tokenizer: bool = True
 ) -> LoadedModel:
-    """A preset with random weights from `seed`; GPT-2-sized presets come with GPT-2's tokenizer (unless not
-    `with_tokenizer`: benchmarks need none)."""
+    """A preset with random weights from `seed`, with a tokenizer (unless not `with_tokenizer`: benchmarks need
+    none): GPT-2's for GPT-2's vocabulary, else one token per byte (`Tokenizer.bytes_only`)."""
     from llmscratch.model import build_model, get_config
 
     config = get_config(name)
@@ -104,6 +109,10 @@ def load_preset(
         from llmscratch.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer("gpt2")
+    elif with_tokenizer and config.vocab_size >= 257:
+        from llmscratch.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.bytes_only(config.vocab_size)
     model = model.to(device=device or "cpu", dtype=dtype or torch.float32).eval()
     return LoadedModel(model, tokenizer, name, None, f"preset:{name}")
 
@@ -121,24 +130,34 @@ def model_config(spec: str | os.PathLike):
     if path.is_file() and path.suffix == ".gguf":
         from llmscratch.weights.gguf import config_from_gguf, open_gguf
 
-        return config_from_gguf(open_gguf(path))
+        return checked_config(lambda: config_from_gguf(open_gguf(path)), str(path))
     if path.is_dir() and (path / "config.json").is_file():
         try:
-            data = json.loads((path / "config.json").read_text())
+            data = json.loads((path / "config.json").read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"{path / 'config.json'} is not valid JSON: {e}") from None
         if isinstance(data, dict) and "family" in data:
-            try:
-                return config_from_dict(data)
-            except (TypeError, ValueError) as e:
-                raise UserError(f"{path / 'config.json'}: {e}") from None
+            return checked_config(lambda: config_from_dict(data), str(path / "config.json"))
         from llmscratch.weights.hf import IMPORTERS, read_hf_config
 
         hf = read_hf_config(path)
         if hf["model_type"] not in IMPORTERS:
             raise UserError(f"{path}: Hugging Face model_type {hf['model_type']!r} is not supported")
-        return IMPORTERS[hf["model_type"]].config_from_hf(hf)
-    raise UserError(f"{text!r} is neither a preset ({', '.join(PRESETS)}) nor a model folder or .gguf file")
+        return checked_config(lambda: IMPORTERS[hf["model_type"]].config_from_hf(hf), str(path / "config.json"))
+    if path.exists():
+        raise UserError(f"{text!r} is not a model folder (config.json + weights) or a .gguf file")
+    return registered_config(text)
+
+
+def registered_config(name: str):
+    """The config of registered model `name` (fetched first when no copy is cached; no weights are loaded)."""
+    from llmscratch.model import PRESETS
+    from llmscratch.weights.registry import MODELS, fetch
+
+    if name not in MODELS:
+        raise UserError(f"{name!r} is neither a preset ({', '.join(PRESETS)}), a registered model "
+                        f"({', '.join(MODELS)}), nor a model folder or .gguf file")
+    return model_config(fetch(name))
 
 
 def _looks_like_hub_id(text: str) -> bool:
@@ -146,4 +165,4 @@ def _looks_like_hub_id(text: str) -> bool:
     return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
 
 
-__all__ = ["LoadedModel", "load_model", "load_path", "load_preset", "model_config"]
+__all__ = ["LoadedModel", "load_model", "load_path", "load_preset", "model_config", "registered_config"]

@@ -20,6 +20,7 @@ import torch
 
 from llmscratch.model.llama import Llama, LlamaConfig
 from llmscratch.utils import UserError
+from llmscratch.weights.shapes import checked_config
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 # Tensor types we turn into float32 (plain floats, llama.cpp's legacy quants and its K-quants).
@@ -275,7 +276,7 @@ def load_gguf(
 
     path = Path(path)
     reader = reader if reader is not None else open_gguf(path)
-    config = config_from_gguf(reader)
+    config = checked_config(lambda: config_from_gguf(reader), str(path))
     tokenizer = tokenizer_from_gguf(reader)
     tensors = hf_tensors_from_gguf(reader, config, progress)
     model = model_from_state_dict(config, state_dict_from_hf(tensors, config, str(path)), str(path), device, dtype)

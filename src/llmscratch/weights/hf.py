@@ -23,6 +23,7 @@ import torch
 
 from llmscratch.utils import UserError, atomic_folder, atomic_write_text
 from llmscratch.weights import hf_gpt2, hf_llama
+from llmscratch.weights.shapes import checked_config
 
 
 class Importer(NamedTuple):
@@ -174,7 +175,7 @@ def load_hf_folder(folder: str | os.PathLike, device=None, dtype=None):
         supported = ", ".join(IMPORTERS)
         raise UserError(f"{folder}: Hugging Face model_type {kind!r} is not supported (supported: {supported})")
     importer = IMPORTERS[kind]
-    config = importer.config_from_hf(hf_config)
+    config = checked_config(lambda: importer.config_from_hf(hf_config), str(folder / "config.json"))
     state = importer.state_dict_from_hf(read_hf_tensors(folder), config, str(folder))
     model = model_from_state_dict(config, state, str(folder), device, dtype)
     return model, load_hf_tokenizer(folder), read_chat_template(folder)
@@ -183,9 +184,12 @@ def load_hf_folder(folder: str | os.PathLike, device=None, dtype=None):
 # ---------------------------------------------------------------------------------------------- export
 
 
-def export_hf(model, tokenizer, folder: str | os.PathLike, chat_template: str | None = None) -> Path:
+def export_hf(
+    model, tokenizer, folder: str | os.PathLike, chat_template: str | None = None, overwrite: bool = False
+) -> Path:
     """Write `model` (+ tokenizer files) as a Hugging Face folder that `transformers` loads with
-    from_pretrained; replaces `folder` atomically. Returns the folder."""
+    from_pretrained, atomically. An existing `folder` is replaced only when it is one of our outputs, or with
+    `overwrite` (`llmscratch.utils.atomic_folder`). Returns the folder."""
     from safetensors.torch import save_file
 
     family = model.config.family
@@ -195,7 +199,7 @@ def export_hf(model, tokenizer, folder: str | os.PathLike, chat_template: str | 
     hf_config = exporter.config_to_hf(model.config)
     tensors = exporter.state_dict_to_hf(model)
     folder = Path(folder)
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, overwrite) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tokenizer is not None:
             for key in ("bos", "eos", "pad"):

@@ -24,7 +24,7 @@ from torch import nn
 from llmscratch.model import config_from_dict, config_to_dict
 from llmscratch.model.base import LanguageModel, empty_model, tied_names
 from llmscratch.utils import UserError, atomic_folder, atomic_write_text
-from llmscratch.weights.shapes import check_tensors
+from llmscratch.weights.shapes import check_config, check_tensors, checked_config
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -107,6 +107,7 @@ def model_from_state_dict(
     random init) filled from `state`. Every tensor is checked: a missing, misshapen or unexpected one is a
     UserError naming it. The tied head may be absent from `state`.
     """
+    check_config(config, source)
     model = empty_model(config)
     tied = tied_names(model)
     expected = model.state_dict()
@@ -124,12 +125,14 @@ def model_from_state_dict(
 
 
 def save_pretrained(
-    model: LanguageModel, tokenizer_or_spec=None, folder: str | os.PathLike = "model", chat_template: str | None = None
+    model: LanguageModel, tokenizer_or_spec=None, folder: str | os.PathLike = "model", chat_template: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write `model` (+ its tokenizer: a Tokenizer object, or a spec such as "gpt2" stored as a reference) to
-    `folder`, replacing what was there atomically. Returns the folder."""
+    `folder`, atomically. An existing `folder` is replaced only when it is one of our outputs, or with `overwrite`
+    (`llmscratch.utils.atomic_folder`). Returns the folder."""
     folder = Path(folder)
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, overwrite) as tmp:
         save_weights(model, tmp / WEIGHTS)
         atomic_write_text(tmp / CONFIG, json.dumps(config_to_dict(model.config), indent=2) + "\n")
         write_tokenizer(tmp, tokenizer_or_spec)
@@ -170,10 +173,8 @@ def load_tokenizer_of(folder: Path):
 def load_checkpoint(folder: str | os.PathLike, device=None, dtype=None):
     """One of our model folders -> (model, tokenizer or None, chat template or None)."""
     folder = Path(folder)
-    try:
-        config = config_from_dict(json.loads((folder / CONFIG).read_text()))
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as e:
-        raise UserError(f"{folder / CONFIG} is not a valid model config: {e}") from None
+    config = checked_config(lambda: config_from_dict(json.loads((folder / CONFIG).read_text(encoding="utf-8"))),
+                            str(folder / CONFIG))
     model = model_from_state_dict(config, read_weights(folder / WEIGHTS), str(folder / WEIGHTS), device, dtype)
     template = (folder / CHAT_TEMPLATE).read_text() if (folder / CHAT_TEMPLATE).is_file() else None
     return model, load_tokenizer_of(folder), template

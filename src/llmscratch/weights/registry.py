@@ -178,7 +178,7 @@ def resolve(spec: str, source: str | None = None) -> str:
     if spec in MODELS and not Path(spec).exists():
         return str(fetch(spec, source))
     if source is not None and source != "auto":
-        raise UserError(f"--source applies to registered model names only, not to {spec!r}")
+        raise UserError(f"source applies to registered model names only, not to {spec!r}", params="source")
     return spec
 
 
