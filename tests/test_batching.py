@@ -116,13 +116,14 @@ def test_packed_linear_weights_give_the_same_logits_and_leave_the_parameters_alo
         pytest.skip("this torch has no oneDNN linear ops")
     ids = torch.randint(0, 512, (3, 7))
     with torch.inference_mode():
-        before, one = model(ids), model(ids[:1, :1])
+        before, few, one = model(ids), model(ids[:, :2]), model(ids[:1, :1])
     names = list(model.state_dict())
-    pack_linear_weights(model)
+    pack_linear_weights(model, rows=8)
     assert list(model.state_dict()) == names
     with torch.inference_mode():
-        torch.testing.assert_close(model(ids), before, atol=1e-5, rtol=1e-5)
-        assert torch.equal(model(ids[:1, :1]), one)  # one row: the usual product
+        torch.testing.assert_close(model(ids[:, :2]), few, atol=1e-5, rtol=1e-5)  # 6 rows: the packed product
+        assert torch.equal(model(ids[:1, :1]), one)  # one row and more than 8 rows: the usual product
+        assert torch.equal(model(ids), before)
     loss = model(ids).sum()  # with gradients: the usual product, so training still works
     loss.backward()
     assert model.blocks[0].attn.qkv.weight.grad is not None

@@ -115,7 +115,7 @@ class Request:
     cfg: SamplingConfig
     generator: torch.Generator | None = None
     tokens: list[int] = field(default_factory=list)  # produced so far (a final stop id included)
-    finish: str | None = None  # once finished: "stop" (a stop id), "length" (max_new_tokens) or "cancelled"
+    finish: str | None = None  # once finished: "stop" (a stop id), "length" (max_new_tokens), "cancelled", "error"
     row: int = -1  # its cache row while in the batch
 
     @property
