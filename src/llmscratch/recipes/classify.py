@@ -119,7 +119,7 @@ def earlier_run(out: Path, cfg: ClassifyConfig):
     existing = (out / CONFIG_FILE).is_file() or list_checkpoints(out / "checkpoints")
     if existing and not cfg.resume and not cfg.overwrite:
         raise UserError(f"{out} already holds a classifier run; resume=True continues it, overwrite=True starts "
-                        "again there (CLI: --resume, --overwrite), or choose another output folder")
+                        "again there, or choose another output folder", params=("resume", "overwrite"))
     return read_classifier_info(out) if cfg.resume and (out / CONFIG_FILE).is_file() else None
 
 
