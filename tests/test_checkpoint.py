@@ -19,6 +19,7 @@ from llmscratch.train.config import TrainConfig
 from llmscratch.train.plots import read_metrics
 from llmscratch.train.tasks.pretrain import PretrainTask
 from llmscratch.train.trainer import build_optimizer, seed_everything, train
+from llmscratch.utils import UserError
 from llmscratch.weights.ours import model_tensors
 
 
@@ -189,3 +190,23 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path, capsys):
     r = train(model, task, config(tmp_path, max_steps=2), resume=True)
     assert r.steps == 2 and r.resumed_from is None
     assert "starting from scratch" in capsys.readouterr().out
+
+
+def test_format_version_old_folders_resume_newer_ones_are_refused(tmp_path):
+    model, task = make()
+    train(model, task, config(tmp_path, max_steps=3, save_every=3))
+    folder = ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    payload = json.loads((folder / "state.json").read_text())
+    assert (payload["format"], payload["version"]) == ("llmscratch-checkpoint", 1)
+    del payload["format"], payload["version"]  # as written before versions were recorded: read as version 1
+    (folder / "state.json").write_text(json.dumps(payload))
+    ckpt.write_manifest(folder)
+    model, task = make()
+    assert train(model, task, config(tmp_path, max_steps=4), resume=True).resumed_from == folder
+    folder = ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    payload = json.loads((folder / "state.json").read_text())
+    (folder / "state.json").write_text(json.dumps({**payload, "version": 2}))
+    ckpt.write_manifest(folder)
+    model, task = make()
+    with pytest.raises(UserError, match="checkpoint format 'llmscratch-checkpoint' version 2; this llmscratch reads"):
+        train(model, task, config(tmp_path, max_steps=5), resume=True)

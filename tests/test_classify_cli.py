@@ -121,3 +121,15 @@ def test_gpt2_from_the_hub_cache_fine_tunes_with_the_same_command(tmp_path, caps
     assert report["model"]["trainable"] == "last-block"
     main(["classify", "--model", str(out), "--text", "ok $ see you"])
     assert capsys.readouterr().out.split("\t")[0] in ("ham", "spam")
+
+
+def test_max_steps_and_max_seconds_shorten_a_run(tiny_folder, tmp_path, capsys):
+    data = spam_table(tmp_path / "msgs.tsv")
+    common = ["finetune", "classify", "--model", str(tiny_folder), "--data", str(data), "--text-column", "message",
+              "--label-column", "kind", "--epochs", "5", "--eval-every", "0", "--no-progress"]
+    main([*common, "--max-steps", "2", "--out", str(tmp_path / "steps")])
+    assert "(2 steps)" in capsys.readouterr().out
+    report = json.loads((tmp_path / "steps" / "report.json").read_text())
+    assert report["train"]["steps"] == 2 and "--max-steps 2" in report["command"]
+    main([*common, "--max-seconds", "1e-6", "--out", str(tmp_path / "seconds")])
+    assert "(1 steps, stopped: time limit)" in capsys.readouterr().out

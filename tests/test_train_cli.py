@@ -52,7 +52,7 @@ def test_config_file_mistakes_are_user_errors(tmp_path):
         parse(["pretrain", "--config", str(bad)])
     with pytest.raises(UserError, match="not found"):
         parse(["pretrain", "--config", str(tmp_path / "none.yaml")])
-    with pytest.raises(UserError, match="--data is required"):
+    with pytest.raises(UserError, match=r"--data is required \(on the command line or in the config file\)"):
         parse(["pretrain"])
 
 

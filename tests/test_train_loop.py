@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -224,8 +225,58 @@ def test_diverging_loss_is_reported(tmp_path):
         def loss(self, model, batch):
             return super().loss(model, batch) * float("nan")
 
-    with pytest.raises(UserError, match="stopped at step 1: the training loss became nan"):
+    with pytest.raises(UserError, match="stopped at step 1: the training loss became nan; no checkpoint"):
         train(nn.Linear(4, 4), NanTask(), cfg_for(tmp_path, batch_size=8))
+    assert not (tmp_path / "run" / "final").exists() and not (tmp_path / "run" / "best").exists()
+
+
+def test_non_finite_loss_keeps_the_last_good_checkpoint_and_best_model(tmp_path):
+    """The loss turns NaN at step 5: the run stops there, checkpoints 1-4 and best/ hold finite weights,
+    no final/ is written, and the run resumes from step 4."""
+    from llmscratch.train.checkpoint import list_checkpoints, load_model_weights
+
+    class LateNan(MirrorTask):
+        calls = 0
+
+        def loss(self, model, batch):
+            self.calls += model.training
+            loss = super().loss(model, batch)
+            return loss * float("nan") if model.training and self.calls == 5 else loss
+
+    torch.manual_seed(0)
+    cfg = cfg_for(tmp_path, epochs=3, batch_size=8, eval_every=1, save_every=1, keep_last=10)
+    with pytest.raises(UserError, match=r"stopped at step 5: the training loss became nan; the last good "
+                                        r"checkpoint, .*step-00000004, is kept"):
+        train(nn.Linear(4, 4), LateNan(), cfg)
+    run = tmp_path / "run"
+    assert [p.name for p in list_checkpoints(run / "checkpoints")][-1] == "step-00000004"
+    assert not (run / "final").exists()
+    best = nn.Linear(4, 4)
+    load_model_weights(best, run / "best" / "model.safetensors")
+    assert all(torch.isfinite(p).all() for p in best.parameters())
+    r = train(nn.Linear(4, 4), MirrorTask(), dataclasses.replace(cfg, max_steps=6), resume=True)
+    assert r.resumed_from.name == "step-00000004" and r.steps == 6
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    """Weights that turn non-finite while the training loss is still finite: the evaluation of that step (or the
+    save) stops the run; best/ keeps the earlier, finite model."""
+    from llmscratch.train.callbacks import Callback
+
+    class Poison(Callback):
+        def on_train_step(self, trainer, record):
+            if record["step"] == 3:
+                with torch.no_grad():
+                    trainer.model.weight.fill_(float("inf"))
+
+    torch.manual_seed(0)
+    with pytest.raises(UserError, match="stopped at step 3: the validation loss became"):
+        train(nn.Linear(4, 4), MirrorTask(), cfg_for(tmp_path, batch_size=8, eval_every=1), callbacks=[Poison()])
+    best = json.loads((tmp_path / "run" / "best" / "training.json").read_text())
+    assert best["step"] <= 2 and math.isfinite(best["val_loss"])
+    with pytest.raises(UserError, match="stopped at step 3: the model's weights are no longer finite"):
+        train(nn.Linear(4, 4), MirrorTask(), cfg_for(tmp_path, batch_size=8, eval_every=0, save_every=3,
+                                                      max_steps=4), callbacks=[Poison()], overwrite=True)
 
 
 def test_tensorboard_optional(tmp_path, capsys):

@@ -308,7 +308,7 @@ def build(cls, values: dict[str, object], flags: list[Flag] | None = None):
             tops[f.name] = dataclasses.replace(getattr(base, f.name), **inner)
     for flag in flags:
         if flag.meta.get("required") and tops.get(flag.dest, getattr(base, flag.path[0])) is None:
-            raise UserError(f"{flag.option} is required (on the command line or in the --config file)")
+            raise UserError(f"{flag.option} is required (on the command line or in the config file)")
     return dataclasses.replace(base, **tops)
 
 

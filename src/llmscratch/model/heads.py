@@ -48,9 +48,9 @@ def parse_trainable(
     text = text.strip().lower()
     targets = tuple(lora_targets) if lora_targets else DEFAULT_TARGETS
     if lora_rank < 1:
-        raise UserError(f"lora_rank must be >= 1, got {lora_rank}")
+        raise UserError(f"lora_rank must be >= 1, got {lora_rank}", params="lora_rank")
     if not lora_alpha > 0:  # also refuses NaN
-        raise UserError(f"lora_alpha must be > 0, got {lora_alpha}")
+        raise UserError(f"lora_alpha must be > 0, got {lora_alpha}", params="lora_alpha")
     if text in ("last-block", "last-1"):
         return TrainableSpec("blocks", 1)
     if text == "all":
@@ -60,7 +60,7 @@ def parse_trainable(
     m = re.fullmatch(r"last-(\d+)", text)
     if m and int(m.group(1)) >= 1:
         return TrainableSpec("blocks", int(m.group(1)))
-    raise UserError(f"trainable must be {TRAINABLE_HELP}, got {text!r}")
+    raise UserError(f"trainable must be {TRAINABLE_HELP}, got {text!r}", params="trainable")
 
 
 def add_classifier_head(model: nn.Module, num_classes: int, seed: int | None = None) -> nn.Module:
@@ -91,7 +91,7 @@ def set_trainable(model: nn.Module, spec: TrainableSpec, train_head: bool = True
         model.final_norm.requires_grad_(True)
     elif spec.mode == "lora":
         if train_head and name_matches("head", spec.lora_targets):
-            raise UserError("the head is trained in full; leave it out of lora_targets")
+            raise UserError("the head is trained in full; leave it out of lora_targets", params="lora_targets")
         wrapped = apply_lora(model, spec.lora_rank, spec.lora_alpha, list(spec.lora_targets))
     elif spec.mode != "all":
         raise UserError(f"unknown trainable mode {spec.mode!r}")

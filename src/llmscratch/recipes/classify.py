@@ -118,8 +118,8 @@ def earlier_run(out: Path, cfg: ClassifyConfig):
 
     existing = (out / CONFIG_FILE).is_file() or list_checkpoints(out / "checkpoints")
     if existing and not cfg.resume and not cfg.overwrite:
-        raise UserError(f"{out} already holds a classifier run; pass --resume to continue it, --overwrite to start "
-                        "again there, or choose another --out")
+        raise UserError(f"{out} already holds a classifier run; resume=True continues it, overwrite=True starts "
+                        "again there, or choose another output folder", params=("resume", "overwrite"))
     return read_classifier_info(out) if cfg.resume and (out / CONFIG_FILE).is_file() else None
 
 
@@ -135,8 +135,8 @@ def load_data(cfg: ClassifyConfig, previous):
     if previous is not None and names != previous.label_names:
         if not set(names) <= set(previous.label_names):
             raise UserError(f"{cfg.train.out_dir} was trained with {previous.num_classes} classes "
-                            f"{previous.label_names}, the data has {len(names)}: {names}; use another --out or "
-                            "the same labels")
+                            f"{previous.label_names}, the data has {len(names)}: {names}; use another output folder "
+                            "or the same labels")
         splits, desc = load(previous.label_names)
     head = checkpoint_classes(Path(cfg.train.out_dir)) if cfg.resume else None
     if head is not None and head != len(desc["label_names"]):

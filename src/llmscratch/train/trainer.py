@@ -287,8 +287,8 @@ class Trainer:
         existing = ckpt.list_checkpoints(self.out / "checkpoints")
         if existing and not self.resume and not self.overwrite:
             raise UserError(f"{self.out} already holds checkpoints ({existing[-1].name}); resume=True continues that "
-                            "run, overwrite=True starts again there (CLI: --resume, --overwrite), or choose another "
-                            "output folder")
+                            "run, overwrite=True starts again there, or choose another output folder",
+                            params=("resume", "overwrite"))
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             if not self.resume:

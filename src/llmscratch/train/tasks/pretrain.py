@@ -79,7 +79,7 @@ def check_data_spec(data: str) -> None:
     from llmscratch.data.registry import DATASETS
 
     if not Path(data).expanduser().is_file() and data not in DATASETS:
-        raise UserError(f"--data {data!r} is neither a file nor a data set name; known data sets: "
+        raise UserError(f"data {data!r} is neither a file nor a data set name; known data sets: "
                         f"{', '.join(DATASETS)}")
 
 
@@ -105,7 +105,7 @@ def load_pretrain_data(
     Text is split by characters (first `train_ratio` for training, the rest for validation, as the book does),
     then each part is tokenized; a token file is split by tokens. stride defaults to the context length.
     """
-    stride = stride or context
+    stride = context if stride is None else stride  # 0 is an error (WindowDataset), not "the default"
     if text is not None:
         source = str(data)
     else:
@@ -136,12 +136,12 @@ def _windows(train_ids, val_ids, context: int, stride: int, source: str, train_r
     n = len(train_ids) + len(val_ids)
     if len(train_ids) < context + 1:
         raise UserError(f"{source}: the training part has {len(train_ids)} tokens, fewer than one window of "
-                        f"context {context} needs ({context + 1}); use a smaller --context or more data")
+                        f"context {context} needs ({context + 1}); use a smaller context or more data")
     val = None
     if train_ratio < 1.0:
         if len(val_ids) < context + 1:
             raise UserError(f"{source}: the validation part ({1 - train_ratio:.0%}) has {len(val_ids)} tokens, "
                             f"fewer than one window of context {context} needs ({context + 1}); use a smaller "
-                            "--context, a smaller --train-ratio, or more data")
+                            "context, a smaller train_ratio, or more data")
         val = WindowDataset(val_ids, context, stride)
     return PretrainData(WindowDataset(train_ids, context, stride), val, source, n)
