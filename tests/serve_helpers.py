@@ -72,9 +72,9 @@ def loaded_tiny(model=None, template: str | None = CHATML, name: str = "tiny-cha
 @contextlib.contextmanager
 def running_server(loaded: LoadedModel | None = None, loader=None, **config) -> Iterator[tuple[str, object]]:
     """A real server on 127.0.0.1:<free port>, on a thread: yields (base URL, the uvicorn server)."""
-    cfg = ServeConfig(model="test", **config)
+    cfg = ServeConfig(model="test", **{"log_level": "warning", **config})
     errors: list[BaseException] = []
-    server = build_server(cfg, loader or (lambda: loaded or loaded_tiny()), errors.append, log_level="warning")
+    server = build_server(cfg, loader or (lambda: loaded or loaded_tiny()), errors.append)
     sock = bound_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -55,6 +55,7 @@ CASES = {
     "SageMaker parameters.top_p above 1": ("POST", INVOKE, {"inputs": "hi", "parameters": {"top_p": 2}}, {}),
     "SageMaker stream with a list of inputs": ("POST", INVOKE, {"inputs": ["a", "b"], "stream": True}, {}),
     "a file path as the model": ("POST", INVOKE, {"inputs": "hi", "model": "/etc/passwd"}, {}),
+    "a path out of the page's folder": ("GET", "/static/%2e%2e/app.py", None, {}),
 }
 
 

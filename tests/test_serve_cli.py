@@ -99,4 +99,4 @@ def test_mistakes_are_one_line_and_exit_2(model_folder, tmp_path):
     # The model loads while the server already answers /ping (503): its error ends the server's log.
     assert errs[0].strip().splitlines()[-1].startswith("llmscratch: error: unknown model")
     assert "cannot listen on 127.0.0.1" in errs[1]
-    assert "max_batch must be >= 1" in errs[2]
+    assert "--max-batch must be >= 1" in errs[2]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from llmscratch.config import check_fields, setting
 from llmscratch.utils import UserError
 
 DEFAULT_PORT = 8080
@@ -15,36 +16,41 @@ MB = 1024 * 1024
 
 @dataclass
 class ServeConfig:
-    """How `llmscratch serve` runs: which model, where it listens, and its limits."""
+    """How `llmscratch serve` runs: which model, where it listens, and its limits (the command's flags)."""
 
-    model: str = ""  # a registered name, model folder, Hugging Face folder, .gguf file or preset
-    host: str = "127.0.0.1"  # loopback only unless told otherwise
-    port: int | None = None  # None: $SAGEMAKER_BIND_TO_PORT when set, else 8080
-    api_key: str | None = None  # None: $LLMSCRATCH_API_KEY when set, else no key (open /v1 routes)
-    batching: bool = True  # False: one request at a time (the "batching off" of `bench serve`)
-    max_batch: int = 8  # sequences decoded together
-    max_queue: int = 64  # requests waiting for a row; past it: 429 with Retry-After
-    request_timeout: float = 60.0  # seconds a request may take (SageMaker cuts at 60 s)
-    max_body_mb: float = 6.0  # SageMaker's real-time payload limit; larger bodies: 413
-    max_n: int = 4  # most choices per request (OpenAI `n`)
-    default_max_tokens: int = 256  # when a request gives no max_tokens (less when the context is shorter)
-    chat_template: str | None = None  # a jinja2 file to use instead of the model's own template
-    device: str = "cpu"
-    dtype: str = "float32"
-    drain_timeout: float = 60.0  # on SIGTERM: most seconds to wait for requests in flight
+    model: str | None = setting(None, "registered name (see `llmscratch models list`), model folder, Hugging Face "
+                                "folder, .gguf file, or preset (random weights)", required=True)
+    host: str = setting("127.0.0.1", "address to listen on (127.0.0.1: this machine only; 0.0.0.0 for every "
+                        "interface, e.g. in a container)")
+    port: int | None = setting(None, f"port (default: ${SAGEMAKER_PORT_ENV} when set, else {DEFAULT_PORT})",
+                               ge=0, le=65535)
+    api_key: str | None = setting(None, f"require this key as 'Authorization: Bearer KEY' on /v1 routes (default: "
+                                  f"${API_KEY_ENV} when set, else no key)")
+    batching: bool = setting(True, "one request at a time (for comparison)", switches={"--no-batching": False})
+    max_batch: int = setting(8, "most sequences decoded together", ge=1)
+    max_queue: int = setting(64, "most requests waiting; past it: 429 with Retry-After", ge=1)
+    request_timeout: float = setting(60.0, "seconds a request may take before it is cut (SageMaker's limit)",
+                                     flag="--timeout", gt=0)
+    max_body_mb: float = setting(6.0, "largest request body in MB; larger: 413 (SageMaker's limit)", gt=0)
+    max_n: int = setting(4, "most choices per request (OpenAI's n)", ge=1)
+    default_max_tokens: int = setting(256, "new tokens when a request does not say (less when the context is "
+                                      "shorter)", ge=1)
+    chat_template: str | None = setting(None, "a jinja2 chat template file to use instead of the model's own",
+                                        metavar="FILE")
+    device: str = setting("cpu", "cpu, cuda, mps or auto")
+    dtype: str = setting("float32", "weight precision", choices=("float32", "bfloat16", "float16"))
+    drain_timeout: float = setting(60.0, "on SIGTERM: most seconds to wait for the requests in flight", gt=0)
+    log_level: str = setting("info", "server log level",
+                             choices=("critical", "error", "warning", "info", "debug"))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     def validate(self) -> None:
-        """Raise UserError for a setting that cannot work."""
+        """Raise UserError for a setting that cannot work (ranges are checked as values come in)."""
+        check_fields(self)
         if not self.model:
             raise UserError("no model given: name one (a registered name, folder, .gguf file or preset)")
-        if self.port is not None and not 0 <= self.port <= 65535:
-            raise UserError(f"port must be in 0..65535, got {self.port}")
-        for name in ("max_batch", "max_queue", "max_n", "default_max_tokens"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("request_timeout", "max_body_mb", "drain_timeout"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"{name} must be > 0, got {getattr(self, name)}")
 
     @property
     def max_body_bytes(self) -> int:

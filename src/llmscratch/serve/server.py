@@ -48,8 +48,7 @@ class DrainingServer(uvicorn.Server):
 
 
 def build_server(config: ServeConfig, loader: Callable[[], Any] | None = None,
-                 on_load_error: Callable[[BaseException], None] | None = None,
-                 log_level: str = "info") -> DrainingServer:
+                 on_load_error: Callable[[BaseException], None] | None = None) -> DrainingServer:
     """The server for `config` (not started). A loading failure stops it (see `DrainingServer.load_error`)."""
     config.validate()
     server: DrainingServer | None = None
@@ -61,7 +60,7 @@ def build_server(config: ServeConfig, loader: Callable[[], Any] | None = None,
             server.should_exit = True
 
     app = create_app(config, loader, failed)
-    uv = uvicorn.Config(app, host=config.host, port=config.resolved_port(), log_level=log_level,
+    uv = uvicorn.Config(app, host=config.host, port=config.resolved_port(), log_level=config.log_level,
                         timeout_graceful_shutdown=5, timeout_keep_alive=5, access_log=False)
     server = DrainingServer(uv, app.state.serve, config.drain_timeout)
     return server
