@@ -32,15 +32,7 @@ def register(subparsers) -> None:
     add_flags(q, PackageConfig, group_titles={"serving": "serving defaults (serving.json: llmscratch serve flags)"})
     q.set_defaults(func=lambda args: _package(from_args(PackageConfig, args)))
 
-    q = sub.add_parser("verify", help="check an unpacked model archive against its manifest",
-                       description="Check the folder an archive was unpacked into (every file's size and sha256 "
-                       "against manifest.json, no pickles). The container's entrypoint runs this before it starts "
-                       "the server, so a corrupted archive fails at start-up with the reason.")
-    q.add_argument("folder", help="the unpacked archive (in the container: /opt/ml/model)")
-    q.add_argument("--serve-args", action="store_true",
-                   help="print the `llmscratch serve` arguments the archive asks for, one per line (for the "
-                   "entrypoint)")
-    q.set_defaults(func=_verify)
+    add_verify(sub)
 
     add_command(sub, "build-image", BuildImageConfig, _build_image,
                 help="docker build the serving image (and push it to ECR)",
@@ -64,6 +56,19 @@ def register(subparsers) -> None:
                 help="remove an endpoint, its endpoint config, model and autoscaling target",
                 description="Remove the endpoint's autoscaling target, the endpoint, its endpoint config and its "
                 "model(s). The archive in S3 stays.")
+
+
+def add_verify(sub) -> None:
+    """The `verify` step (also what `python -m llmscratch.deploy` runs in the container)."""
+    q = sub.add_parser("verify", help="check an unpacked model archive against its manifest",
+                       description="Check the folder an archive was unpacked into (every file's size and sha256 "
+                       "against manifest.json, no pickles). The container's entrypoint runs this before it starts "
+                       "the server, so a corrupted archive fails at start-up with the reason.")
+    q.add_argument("folder", help="the unpacked archive (in the container: /opt/ml/model)")
+    q.add_argument("--serve-args", action="store_true",
+                   help="print the `llmscratch serve` arguments the archive asks for, one per line (for the "
+                   "entrypoint)")
+    q.set_defaults(func=_verify)
 
 
 def _package(cfg: PackageConfig) -> None:

@@ -16,8 +16,9 @@ MODEL_DIR="${LLMSCRATCH_MODEL_DIR:-/opt/ml/model}"
 PORT="${SAGEMAKER_BIND_TO_PORT:-8080}"
 HOST="${LLMSCRATCH_HOST:-0.0.0.0}"  # every interface of the container; tests outside Docker use 127.0.0.1
 
-# One argument per line (--model PATH --max-batch N ...); split on newlines only, no globbing.
-ARGS=$(llmscratch deploy verify --serve-args "$MODEL_DIR")
+# `llmscratch deploy verify --serve-args`, through the light entry point that does not import torch: one argument
+# per line (--model PATH --max-batch N ...), split below on newlines only, without globbing.
+ARGS=$(python3 -m llmscratch.deploy verify --serve-args "$MODEL_DIR")
 OLD_IFS=$IFS
 IFS='
 '
