@@ -299,7 +299,7 @@ def test_library_messages_name_no_flags():
     import llmscratch
 
     root = Path(llmscratch.__file__).parent
-    skip = ("cli/", "train/", "recipes/", "model/", "serve/", "classify.py", "generate.py")
+    skip = ("cli/", "train/", "recipes/", "model/", "serve/", "generate.py", "config.py")  # others' (issue 10)
     found = []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()

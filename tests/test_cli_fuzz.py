@@ -72,9 +72,9 @@ BASE: dict[str, list[str]] = {
 # Where a command's long work starts ("module:function"): replaced by a stub during the fuzz, so the command is
 # checked up to there (every value checked where it enters) and stops in well under a second.
 STOP_AT: dict[str, list[str]] = {
-    "pretrain": ["llmscratch.train.loop:train"],
-    "finetune classify": ["llmscratch.train.loop:train"],
-    "demo": ["llmscratch.train.loop:train"],
+    "pretrain": ["llmscratch.train.trainer:Trainer.fit"],
+    "finetune classify": ["llmscratch.train.trainer:Trainer.fit"],
+    "demo": ["llmscratch.train.trainer:Trainer.fit"],
     "bench generate": ["llmscratch.bench.common:interleaved_times"],
     "bench train": ["llmscratch.bench.common:interleaved_times"],
     "models fetch": ["llmscratch.weights.registry:fetch_source"],  # the download itself (hub, pip)
@@ -314,8 +314,8 @@ def outside(path: str, outputs: list[Path]) -> bool:
 
 
 def _patch_stops(targets: list[str]) -> list[tuple[object, str, object]]:
-    """Replace each "module:function" (and every module attribute that is the same function) by a stub that
-    raises _ReachedWork; the (owner, name, original) list to undo it."""
+    """Replace each "module:function" (and every module attribute that is the same function) or
+    "module:Class.method" by a stub that raises _ReachedWork; the (owner, name, original) list to undo it."""
     import importlib
 
     def stub(*args, **kwargs):
@@ -323,12 +323,16 @@ def _patch_stops(targets: list[str]) -> list[tuple[object, str, object]]:
 
     undo = []
     for target in targets:
-        module, name = target.split(":")
-        original = getattr(importlib.import_module(module), name)  # fails loudly when a stop point moved
-        for mod in list(sys.modules.values()):
-            if getattr(mod, name, None) is original:
-                undo.append((mod, name, original))
-                setattr(mod, name, stub)
+        module, path = target.split(":")
+        *owners, name = path.split(".")
+        owner = importlib.import_module(module)
+        for part in owners:
+            owner = getattr(owner, part)
+        original = getattr(owner, name)  # fails loudly when a stop point moved
+        places = [owner] if owners else [m for m in list(sys.modules.values()) if getattr(m, name, None) is original]
+        for place in places:
+            undo.append((place, name, original))
+            setattr(place, name, stub)
     return undo
 
 
