@@ -53,7 +53,7 @@ def main() -> None:
     rows, fails, started = [], 0, time.perf_counter()
     for command in sorted(fz.COMMANDS):
         for action in fz.fuzzable(command):
-            k = fz.kind(action)
+            k = fz.kind(action, command)
             flag = action.option_strings[-1] if action.option_strings else action.dest
             for value in VALUES[k]:
                 template = fz.with_value(command, list(fz.BASE.get(command, [])), action, value)

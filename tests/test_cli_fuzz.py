@@ -72,9 +72,9 @@ BASE: dict[str, list[str]] = {
 # Where a command's long work starts ("module:function"): replaced by a stub during the fuzz, so the command is
 # checked up to there (every value checked where it enters) and stops in well under a second.
 STOP_AT: dict[str, list[str]] = {
-    "pretrain": ["llmscratch.train.loop:train"],
-    "finetune classify": ["llmscratch.train.loop:train"],
-    "demo": ["llmscratch.train.loop:train"],
+    "pretrain": ["llmscratch.train.trainer:Trainer.fit"],
+    "finetune classify": ["llmscratch.train.trainer:Trainer.fit"],
+    "demo": ["llmscratch.train.trainer:Trainer.fit"],
     "bench generate": ["llmscratch.bench.common:interleaved_times"],
     "bench train": ["llmscratch.bench.common:interleaved_times"],
     "models fetch": ["llmscratch.weights.registry:fetch_source"],  # the download itself (hub, pip)
@@ -89,12 +89,7 @@ FIXED: dict[str, dict[str, str]] = {
 }
 # Numeric flags that still accept NaN, in modules their owners are rewriting (issue 17, typed configs): listed in
 # docs/bad-input.md; remove an entry once its config checks it.
-KNOWN_NAN: dict[tuple[str, str], str] = {
-    ("pretrain", "--grad-clip"): "train/ config",
-    ("finetune classify", "--weight-decay"): "classify.py config",
-    ("finetune classify", "--lora-alpha"): "classify.py config",
-    ("demo", "--max-seconds"): "cli/demo.py settings",
-}
+KNOWN_NAN: dict[tuple[str, str], str] = {}  # (command, flag): owner, while a float flag still accepts NaN
 EXAMPLES = int(os.environ.get("LLMSCRATCH_FUZZ_EXAMPLES", "0"))
 SLOW = {"pretrain", "finetune classify", "demo", "bench generate", "bench train"}
 LIMIT_S = 60  # a command still running after this is a failure (add it to BASE/STOP_AT/FIXED)
@@ -143,25 +138,37 @@ def fuzzable(command: str) -> list[argparse.Action]:
 
 
 def is_output(a: argparse.Action) -> bool:
-    return a.dest in ("out", "output", "out_dir") or "-o" in a.option_strings
+    return bool({"-o", "--out", "--output", "--out-dir"} & set(a.option_strings)) or a.dest in ("out", "output")
 
 
-def kind(a: argparse.Action) -> str:
+def setting_types(command: str) -> dict[str, object]:
+    """{dest: value type} of a command whose flags come from a typed config (llmscratch.config), where argparse
+    itself holds no type (the config parses and checks the values)."""
+    cls = COMMANDS[command].get_default("_settings")
+    if cls is None:
+        return {}
+    from llmscratch.config import _parts, flags_of
+
+    return {f.dest: _parts(f.type)[0] for f in flags_of(cls)}
+
+
+def kind(a: argparse.Action, command: str | None = None) -> str:
     """switch, choice, int, float, output, path or text."""
     if a.nargs == 0:
         return "switch"
     if a.choices:
         return "choice"
-    if a.type in (int, float):
-        return a.type.__name__
+    typ = a.type or (setting_types(command).get(a.dest) if command else None)
+    if typ in (int, float):
+        return typ.__name__
     if is_output(a):
         return "output"
     words = f"{a.dest} {a.metavar or ''} {a.help or ''}".lower()
     return "path" if any(w in words for w in PATH_WORDS) else "text"
 
 
-def values(a: argparse.Action) -> st.SearchStrategy:
-    k = kind(a)
+def values(a: argparse.Action, command: str) -> st.SearchStrategy:
+    k = kind(a, command)
     pools = {"int": INTS, "float": FLOATS, "output": OUTPUT_PATHS, "path": INPUT_PATHS + TEXTS[:3],
              "text": TEXTS + INPUT_PATHS[:2]}
     if k == "switch":
@@ -197,11 +204,11 @@ def cases(draw, command: str) -> list[str]:
     if command not in BASE:  # a new command: its required arguments from the same pools
         for a in actions:
             if a.required or not a.option_strings:
-                argv = with_value(command, argv, a, draw(values(a)))
+                argv = with_value(command, argv, a, draw(values(a, command)))
     if not actions:
         return argv
     for a in draw(st.lists(st.sampled_from(actions), min_size=1, max_size=3, unique_by=id)):
-        argv = with_value(command, argv, a, draw(values(a)))
+        argv = with_value(command, argv, a, draw(values(a, command)))
     return argv
 
 
@@ -314,8 +321,8 @@ def outside(path: str, outputs: list[Path]) -> bool:
 
 
 def _patch_stops(targets: list[str]) -> list[tuple[object, str, object]]:
-    """Replace each "module:function" (and every module attribute that is the same function) by a stub that
-    raises _ReachedWork; the (owner, name, original) list to undo it."""
+    """Replace each "module:function" (and every module attribute that is the same function) or
+    "module:Class.method" by a stub that raises _ReachedWork; the (owner, name, original) list to undo it."""
     import importlib
 
     def stub(*args, **kwargs):
@@ -323,12 +330,16 @@ def _patch_stops(targets: list[str]) -> list[tuple[object, str, object]]:
 
     undo = []
     for target in targets:
-        module, name = target.split(":")
-        original = getattr(importlib.import_module(module), name)  # fails loudly when a stop point moved
-        for mod in list(sys.modules.values()):
-            if getattr(mod, name, None) is original:
-                undo.append((mod, name, original))
-                setattr(mod, name, stub)
+        module, path = target.split(":")
+        *owners, name = path.split(".")
+        owner = importlib.import_module(module)
+        for part in owners:
+            owner = getattr(owner, part)
+        original = getattr(owner, name)  # fails loudly when a stop point moved
+        places = [owner] if owners else [m for m in list(sys.modules.values()) if getattr(m, name, None) is original]
+        for place in places:
+            undo.append((place, name, original))
+            setattr(place, name, stub)
     return undo
 
 
@@ -397,7 +408,7 @@ def run_case(command: str, template: list[str], tree: dict, out_area: Path) -> O
                      and (outside(p, outputs) or Path(p).name == USERS_FILE))  # a user's file even in an output
     last = (tb or err).strip().splitlines()[-1] if (tb or err).strip() else ""
     nan_flags = [flag for flag, value in zip(argv, argv[1:]) if value == "nan" and (command, flag) not in KNOWN_NAN
-                 and any(flag in a.option_strings and kind(a) == "float" for a in COMMANDS[command]._actions)]
+                 and any(flag in a.option_strings and kind(a, command) == "float" for a in COMMANDS[command]._actions)]
     _report(command, template, code, last)
     return Outcome(f"llmscratch {command} {' '.join(argv)}", code, last, tb, err, changed, nan_flags)
 

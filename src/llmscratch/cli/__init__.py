@@ -50,22 +50,30 @@ def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
     return {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings}
 
 
+def _switch(parser: argparse.ArgumentParser, dest: str, value: bool) -> str | None:
+    """The argument-less flag that sets `dest` to `value` (--overwrite, --no-transformers), if there is one."""
+    for a in parser._actions:
+        if a.option_strings and a.nargs == 0 and a.dest in (dest, f"no_{dest.removeprefix('with_')}"):
+            if (a.dest == dest and a.const is value) or (a.dest != dest and a.const is True and value is False):
+                return max(a.option_strings, key=len)
+    return None
+
+
 def user_message(error: UserError, parser: argparse.ArgumentParser) -> str:
     """The error's text with the parameters it names (`error.params`) written as this command's flags:
-    `overwrite=True` -> --overwrite, `x=False` or `with_x=False` -> --no-x (when that flag exists), `template=FILE` ->
+    `overwrite=True` -> --overwrite, `with_x=False` -> --no-x (the switch that sets it), `template=FILE` ->
     --template FILE, and the bare name -> its flag where it cannot be an ordinary word (it has an underscore, or
     it starts the message: "max_new_tokens must be ..." -> "--max-new-tokens must be ...")."""
     text = str(error)
     flags = flag_names(parser)
     for param in getattr(error, "params", ()):
         name = re.escape(param)
-        negated = f"no_{param.removeprefix('with_')}"  # with_transformers=False -> --no-transformers
-        if negated in flags:
-            text = re.sub(rf"(?<![\w-]){name}=False\b", flags[negated], text)
+        for value in (True, False):
+            if (switch := _switch(parser, param, value)) is not None:
+                text = re.sub(rf"(?<![\w-]){name}={value}\b", switch, text)
         if param not in flags:
             continue
         flag = flags[param]
-        text = re.sub(rf"(?<![\w-]){name}=True\b", flag, text)
         text = re.sub(rf"(?<![\w-]){name}=(?=\w)", flag + " ", text)
         bare = rf"(?<![\w-]){name}(?![\w=-])"
         text = re.sub(bare, flag, text) if "_" in param else re.sub(rf"^{bare}", flag, text)
