@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from llmscratch.model.llama import Llama, LlamaConfig
+from llmscratch.tokenizer import Tokenizer
+from llmscratch.tokenizer.sentencepiece import from_gguf_vocab
 from llmscratch.utils import UserError
 from llmscratch.weights.shapes import checked_config
 
@@ -226,36 +228,43 @@ def _hf_name(gguf_name: str) -> str:
 
 
 def tokenizer_from_gguf(reader):
-    """Our byte-level BPE tokenizer from `tokenizer.ggml.*` metadata (vocabulary, merges, token types, ids)."""
-    from llmscratch.tokenizer import Tokenizer
-
+    """Our tokenizer from `tokenizer.ggml.*` metadata: byte-level BPE ("gpt2": vocabulary, merges, token types)
+    or SentencePiece-style BPE ("llama": pieces, scores, token types)."""
     kind = field_value(reader, "tokenizer.ggml.model")
-    if kind != "gpt2":
+    if kind not in ("gpt2", "llama"):
         raise UserError(
-            f"GGUF tokenizer model {kind!r} is not supported; only byte-level BPE ('gpt2') tokenizers are"
+            f"GGUF tokenizer model {kind!r} is not supported; supported: 'gpt2' (byte-level BPE) and 'llama' "
+            "(SentencePiece BPE)"
         )
     tokens = field_value(reader, "tokenizer.ggml.tokens")
-    merges = field_value(reader, "tokenizer.ggml.merges")
-    if not tokens or merges is None:
-        raise UserError("GGUF metadata lacks tokenizer.ggml.tokens or tokenizer.ggml.merges")
-    pre = field_value(reader, "tokenizer.ggml.pre", "gpt2")
-    if pre == "default":  # llama.cpp's name for "no specific pre-tokenizer": GPT-2's pattern
-        pre = "gpt2"
+    if not tokens:
+        raise UserError("GGUF metadata lacks tokenizer.ggml.tokens")
 
     def token_id(key: str) -> int | None:
         value = field_value(reader, f"tokenizer.ggml.{key}")
         return None if value is None else int(value)
 
+    types = field_value(reader, "tokenizer.ggml.token_type")
+    ids = {key: token_id(f"{key[:3]}_token_id") for key in ("bos_id", "eos_id")}
+    ids["pad_id"] = token_id("padding_token_id")
     try:
-        return Tokenizer.from_vocab_and_merges(
-            tokens,
-            merges,
-            pre=pre,
-            bos_id=token_id("bos_token_id"),
-            eos_id=token_id("eos_token_id"),
-            pad_id=token_id("padding_token_id"),
-            token_types=field_value(reader, "tokenizer.ggml.token_type"),
-        )
+        if kind == "llama":
+            scores = field_value(reader, "tokenizer.ggml.scores")
+            if scores is None or types is None:
+                raise UserError("GGUF metadata lacks tokenizer.ggml.scores or tokenizer.ggml.token_type")
+            return from_gguf_vocab(
+                tokens, scores, types, unk_id=token_id("unknown_token_id"),
+                add_bos=bool(field_value(reader, "tokenizer.ggml.add_bos_token", True)),
+                # llama.cpp's default for SentencePiece vocabularies that do not say
+                add_space_prefix=bool(field_value(reader, "tokenizer.ggml.add_space_prefix", True)), **ids,
+            )
+        merges = field_value(reader, "tokenizer.ggml.merges")
+        if merges is None:
+            raise UserError("GGUF metadata lacks tokenizer.ggml.merges")
+        pre = field_value(reader, "tokenizer.ggml.pre", "gpt2")
+        if pre == "default":  # llama.cpp's name for "no specific pre-tokenizer": GPT-2's pattern
+            pre = "gpt2"
+        return Tokenizer.from_vocab_and_merges(tokens, merges, pre=pre, token_types=types, **ids)
     except ValueError as e:
         raise UserError(f"cannot build the tokenizer of this GGUF file: {e}") from None
 
