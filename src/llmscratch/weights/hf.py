@@ -1,8 +1,8 @@
 """Hugging Face model folders and Hub repositories, for every family: import (config.json + safetensors +
 tokenizer files -> our model) and export (our model -> a folder `transformers` loads).
 
-Each family maps names and layouts in its own module (hf_gpt2.py, hf_llama.py) through four functions, listed
-here by Hugging Face `model_type` (import) and by our config `family` (export):
+Each family maps names and layouts in its own module (hf_gpt2.py, hf_llama.py, hf_gemma.py) through four
+functions, listed here by Hugging Face `model_type` (import) and by our config `family` (export):
 
     config_from_hf(hf_config: dict) -> our config          state_dict_from_hf(tensors, config, source) -> dict
     config_to_hf(config) -> dict                            state_dict_to_hf(model) -> {hf name: tensor}
@@ -23,7 +23,7 @@ import torch
 
 from llmscratch.tokenizer.hf_json import write_hf_tokenizer
 from llmscratch.utils import UserError, atomic_folder, atomic_write_text
-from llmscratch.weights import hf_gpt2, hf_llama
+from llmscratch.weights import hf_gemma, hf_gpt2, hf_llama
 from llmscratch.weights.shapes import checked_config
 
 
@@ -41,11 +41,13 @@ class Exporter(NamedTuple):
 IMPORTERS: dict[str, Importer] = {
     "gpt2": Importer(hf_gpt2.config_from_hf, hf_gpt2.state_dict_from_hf),
     "llama": Importer(hf_llama.config_from_hf, hf_llama.state_dict_from_hf),
+    "gemma3_text": Importer(hf_gemma.config_from_hf, hf_gemma.state_dict_from_hf),
 }
 # Our config family -> exporter.
 EXPORTERS: dict[str, Exporter] = {
     "gpt2": Exporter(hf_gpt2.config_to_hf, hf_gpt2.state_dict_to_hf),
     "llama": Exporter(hf_llama.config_to_hf, hf_llama.state_dict_to_hf),
+    "gemma3": Exporter(hf_gemma.config_to_hf, hf_gemma.state_dict_to_hf),
 }
 
 # Files taken from a Hub repository: config, tokenizer, and safetensors weights only.
