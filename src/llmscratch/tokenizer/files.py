@@ -58,10 +58,10 @@ def load_tokenizer(spec: str | os.PathLike):
     """
     spec = os.fspath(spec)
     if canonical_name(spec) == "gpt2" and not Path(spec).exists():
-        try:
-            from llmscratch.data.registry import fetch
-        except ImportError as e:
-            raise UserError(f"the 'gpt2' tokenizer needs the data registry, which is missing: {e}") from None
+        # Imported here only to keep `import llmscratch.tokenizer` light: the data package pulls in torch.
+        # (No cycle: data/ never imports the tokenizer.)
+        from llmscratch.data.registry import fetch
+
         return read_gpt2_folder(fetch("gpt2-bpe"))
     path = Path(spec).expanduser()
     if path.is_dir():
