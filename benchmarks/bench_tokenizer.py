@@ -42,12 +42,12 @@ def main() -> None:
     import tiktoken
     import tiktoken.load
 
-    from llmscratch.tokenizer import Tokenizer
     from llmscratch.tokenizer.bench import benchmark_text, mirror_text_files, run_tokenizer_benchmark
+    from llmscratch.tokenizer.files import read_gpt2_files
     from llmscratch.tokenizer.pretokenize import GPT2_PATTERN
 
     folder = gpt2_folder()
-    ours = Tokenizer.from_gpt2_files(folder / "encoder.json", folder / "vocab.bpe")
+    ours = read_gpt2_files(folder / "encoder.json", folder / "vocab.bpe")
     ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
         vocab_bpe_file=str(folder / "vocab.bpe"), encoder_json_file=str(folder / "encoder.json")
     )

@@ -81,15 +81,18 @@ def corpus(tmp_path_factory):
 
 
 def varied_tiny_model(family: str = "gpt2", seed: int = 0):
-    """A tiny GPT-2 or Llama (eval mode) with large random weights, so its greedy tokens vary (the default
+    """A tiny GPT-2, Llama or Gemma 3 (eval mode) with large random weights, so its greedy tokens vary (the default
     init repeats one token): for tests that compare generated tokens."""
     from llmscratch.model import build_model, get_config
 
     torch.manual_seed(seed)
-    model = build_model(get_config("gpt2-tiny" if family == "gpt2" else "llama-tiny")).eval()
+    preset = {"gpt2": "gpt2-tiny", "llama": "llama-tiny", "gemma3": "gemma3-tiny"}[family]
+    model = build_model(get_config(preset)).eval()
     with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
+        for name, p in model.named_parameters():
+            if family == "gemma3" and name == "tok_emb.weight":  # scaled by sqrt(width) and tied: a large table
+                p.normal_(0.0, 0.02)  # would make every token repeat itself
+            elif p.dim() == 2:
                 p.normal_(0.0, 0.3)
     return model
 

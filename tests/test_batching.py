@@ -29,7 +29,7 @@ def test_sliding_window_mask_by_hand():
     assert attention_mask(torch.arange(4), 4, None, window=4) == (None, True)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma3"])
 def test_per_row_positions_equal_separate_runs(family):
     """Two rows prefilled to different lengths, then one decode step at (B, 1) positions."""
     model = varied_tiny_model(family, 1)
@@ -60,7 +60,7 @@ def run_batch(model, arrivals, cfgs, max_batch, use_cache=True, cancel=None):
     return [reqs[i].tokens for i in range(len(arrivals))], [reqs[i].finish for i in range(len(arrivals))]
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma3"])
 def test_greedy_requests_joining_at_different_steps_equal_their_solo_runs(family):
     model = varied_tiny_model(family, 2)
     ps = prompts(6, 3)

@@ -312,7 +312,7 @@ def test_real_tokenizer_the_verdict_book_loaders(tmp_path):
     assert len(ids) == 5145  # the book's count
 
     out = tmp_path / "verdict.bin"
-    header = tokenize_corpus(mirror_file("the-verdict.txt"), out, "gpt2", chunk_chars=1000, progress=False)
+    header = tokenize_corpus(mirror_file("the-verdict.txt"), out, tok, spec="gpt2", chunk_chars=1000, progress=False)
     assert TokenFile(out)[:].tolist() == ids
     assert header.tokenizer == {"spec": "gpt2", "vocab_size": 50257, "eos_id": 50256}
 

@@ -212,8 +212,8 @@ def byte_tokenizer(vocab_size: int):
 
 
 def test_load_model_reads_a_hugging_face_llama_folder(tmp_path):
+    from llmscratch.tokenizer.hf_json import write_hf_tokenizer
     from llmscratch.weights import load_model
-    from llmscratch.weights.hf import write_hf_tokenizer
 
     ref = hf_tiny(True, seed=4, vocab=263)
     ref.save_pretrained(tmp_path)

@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from llmscratch.tokenizer import Tokenizer, train
 from llmscratch.tokenizer import bpe as bpe_module
+from llmscratch.tokenizer.bpe import merge_heap, merge_scan
 from llmscratch.tokenizer.byte_level import bytes_to_unicode, text_to_token, token_to_text
+from llmscratch.tokenizer.files import read_gpt2_files
 from llmscratch.tokenizer.pretokenize import GPT2_PATTERN, get_pre_tokenizer
 from llmscratch.utils import UserError
 
@@ -29,7 +31,7 @@ def gpt2_files():
 
 @pytest.fixture(scope="module")
 def gpt2(gpt2_files) -> Tokenizer:
-    return Tokenizer.from_gpt2_files(*gpt2_files)
+    return read_gpt2_files(*gpt2_files)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +115,7 @@ def test_long_chunks_use_the_heap_and_match_tiktoken(gpt2, tiktoken_gpt2, text):
 @given(st.lists(st.sampled_from(list("aabbcd ") + ["th", "e", "😀"]), min_size=2, max_size=80).map("".join))
 def test_heap_merge_equals_scan_merge(gpt2, chunk):
     ids = [gpt2._byte_ids[b] for b in chunk.encode()]
-    assert gpt2._merge_heap(list(ids)) == gpt2._merge_scan(list(ids))
+    assert merge_heap(list(ids), gpt2._pairs) == merge_scan(list(ids), gpt2._pairs)
 
 
 def test_a_full_cache_is_emptied_without_losing_chunks(gpt2, tiktoken_gpt2, monkeypatch):

@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 
 from llmscratch.tokenizer import Tokenizer, load_tokenizer
 from llmscratch.tokenizer.byte_level import bytes_to_unicode
+from llmscratch.tokenizer.files import read_gpt2_files
+from llmscratch.tokenizer.hf_json import read_hf_tokenizer_json
 from llmscratch.tokenizer.pretokenize import LLAMA3_PATTERN
 from llmscratch.utils import UserError
 
@@ -70,7 +72,7 @@ def hf_pair(request, corpus, tmp_path_factory):
     tk.train_from_iterator([corpus], trainer)
     path = tmp_path_factory.mktemp(kind) / "tokenizer.json"
     tk.save(str(path))
-    return Tokenizer.from_hf_json(path), tokenizers.Tokenizer.from_file(str(path)), kind
+    return read_hf_tokenizer_json(path), tokenizers.Tokenizer.from_file(str(path)), kind
 
 
 def test_pre_tokenizer_is_recognised(hf_pair):
@@ -156,7 +158,7 @@ def test_gpt2_files_through_tokenizers_agree_with_tiktoken_rule(tmp_path):
     path = tmp_path / "tokenizer.json"
     tk.save(str(path))
     from_json = load_tokenizer(str(path))
-    from_files = Tokenizer.from_gpt2_files(encoder, merges)
+    from_files = read_gpt2_files(encoder, merges)
     assert from_json.merge_rule == "merges" and from_files.merge_rule == "tokens"
     text = mirror_file("SMSSpamCollection").read_text(encoding="utf-8")[:60_000] + "<|endoftext|>"
     ids = from_json.encode(text, allowed_special="all")
@@ -179,4 +181,4 @@ def test_unsupported_tokenizer_json_is_a_user_error(tmp_path, change, message):
     path = tmp_path / "tokenizer.json"
     path.write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(UserError, match=message):
-        Tokenizer.from_hf_json(path)
+        read_hf_tokenizer_json(path)

@@ -14,9 +14,10 @@ from safetensors.torch import load_file, save_file
 
 from llmscratch.generate import SamplingConfig, generate
 from llmscratch.model import build_model, get_config
+from llmscratch.tokenizer.hf_json import hf_tokenizer_json, write_hf_tokenizer
 from llmscratch.utils import UserError
 from llmscratch.weights import load_model
-from llmscratch.weights.hf import export_hf, hf_tokenizer_json, write_hf_tokenizer
+from llmscratch.weights.hf import export_hf
 from llmscratch.weights.ours import save_pretrained
 
 transformers = pytest.importorskip("transformers")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from llmscratch.tokenizer import encode_prompt
 from llmscratch.utils import UserError
 
 MIN_TEMPERATURE = 1e-6  # smallest temperature above 0: logits / it stay finite in float32
@@ -411,7 +412,7 @@ def generate_text(
         prompts = [prompts]
     if any(not p for p in prompts):
         raise UserError("the prompt is empty; give some text to continue")
-    encoded = [tokenizer.encode(p, allowed_special="all") for p in prompts]
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]  # BOS first for models that expect it (Gemma)
     rows = _generate_rows(model, encoded, _with_eos(cfg, tokenizer), use_cache, tokenizer, stats)
     texts = [tokenizer.decode(kept + completing) for kept, completing in rows]
     if cfg.stop_strings:  # the text ends where the stop string starts, inside a token or not

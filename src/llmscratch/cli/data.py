@@ -66,6 +66,7 @@ def _path(args: argparse.Namespace) -> None:
 def _tokenize(args: argparse.Namespace) -> None:
     from llmscratch.data.pretrain import tokenize_corpus
     from llmscratch.data.registry import DATASETS, fetch
+    from llmscratch.tokenizer import load_tokenizer
     from llmscratch.utils import UserError
 
     if args.corpus in DATASETS:
@@ -78,8 +79,10 @@ def _tokenize(args: argparse.Namespace) -> None:
         if not corpus.is_file():
             raise UserError(f"{args.corpus} is neither a data set name nor a file (data sets: {', '.join(DATASETS)})")
     t0 = time.perf_counter()
+    spec = str(Path(args.tokenizer).resolve()) if Path(args.tokenizer).exists() else args.tokenizer
     header = tokenize_corpus(
-        corpus, args.output, args.tokenizer, chunk_chars=args.chunk_chars, progress=not args.quiet
+        corpus, args.output, load_tokenizer(args.tokenizer), spec=spec, chunk_chars=args.chunk_chars,
+        progress=not args.quiet,
     )
     seconds = time.perf_counter() - t0
     print(

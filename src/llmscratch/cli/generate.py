@@ -40,6 +40,7 @@ def _generate(args: argparse.Namespace) -> None:
 
     from llmscratch.generate import GenerationStats, SamplingConfig, generate_text, stream_text
     from llmscratch.model.base import set_weight_layout
+    from llmscratch.tokenizer import encode_prompt
     from llmscratch.utils import UserError, pick_device
     from llmscratch.weights import load_model
 
@@ -63,7 +64,7 @@ def _generate(args: argparse.Namespace) -> None:
     use_cache = not args.no_kv_cache
     stats = GenerationStats()
     if args.stream:
-        ids = tok.encode(args.prompt, allowed_special="all")
+        ids = encode_prompt(tok, args.prompt)
         for piece in stream_text(loaded.model, tok, ids, cfg, use_cache, stats):
             print(piece, end="", flush=True)
         print()

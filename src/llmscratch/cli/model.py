@@ -20,8 +20,8 @@ def register(subparsers) -> None:
         "(batch 1), and the bytes read per generated token (the memory traffic that bounds batch-1 decoding).",
     )
     p.add_argument("name", help="a preset (e.g. gpt2-124m; `llmscratch model list` shows them), a registered model "
-                   "(e.g. smollm2-135m-instruct; `llmscratch models list`; fetched if not cached), a model folder or "
-                   "a .gguf file")
+                   "(e.g. gemma-3-270m; `llmscratch models list`; its fetched copy, else its preset), a model "
+                   "folder or a .gguf file")
     p.set_defaults(func=_info)
     p = sub.add_parser("list", help="the model presets")
     p.set_defaults(func=_list)
@@ -55,6 +55,17 @@ def _info(args: argparse.Namespace) -> None:
     print(f"weights: {_size(size.weight_bytes(4))} in float32, {_size(size.weight_bytes(2))} in bfloat16")
     print(f"KV cache at full context ({config.context_length} tokens, batch 1): "
           f"{_size(size.kv_cache_bytes(4))} in float32, {_size(size.kv_cache_bytes(2))} in bfloat16")
+    per_token = size.kv_cache_bytes(4, tokens=1)
+    if size.window:
+        n_local = size.kv_values_per_token_local // (2 * config.n_kv_heads * config.head_dim)
+        print(f"KV cache with the sliding window kept as a ring buffer ({size.window} slots in {n_local} of "
+              f"{config.n_layers} layers): {_size(size.kv_cache_bytes_windowed(4))} in float32, "
+              f"{_size(size.kv_cache_bytes_windowed(2))} in bfloat16; llmscratch's cache keeps every slot")
+        average = size.kv_cache_bytes_windowed(4) / config.context_length
+        print(f"KV cache per token (float32): {_size(per_token)} without the window, {_size(average)} with it "
+              "(average at full context)")
+    else:
+        print(f"KV cache per token: {_size(per_token)} in float32")
     print(f"read per generated token (batch 1): {_size(size.bytes_read_per_token(4))} in float32, "
           f"{_size(size.bytes_read_per_token(2))} in bfloat16")
 

@@ -39,6 +39,8 @@ def _list(args: argparse.Namespace) -> None:
     for entry in MODELS.values():
         here = local_path(entry.name)
         print(f"{entry.name:24s} {'fetched' if here else '-':8s} {entry.description}")
+        if entry.license:
+            print(f"{'':24s} {'':8s}   license: {entry.license}")
         for src in entry.sources:
             print(f"{'':24s} {'':8s}   source: {src.describe()}")
 

@@ -303,26 +303,12 @@ def _safe_cut(text: str, lo: int = 0) -> int:
             return p
 
 
-def _resolve_tokenizer(tokenizer) -> tuple[Any, str]:
-    if isinstance(tokenizer, (str, os.PathLike)):
-        try:
-            from llmscratch.tokenizer import load_tokenizer
-        except ImportError as e:
-            raise UserError(f"the tokenizer module is not available: {e}") from None
-        spec = str(tokenizer)
-        tok = load_tokenizer(spec)
-        if Path(spec).exists():
-            spec = str(Path(spec).resolve())
-        return tok, spec
-    spec = getattr(tokenizer, "spec", None) or getattr(tokenizer, "name", None) or type(tokenizer).__name__
-    return tokenizer, str(spec)
-
-
 def tokenize_corpus(
     input_path: str | os.PathLike,
     out_path: str | os.PathLike,
     tokenizer,
     *,
+    spec: str | None = None,
     chunk_chars: int = 1 << 22,
     allowed_special: Any = "all",
     progress: bool = True,
@@ -334,7 +320,8 @@ def tokenize_corpus(
     (see `_safe_cut`), so the file holds exactly `tokenizer.encode(Path(input_path).read_text(), ...)`. The
     tokenizer must not add BOS/EOS or a leading space per call. A text without any cut point is held whole.
     Ids are stored as uint16 when the vocabulary has at most 65,536 entries, else uint32. Both files are
-    written atomically. `tokenizer` is a tokenizer object or a spec for `load_tokenizer` ("gpt2" or a path).
+    written atomically. `spec` names the tokenizer in the header ("gpt2", a path; default: the tokenizer's
+    `spec` or `name` attribute, else its class name).
     """
     from tqdm.auto import tqdm
 
@@ -345,7 +332,8 @@ def tokenize_corpus(
         raise UserError(f"chunk_chars must be in 2..2**30, got {chunk_chars}", params="chunk_chars")
     check_not_input([out_path, header_path(out_path)], [input_path])
     check_output_file(out_path)
-    tok, spec = _resolve_tokenizer(tokenizer)
+    tok = tokenizer
+    spec = spec or getattr(tok, "spec", None) or getattr(tok, "name", None) or type(tok).__name__
     vocab_size = int(tok.vocab_size)
     dtype = np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
     limit = np.iinfo(dtype).max

@@ -7,12 +7,15 @@ import json
 from pathlib import Path
 
 from llmscratch.model.base import LanguageModel
+from llmscratch.model.gemma import GEMMA_PRESETS, Gemma, GemmaConfig
 from llmscratch.model.gpt import GPT, GPT_PRESETS, GPTConfig
 from llmscratch.model.kv_cache import KVCache
 from llmscratch.model.llama import LLAMA_PRESETS, Llama, LlamaConfig
 
-FAMILIES: dict[str, tuple[type, type]] = {"gpt2": (GPTConfig, GPT), "llama": (LlamaConfig, Llama)}
-PRESETS: dict[str, object] = {**GPT_PRESETS, **LLAMA_PRESETS}
+FAMILIES: dict[str, tuple[type, type]] = {
+    "gpt2": (GPTConfig, GPT), "llama": (LlamaConfig, Llama), "gemma3": (GemmaConfig, Gemma),
+}
+PRESETS: dict[str, object] = {**GPT_PRESETS, **LLAMA_PRESETS, **GEMMA_PRESETS}
 
 
 def get_config(name: str, **overrides):
@@ -57,6 +60,7 @@ def load_config(path: str | Path):
 
 
 __all__ = [
-    "FAMILIES", "GPT", "GPTConfig", "KVCache", "LanguageModel", "Llama", "LlamaConfig", "PRESETS",
+    "FAMILIES", "GPT", "GPTConfig", "Gemma", "GemmaConfig", "KVCache", "LanguageModel", "Llama", "LlamaConfig",
+    "PRESETS",
     "build_model", "config_from_dict", "config_to_dict", "get_config", "load_config", "save_config",
 ]

@@ -158,6 +158,8 @@ class ModelSize:
     params_read_per_token: int  # read to generate one token at batch 1 (embedding tables: one row each)
     kv_values_per_token: int  # keys + values stored per token per sequence (all layers)
     context_length: int
+    window: int | None = None  # sliding-window layers attend to at most this many slots
+    kv_values_per_token_local: int = 0  # the part of kv_values_per_token that belongs to sliding-window layers
 
     def weight_bytes(self, bytes_per_value: int) -> int:
         return self.params * bytes_per_value
@@ -168,6 +170,13 @@ class ModelSize:
     def kv_cache_bytes(self, bytes_per_value: int, tokens: int | None = None, batch: int = 1) -> int:
         """KV cache size for `batch` sequences of `tokens` (default: the full context)."""
         return self.kv_values_per_token * (tokens or self.context_length) * batch * bytes_per_value
+
+    def kv_cache_bytes_windowed(self, bytes_per_value: int, tokens: int | None = None, batch: int = 1) -> int:
+        """KV cache size if sliding-window layers kept only their last `window` slots (a ring buffer)."""
+        tokens = tokens or self.context_length
+        local = self.kv_values_per_token_local
+        kept = (self.kv_values_per_token - local) * tokens + local * min(tokens, self.window or tokens)
+        return kept * batch * bytes_per_value
 
 
 def model_size(model_or_config) -> ModelSize:
@@ -183,11 +192,16 @@ def model_size(model_or_config) -> ModelSize:
         seen.add(id(p))
         only_looked_up = id(p) in lookups and id(p) not in linear
         read += p.shape[-1] if only_looked_up else p.numel()
+    per_layer = 2 * c.n_kv_heads * c.head_dim
+    window = getattr(c, "sliding_window", None)
+    n_local = sum(not c.is_global(i) for i in range(c.n_layers)) if window else 0
     return ModelSize(
         params=model.num_params(),
         params_read_per_token=read,
-        kv_values_per_token=2 * c.n_layers * c.n_kv_heads * c.head_dim,
+        kv_values_per_token=per_layer * c.n_layers,
         context_length=c.context_length,
+        window=window,
+        kv_values_per_token_local=per_layer * n_local,
     )
 
 

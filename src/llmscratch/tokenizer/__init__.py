@@ -1,5 +1,6 @@
-"""Byte-level BPE tokenizers, our own code: training, encoding, decoding, and loading GPT-2's published
-files, Hugging Face tokenizer.json files and GGUF-style vocabulary lists.
+"""Tokenizers, our own code: byte-level BPE (GPT-2, SmolLM2, Llama 3; training, encoding, decoding) and
+SentencePiece-style BPE (Gemma), loaded from GPT-2's published files, Hugging Face tokenizer.json files,
+GGUF metadata and our own files.
 
     from llmscratch.tokenizer import load_tokenizer, train
     tok = load_tokenizer("gpt2")
@@ -9,6 +10,21 @@ files, Hugging Face tokenizer.json files and GGUF-style vocabulary lists.
 from llmscratch.tokenizer.bpe import Tokenizer
 from llmscratch.tokenizer.files import load_tokenizer
 from llmscratch.tokenizer.pretokenize import PreTokenizer, get_pre_tokenizer
+from llmscratch.tokenizer.sentencepiece import SentencePieceTokenizer
 from llmscratch.tokenizer.train import train
 
-__all__ = ["PreTokenizer", "Tokenizer", "get_pre_tokenizer", "load_tokenizer", "train"]
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Ids of a prompt: special tokens in the text allowed, and the BOS token first when the tokenizer's model
+    expects one (`add_bos`, Gemma) and the text does not already start with it."""
+    ids = tokenizer.encode(text, allowed_special="all")
+    bos = getattr(tokenizer, "bos_id", None)
+    if getattr(tokenizer, "add_bos", False) and bos is not None and ids[:1] != [bos]:
+        ids = [bos, *ids]
+    return ids
+
+
+__all__ = [
+    "PreTokenizer", "SentencePieceTokenizer", "Tokenizer", "encode_prompt", "get_pre_tokenizer", "load_tokenizer",
+    "train",
+]

@@ -19,19 +19,25 @@ Which pairs may merge, and with which priority (`merge_rule`):
 from __future__ import annotations
 
 import heapq
+import json
 import operator
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import chain
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import regex
 
-from llmscratch.tokenizer.byte_level import text_to_token
+from llmscratch.tokenizer.byte_level import text_to_token, token_to_text
 from llmscratch.tokenizer.pretokenize import IGNORE_MERGES_BY_DEFAULT, PreTokenizer, get_pre_tokenizer
+from llmscratch.utils import UserError, atomic_write_text
 
 MergeRule = Literal["merges", "tokens"]
+FORMAT = "llmscratch-bpe"  # our tokenizer file (see `tokenizer_to_dict`)
+VERSION = 1
 _NO_MERGE = (sys.maxsize, -1)
 # Chunks longer than this many bytes merge with a heap instead of rescanning all pairs per merge.
 HEAP_THRESHOLD = 128
@@ -45,8 +51,8 @@ GGUF_USER_DEFINED = 4
 class Tokenizer:
     """A byte-level BPE tokenizer.
 
-    Build one with `train(...)`, `Tokenizer.load(path)`, `Tokenizer.from_gpt2_files(...)`,
-    `Tokenizer.from_hf_json(...)`, `Tokenizer.from_vocab_and_merges(...)`, or `load_tokenizer(spec)`.
+    Build one with `train(...)`, `Tokenizer.load(path)`, `Tokenizer.from_vocab_and_merges(...)`, or
+    `load_tokenizer(spec)` (GPT-2's files, Hugging Face tokenizer.json, our files).
     """
 
     def __init__(
@@ -200,31 +206,13 @@ class Tokenizer:
         return cls(vocab, [], {eos: 256}, "gpt2", eos_id=256)
 
     @classmethod
-    def from_gpt2_files(cls, encoder_json: str | os.PathLike, vocab_bpe: str | os.PathLike) -> Tokenizer:
-        """GPT-2's tokenizer from OpenAI's published `encoder.json` and `vocab.bpe`."""
-        from llmscratch.tokenizer.files import read_gpt2_files
-
-        return read_gpt2_files(encoder_json, vocab_bpe)
-
-    @classmethod
-    def from_hf_json(cls, path: str | os.PathLike) -> Tokenizer:
-        """A byte-level BPE tokenizer from a Hugging Face `tokenizer.json`."""
-        from llmscratch.tokenizer.files import read_hf_tokenizer_json
-
-        return read_hf_tokenizer_json(path)
-
-    @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
         """A tokenizer saved by `save`."""
-        from llmscratch.tokenizer.files import read_tokenizer_file
-
-        return read_tokenizer_file(path)
+        return tokenizer_from_dict(read_json(path, "tokenizer file"), source=str(path))
 
     def save(self, path: str | os.PathLike, vocab_view: bool = True) -> None:
         """Write this tokenizer to `path` (versioned JSON) and, with `vocab_view`, a readable `.vocab` beside it."""
-        from llmscratch.tokenizer.files import write_tokenizer_file, write_vocab_view
-
-        write_tokenizer_file(self, path)
+        atomic_write_text(path, json.dumps(tokenizer_to_dict(self), ensure_ascii=False, indent=1) + "\n")
         if vocab_view:
             write_vocab_view(self, vocab_view_path(path))
 
@@ -263,41 +251,14 @@ class Tokenizer:
         allowed), a ValueError says which; pass `disallowed_special=()` to encode such text as ordinary
         text instead.
         """
-        # Names in allowed_special that are not special tokens of this vocabulary are ignored.
-        allowed = set(self.special_tokens)
-        if allowed_special != "all":
-            allowed.intersection_update(_as_set(allowed_special))
-        if disallowed_special == "all":
-            disallowed = set(self.special_tokens) - allowed
-        else:
-            disallowed = _as_set(disallowed_special) & set(self.special_tokens)
-        if disallowed:
-            m = self._special_regex(frozenset(disallowed)).search(text)
-            if m:
-                raise ValueError(
-                    f"text contains the special token {m.group()!r}, which is not allowed. To encode it as "
-                    f"the special token, pass allowed_special={{{m.group()!r}}} or allowed_special='all'; to "
-                    "encode it as ordinary text, pass disallowed_special=()."
-                )
-        if not allowed:
-            return self.encode_ordinary(text)
         ids: list[int] = []
-        pos = 0
-        for m in self._special_regex(frozenset(allowed)).finditer(text):
-            ids.extend(self.encode_ordinary(text[pos : m.start()]))
-            ids.append(self.special_tokens[m.group()])
-            pos = m.end()
-        ids.extend(self.encode_ordinary(text[pos:]))
+        for part, special in split_special(text, self.special_tokens, allowed_special, disallowed_special,
+                                           self._special_regex_cache):
+            if special is None:
+                ids.extend(self.encode_ordinary(part))
+            else:
+                ids.append(special)
         return ids
-
-    def _special_regex(self, tokens: frozenset[str]) -> regex.Pattern:
-        """A pattern matching any of `tokens`, longest first at each position."""
-        pattern = self._special_regex_cache.get(tokens)
-        if pattern is None:
-            ordered = sorted(tokens, key=lambda t: (-len(t), t))
-            pattern = regex.compile("|".join(regex.escape(t) for t in ordered))
-            self._special_regex_cache[tokens] = pattern
-        return pattern
 
     def _encode_chunk(self, chunk: str) -> tuple[int, ...]:
         """The ids of one pre-tokenized chunk."""
@@ -311,74 +272,10 @@ class Tokenizer:
                 raise ValueError(f"byte 0x{bad:02x} of {chunk!r} has no token in this vocabulary")
             parts = [self._byte_ids[b] for b in data]
             if len(parts) > HEAP_THRESHOLD:
-                ids = tuple(self._merge_heap(parts))
+                ids = tuple(merge_heap(parts, self._pairs))
             else:
-                ids = tuple(self._merge_scan(parts))
+                ids = tuple(merge_scan(parts, self._pairs))
         return ids
-
-    def _merge_scan(self, ids: list[int]) -> list[int]:
-        """BPE merges on a short list of ids: keep the priority of every adjacent pair, merge the best."""
-        get = self._pairs.get
-        ranks = [get(pair, _NO_MERGE)[0] for pair in zip(ids, ids[1:])]
-        none = _NO_MERGE[0]
-        while ranks:
-            best = min(ranks)
-            if best == none:
-                break
-            i = ranks.index(best)  # leftmost pair of the best priority
-            merged = get((ids[i], ids[i + 1]))[1]
-            ids[i] = merged
-            del ids[i + 1]
-            del ranks[i]
-            if i > 0:
-                ranks[i - 1] = get((ids[i - 1], merged), _NO_MERGE)[0]
-            if i < len(ranks):
-                ranks[i] = get((merged, ids[i + 1]), _NO_MERGE)[0]
-        return ids
-
-    def _merge_heap(self, ids: list[int]) -> list[int]:
-        """BPE merges on a long list of ids in O(n log n): a heap of candidate pairs over a linked list.
-
-        Heap entries are (priority, start position, left id, right id); the start position breaks ties
-        leftmost first, exactly like `_merge_scan`. Entries made stale by earlier merges are skipped.
-        """
-        get = self._pairs.get
-        n = len(ids)
-        tok = list(ids)  # token at each start position; -1 once merged into its left neighbour
-        nxt = list(range(1, n + 1))
-        prv = list(range(-1, n - 1))
-        heap = []
-        for i in range(n - 1):
-            m = get((tok[i], tok[i + 1]))
-            if m is not None:
-                heap.append((m[0], i, tok[i], tok[i + 1]))
-        heapq.heapify(heap)
-        while heap:
-            _, i, a, b = heapq.heappop(heap)
-            j = nxt[i]
-            if tok[i] != a or j >= n or tok[j] != b:
-                continue
-            merged = get((a, b))[1]
-            tok[i] = merged
-            tok[j] = -1
-            k = nxt[j]
-            nxt[i] = k
-            if k < n:
-                prv[k] = i
-                m = get((merged, tok[k]))
-                if m is not None:
-                    heapq.heappush(heap, (m[0], i, merged, tok[k]))
-            p = prv[i]
-            if p >= 0:
-                m = get((tok[p], merged))
-                if m is not None:
-                    heapq.heappush(heap, (m[0], p, tok[p], merged))
-        out = []
-        i = 0
-        while i < n:
-            out.append(tok[i])
-            i = nxt[i]
-        return out
 
     def clear_cache(self) -> None:
         """Forget cached chunk encodings (for fair benchmarks)."""
@@ -439,7 +336,223 @@ def _as_set(tokens: Iterable[str]) -> set[str]:
     return {tokens} if isinstance(tokens, str) else set(tokens)
 
 
+def split_special(
+    text: str,
+    special_tokens: Mapping[str, int],
+    allowed_special: Literal["all"] | Iterable[str],
+    disallowed_special: Literal["all"] | Iterable[str],
+    patterns: dict[frozenset[str], regex.Pattern],
+) -> Iterator[tuple[str, int | None]]:
+    """`text` cut at the allowed special tokens: (ordinary text, None) and (token text, its id) in order.
+
+    ValueError when the text holds a disallowed special token (see `Tokenizer.encode`). Names in
+    `allowed_special` that are not special tokens are ignored. `patterns` caches the compiled regexes.
+    """
+    allowed = set(special_tokens)
+    if allowed_special != "all":
+        allowed.intersection_update(_as_set(allowed_special))
+    if disallowed_special == "all":
+        disallowed = set(special_tokens) - allowed
+    else:
+        disallowed = _as_set(disallowed_special) & set(special_tokens)
+    if disallowed:
+        m = _special_regex(frozenset(disallowed), patterns).search(text)
+        if m:
+            raise ValueError(
+                f"text contains the special token {m.group()!r}, which is not allowed. To encode it as "
+                f"the special token, pass allowed_special={{{m.group()!r}}} or allowed_special='all'; to "
+                "encode it as ordinary text, pass disallowed_special=()."
+            )
+    if not allowed:
+        yield text, None
+        return
+    pos = 0
+    for m in _special_regex(frozenset(allowed), patterns).finditer(text):
+        yield text[pos : m.start()], None
+        yield m.group(), special_tokens[m.group()]
+        pos = m.end()
+    yield text[pos:], None
+
+
+def _special_regex(tokens: frozenset[str], patterns: dict[frozenset[str], regex.Pattern]) -> regex.Pattern:
+    """A pattern matching any of `tokens`, longest first at each position (cached in `patterns`)."""
+    pattern = patterns.get(tokens)
+    if pattern is None:
+        ordered = sorted(tokens, key=lambda t: (-len(t), t))
+        pattern = regex.compile("|".join(regex.escape(t) for t in ordered))
+        patterns[tokens] = pattern
+    return pattern
+
+
 def vocab_view_path(path: str | os.PathLike) -> str:
     """Where the readable `.vocab` view of a tokenizer file goes: its name with the suffix `.vocab`."""
     root, ext = os.path.splitext(os.fspath(path))
     return (root if ext else os.fspath(path)) + ".vocab"
+
+
+def merge_scan(ids: list[int], pairs: Mapping[tuple[int, int], tuple[int, int]]) -> list[int]:
+    """BPE merges on a short list of ids: keep the priority of every adjacent pair, merge the best.
+
+    `pairs`: (left id, right id) -> (priority, merged id); the lowest priority merges first, leftmost on ties.
+    """
+    get = pairs.get
+    ranks = [get(pair, _NO_MERGE)[0] for pair in zip(ids, ids[1:])]
+    none = _NO_MERGE[0]
+    while ranks:
+        best = min(ranks)
+        if best == none:
+            break
+        i = ranks.index(best)  # leftmost pair of the best priority
+        merged = get((ids[i], ids[i + 1]))[1]
+        ids[i] = merged
+        del ids[i + 1]
+        del ranks[i]
+        if i > 0:
+            ranks[i - 1] = get((ids[i - 1], merged), _NO_MERGE)[0]
+        if i < len(ranks):
+            ranks[i] = get((merged, ids[i + 1]), _NO_MERGE)[0]
+    return ids
+
+def merge_heap(ids: list[int], pairs: Mapping[tuple[int, int], tuple[int, int]]) -> list[int]:
+    """BPE merges on a long list of ids in O(n log n): a heap of candidate pairs over a linked list.
+
+    Heap entries are (priority, start position, left id, right id); the start position breaks ties
+    leftmost first, exactly like `merge_scan`. Entries made stale by earlier merges are skipped.
+    """
+    get = pairs.get
+    n = len(ids)
+    tok = list(ids)  # token at each start position; -1 once merged into its left neighbour
+    nxt = list(range(1, n + 1))
+    prv = list(range(-1, n - 1))
+    heap = []
+    for i in range(n - 1):
+        m = get((tok[i], tok[i + 1]))
+        if m is not None:
+            heap.append((m[0], i, tok[i], tok[i + 1]))
+    heapq.heapify(heap)
+    while heap:
+        _, i, a, b = heapq.heappop(heap)
+        j = nxt[i]
+        if tok[i] != a or j >= n or tok[j] != b:
+            continue
+        merged = get((a, b))[1]
+        tok[i] = merged
+        tok[j] = -1
+        k = nxt[j]
+        nxt[i] = k
+        if k < n:
+            prv[k] = i
+            m = get((merged, tok[k]))
+            if m is not None:
+                heapq.heappush(heap, (m[0], i, merged, tok[k]))
+        p = prv[i]
+        if p >= 0:
+            m = get((tok[p], merged))
+            if m is not None:
+                heapq.heappush(heap, (m[0], p, tok[p], merged))
+    out = []
+    i = 0
+    while i < n:
+        out.append(tok[i])
+        i = nxt[i]
+    return out
+
+
+# ---------------------------------------------------------------------- our file format
+
+
+def tokenizer_to_dict(tok: Tokenizer) -> dict:
+    """The JSON-ready content of our tokenizer file."""
+    specials = set(tok.special_tokens.values())
+    vocab = {str(i): token_to_text(tok.token_bytes(i)) for i in tok.token_ids() if i not in specials}
+    texts = list(vocab.values())
+    if len(set(texts)) == len(texts):
+        merges: list = [f"{vocab[str(a)]} {vocab[str(b)]}" for a, b in tok.merges]
+    else:  # the same bytes under two ids: names would be ambiguous, keep the ids
+        merges = [[a, b] for a, b in tok.merges]
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "pre_tokenizer": tok.pre_tokenizer.to_dict(),
+        "merge_rule": tok.merge_rule,
+        "ignore_merges": tok.ignore_merges,
+        "bos_id": tok.bos_id,
+        "eos_id": tok.eos_id,
+        "pad_id": tok.pad_id,
+        "special_tokens": dict(tok.special_tokens),
+        "vocab": vocab,
+        "merges": merges,
+    }
+
+
+def tokenizer_from_dict(d: dict, source: str = "tokenizer file") -> Tokenizer:
+    """A tokenizer from the content of our tokenizer file."""
+    if d.get("format") != FORMAT:
+        raise UserError(f"{source} is not an {FORMAT} file (its format is {d.get('format')!r})")
+    if d.get("version") != VERSION:
+        raise UserError(f"{source} has version {d.get('version')!r}; this llmscratch reads version {VERSION}")
+    try:
+        vocab = {int(i): text_to_token(t) for i, t in d["vocab"].items()}
+        by_text = {}
+        for i, t in sorted((int(i), t) for i, t in d["vocab"].items()):
+            by_text.setdefault(t, i)
+        merges = []
+        for m in d["merges"]:
+            if isinstance(m, str):
+                left, right = m.split(" ")
+                merges.append((by_text[left], by_text[right]))
+            else:
+                merges.append((int(m[0]), int(m[1])))
+        return Tokenizer(
+            vocab,
+            merges,
+            {str(t): int(i) for t, i in d["special_tokens"].items()},
+            pre_tokenizer=PreTokenizer.from_dict(d["pre_tokenizer"]),
+            merge_rule=d.get("merge_rule", "merges"),
+            ignore_merges=bool(d.get("ignore_merges", False)),
+            bos_id=d.get("bos_id"),
+            eos_id=d.get("eos_id"),
+            pad_id=d.get("pad_id"),
+        )
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
+        raise UserError(f"{source} is damaged: {type(e).__name__}: {e}") from None
+
+
+def render_token(data: bytes) -> str:
+    """A token's bytes for people: UTF-8 text, invalid bytes as \\xNN, control characters as \\uXXXX."""
+    text = data.decode("utf-8", errors="backslashreplace")
+    return "".join(f"\\u{ord(c):04x}" if unicodedata.category(c)[0] == "C" else c for c in text)
+
+
+def write_vocab_view(tok: Tokenizer, path: str | os.PathLike) -> None:
+    """A readable list of the vocabulary (minbpe's .vocab): id, [token], and what it was merged from."""
+    made_from: dict[int, tuple[int, int]] = {}
+    for a, b in tok.merges:
+        merged = tok._bytes_to_id.get(tok.token_bytes(a) + tok.token_bytes(b))
+        if merged is not None:
+            made_from.setdefault(merged, (a, b))
+    lines = [
+        f"# {tok!r}",
+        "# One token a line: id [token] and, for merged tokens, <- [left][right]. Only for reading:",
+        "# load the tokenizer file instead. Control characters are written \\uXXXX, bytes of incomplete",
+        "# UTF-8 characters \\xNN.",
+    ]
+    for i in tok.token_ids():
+        line = f"{i} [{render_token(tok.token_bytes(i))}]"
+        if tok.is_special(i):
+            line += " special"
+        elif i in made_from:
+            a, b = made_from[i]
+            line += f" <- [{render_token(tok.token_bytes(a))}][{render_token(tok.token_bytes(b))}]"
+        lines.append(line)
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{what} {path} is not valid JSON: {e}") from None

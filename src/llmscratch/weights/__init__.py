@@ -118,15 +118,18 @@ def load_preset(
 
 
 def model_config(spec: str | os.PathLike):
-    """The config of a preset, or of a model folder or .gguf file, read without loading any weights."""
+    """The config of a preset, a registered model, a model folder or a .gguf file, read without loading weights."""
     import json
 
     from llmscratch.model import PRESETS, config_from_dict, get_config
+    from llmscratch.weights.registry import MODELS, local_path
 
     text = os.fspath(spec)
     path = Path(text).expanduser()
     if text in PRESETS and not path.exists():
         return get_config(text)
+    if text in MODELS and not path.exists() and local_path(text) is None and MODELS[text].preset:
+        return get_config(MODELS[text].preset)  # not fetched yet: the preset of its architecture, no download
     if path.is_file() and path.suffix == ".gguf":
         from llmscratch.weights.gguf import config_from_gguf, open_gguf
 

@@ -1,8 +1,8 @@
 """Hugging Face model folders and Hub repositories, for every family: import (config.json + safetensors +
 tokenizer files -> our model) and export (our model -> a folder `transformers` loads).
 
-Each family maps names and layouts in its own module (hf_gpt2.py, hf_llama.py) through four functions, listed
-here by Hugging Face `model_type` (import) and by our config `family` (export):
+Each family maps names and layouts in its own module (hf_gpt2.py, hf_llama.py, hf_gemma.py) through four
+functions, listed here by Hugging Face `model_type` (import) and by our config `family` (export):
 
     config_from_hf(hf_config: dict) -> our config          state_dict_from_hf(tensors, config, source) -> dict
     config_to_hf(config) -> dict                            state_dict_to_hf(model) -> {hf name: tensor}
@@ -21,8 +21,9 @@ from typing import Any, NamedTuple
 
 import torch
 
+from llmscratch.tokenizer.hf_json import write_hf_tokenizer
 from llmscratch.utils import UserError, atomic_folder, atomic_write_text
-from llmscratch.weights import hf_gpt2, hf_llama
+from llmscratch.weights import hf_gemma, hf_gpt2, hf_llama
 from llmscratch.weights.shapes import checked_config
 
 
@@ -40,11 +41,13 @@ class Exporter(NamedTuple):
 IMPORTERS: dict[str, Importer] = {
     "gpt2": Importer(hf_gpt2.config_from_hf, hf_gpt2.state_dict_from_hf),
     "llama": Importer(hf_llama.config_from_hf, hf_llama.state_dict_from_hf),
+    "gemma3_text": Importer(hf_gemma.config_from_hf, hf_gemma.state_dict_from_hf),
 }
 # Our config family -> exporter.
 EXPORTERS: dict[str, Exporter] = {
     "gpt2": Exporter(hf_gpt2.config_to_hf, hf_gpt2.state_dict_to_hf),
     "llama": Exporter(hf_llama.config_to_hf, hf_llama.state_dict_to_hf),
+    "gemma3": Exporter(hf_gemma.config_to_hf, hf_gemma.state_dict_to_hf),
 }
 
 # Files taken from a Hub repository: config, tokenizer, and safetensors weights only.
@@ -210,95 +213,6 @@ def export_hf(
         generation = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id") if hf_config.get(k) is not None}
         atomic_write_text(tmp / "generation_config.json", json.dumps(generation, indent=2) + "\n")
     return folder
-
-
-def _hf_pre_tokenizer(pre) -> dict:
-    """tokenizer.json "pre_tokenizer" for our PreTokenizer."""
-    byte_level = {"type": "ByteLevel", "add_prefix_space": pre.add_prefix_space, "trim_offsets": True}
-    if pre.name == "gpt2":
-        return {**byte_level, "use_regex": True}
-    if pre.name == "smollm" and not pre.add_prefix_space:
-        return {"type": "Sequence", "pretokenizers": [
-            {"type": "Digits", "individual_digits": True}, {**byte_level, "use_regex": True}]}
-    split = {"type": "Split", "pattern": {"Regex": pre.pattern}, "behavior": "Isolated", "invert": False}
-    return {"type": "Sequence", "pretokenizers": [split, {**byte_level, "use_regex": False}]}
-
-
-def hf_tokenizer_json(tok) -> dict:
-    """The content of a Hugging Face tokenizer.json equivalent to our byte-level BPE tokenizer `tok`.
-
-    Merges are written in our priority order; special tokens become added tokens. UserError for a vocabulary
-    that lists the same bytes under two ids (tokenizer.json cannot say that).
-    """
-    from llmscratch.tokenizer.byte_level import token_to_text
-
-    specials = dict(tok.special_tokens)
-    special_ids = set(specials.values())
-    vocab: dict[str, int] = {}
-    for i in tok.token_ids():
-        if i in special_ids:
-            continue
-        text = token_to_text(tok.token_bytes(i))
-        if text in vocab:
-            raise UserError(f"token ids {vocab[text]} and {i} have the same bytes: not expressible as tokenizer.json")
-        vocab[text] = i
-    by_id = {i: t for t, i in vocab.items()}
-    merges = [f"{by_id[a]} {by_id[b]}" for a, b in tok.merges]
-    added = [
-        {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
-         "special": True}
-        for t, i in sorted(specials.items(), key=lambda kv: kv[1])
-    ]
-    return {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": added,
-        "normalizer": None,
-        "pre_tokenizer": _hf_pre_tokenizer(tok.pre_tokenizer),
-        "post_processor": None,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
-        "model": {
-            "type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-            "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
-            "ignore_merges": bool(tok.ignore_merges), "vocab": vocab, "merges": merges,
-        },
-    }
-
-
-def write_hf_tokenizer(tok, folder: Path, max_length: int | None = None, chat_template: str | None = None) -> list[str]:
-    """Tokenizer files `transformers.AutoTokenizer` loads: tokenizer.json + tokenizer_config.json always, and
-    for GPT-2-style tokenizers also GPT-2's vocab.json + merges.txt. Returns the file names written."""
-    from llmscratch.tokenizer.byte_level import token_to_text
-
-    data = hf_tokenizer_json(tok)
-    atomic_write_text(folder / "tokenizer.json", json.dumps(data, ensure_ascii=False) + "\n")
-    written = ["tokenizer.json"]
-    gpt2_style = tok.pre_tokenizer.name == "gpt2" and not tok.pre_tokenizer.add_prefix_space
-    if gpt2_style:  # vocab.json is encoder.json, merges.txt is vocab.bpe
-        vocab = dict(data["model"]["vocab"]) | {t: i for t, i in tok.special_tokens.items()}
-        vocab = dict(sorted(vocab.items(), key=lambda kv: kv[1]))
-        atomic_write_text(folder / "vocab.json", json.dumps(vocab, ensure_ascii=False) + "\n")
-        atomic_write_text(folder / "merges.txt", "#version: 0.2\n" + "\n".join(data["model"]["merges"]) + "\n")
-        written += ["vocab.json", "merges.txt"]
-    config: dict[str, Any] = {
-        "tokenizer_class": "GPT2Tokenizer" if gpt2_style else "PreTrainedTokenizerFast",
-        "add_prefix_space": tok.pre_tokenizer.add_prefix_space,
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": max_length or 1_000_000,
-    }
-    for key in ("bos", "eos", "pad"):
-        i = getattr(tok, f"{key}_id", None)
-        if i is not None:
-            config[f"{key}_token"] = token_to_text(tok.token_bytes(i)) if not tok.is_special(i) else tok.decode([i])
-    if gpt2_style and "eos_token" in config:
-        config["unk_token"] = config["eos_token"]
-    if chat_template:
-        config["chat_template"] = chat_template
-        atomic_write_text(folder / "chat_template.jinja", chat_template)
-        written.append("chat_template.jinja")
-    atomic_write_text(folder / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-    return [*written, "tokenizer_config.json"]
 
 
 def tensors_for_transformers(model) -> tuple[dict, Mapping[str, torch.Tensor]]:

