@@ -8,8 +8,11 @@ import pytest
 from conftest import mirror_file
 
 from llmscratch.data.instruction import (
+    InstructionDataset,
     book_split,
+    collate_instruction,
     encode_example,
+    epoch_order,
     format_prompt,
     format_response,
     load_entries,
@@ -152,3 +155,53 @@ def test_unusable_files_are_clear_errors(tmp_path):
         load_entries(bad)
     with pytest.raises(UserError, match="neither a file nor a data set name"):
         load_entries(tmp_path / "missing.json")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Collate, worked by hand
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_collate_the_books_chapter7_example():
+    inputs, targets = collate_instruction([[0, 1, 2, 3, 4], [5, 6], [7, 8, 9]], pad_id=50256)
+    assert inputs.tolist() == [[0, 1, 2, 3, 4], [5, 6, 50256, 50256, 50256], [7, 8, 9, 50256, 50256]]
+    assert targets.tolist() == [[1, 2, 3, 4, 50256], [6, 50256, -100, -100, -100], [8, 9, 50256, -100, -100]]
+    inputs, targets = collate_instruction([[0, 1, 2, 3, 4], [5, 6], [7, 8, 9]], pad_id=50256, max_length=3)
+    assert inputs.tolist() == [[0, 1, 2], [5, 6, 50256], [7, 8, 9]]
+    assert targets.tolist() == [[1, 2, 3], [6, 50256, -100], [8, 9, 50256]]
+
+
+def test_collate_end_and_pad_differ_and_masking_is_by_position():
+    inputs, targets = collate_instruction([[10, 11], [12]], pad_id=0, end_id=2)
+    assert inputs.tolist() == [[10, 11], [12, 2]]
+    assert targets.tolist() == [[11, 2], [2, -100]]
+    # an end-of-text id inside the text is a real target (the book's value-based mask would hide it)
+    _, targets = collate_instruction([[5, 50256, 6]], pad_id=50256)
+    assert targets.tolist() == [[50256, 6, 50256]]
+
+
+def test_collate_masks_the_prompt():
+    # rows: prompt [1, 2] + response [3, 4]; prompt [5, 6] + response [7]; end 9, pad 0
+    inputs, targets = collate_instruction([[1, 2, 3, 4], [5, 6, 7]], pad_id=0, end_id=9, prompt_lengths=[2, 2])
+    assert inputs.tolist() == [[1, 2, 3, 4], [5, 6, 7, 9]]
+    assert targets.tolist() == [[-100, 3, 4, 9], [-100, 7, 9, -100]]
+
+
+def test_dataset_collate_and_length_grouping():
+    tok = chatml_tokenizer()
+    entries = [{"instruction": "x" * n, "input": "", "output": "y" * (n % 5 + 1)} for n in range(1, 41)]
+    ds = InstructionDataset(entries, tok, "phi3", max_length=75)
+    assert len(ds) == 40 and ds.prompt_lengths[0] == len(format_prompt(entries[0], "phi3").encode())
+    assert ds.truncated() == sum(len(r) > 75 for r in ds.ids) > 0 and ds.no_response() == []
+    batch = ds.collate([0, 1], pad_id=0, end_id=tok.eos_id, mask_prompt=True)
+    assert batch.targets[0, ds.prompt_lengths[0] - 2] == -100 and batch.targets[0, ds.prompt_lengths[0] - 1] != -100
+    lengths = [len(r) for r in ds.ids]
+    plain, grouped = epoch_order(lengths, 4, 1, 0), epoch_order(lengths, 4, 1, 0, group_by_length=True)
+    assert sorted(plain) == sorted(grouped) == list(range(40))
+    assert plain == epoch_order(lengths, 4, 1, 0) and plain != epoch_order(lengths, 4, 1, 1)
+
+    def padding(order):
+        return sum(max(lengths[i] for i in order[s:s + 4]) * 4 - sum(lengths[i] for i in order[s:s + 4])
+                   for s in range(0, 40, 4))
+
+    assert padding(grouped) < padding(plain)

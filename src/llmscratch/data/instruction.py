@@ -29,6 +29,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+import torch
+
 from llmscratch.utils import UserError
 
 PROMPT_FORMATS = ("alpaca", "phi3", "chat")
@@ -332,3 +334,115 @@ def end_id_of(tokenizer) -> int:
     if end is None:
         raise UserError("the tokenizer has no end-of-text token to end responses with")
     return int(end)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Encoded examples, batching and the collate function
+# ---------------------------------------------------------------------------------------------------------
+
+IGNORE_INDEX = -100
+
+
+class InstructionBatch(NamedTuple):
+    """inputs (B, T) and targets (B, T): targets are the inputs shifted by one, -100 where no loss is taken."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+
+
+def collate_instruction(
+    batch: Sequence[Sequence[int]],
+    pad_id: int = 50256,
+    end_id: int | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    max_length: int | None = None,
+    prompt_lengths: Sequence[int] | None = None,
+) -> InstructionBatch:
+    """The book's instruction collate, written out:
+
+    1. append the end token `end_id` (default: `pad_id`, as GPT-2's <|endoftext|> is both) to every row;
+    2. pad every row with `pad_id` to the longest row of the batch;
+    3. inputs = each row without its last token, targets = each row without its first (shifted by one);
+    4. every target after a row's end token is `ignore_index` (the first end token stays: the model learns to
+       stop), found by position, so an end or pad id inside the text is never masked;
+    5. with `prompt_lengths`, the targets that are prompt tokens (instruction and input) are `ignore_index` too;
+    6. with `max_length`, inputs and targets are cut to their first `max_length` tokens.
+    """
+    if not batch:
+        raise ValueError("cannot collate an empty batch")
+    end_id = pad_id if end_id is None else end_id
+    lengths = [len(row) + 1 for row in batch]  # with the end token
+    width = max(lengths)
+    padded = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (B, T + 1)
+    for i, row in enumerate(batch):
+        padded[i, : lengths[i]] = torch.tensor([*row, end_id], dtype=torch.long)
+    inputs, targets = padded[:, :-1].clone(), padded[:, 1:].clone()  # (B, T), (B, T)
+    position = torch.arange(width - 1).unsqueeze(0)  # (1, T): targets[:, j] is token j + 1
+    targets[position >= torch.tensor(lengths).unsqueeze(1) - 1] = ignore_index  # after the end token
+    if prompt_lengths is not None:
+        targets[position < torch.tensor(list(prompt_lengths)).unsqueeze(1) - 1] = ignore_index  # prompt tokens
+    if max_length is not None:
+        inputs, targets = inputs[:, :max_length], targets[:, :max_length]
+    return InstructionBatch(inputs, targets)
+
+
+class InstructionDataset:
+    """Entries encoded in one prompt format: `ids[i]` (prompt + response tokens, without the end token) and
+    `prompt_lengths[i]`. `max_length` is applied by the collate (inputs and targets cut, as the book does)."""
+
+    def __init__(self, entries: Sequence[Mapping], tokenizer, fmt: str = "alpaca", chat_template: str | None = None,
+                 max_length: int | None = None):
+        check_format(fmt, chat_template)
+        if max_length is not None and max_length < 1:
+            raise UserError(f"max_length must be >= 1, got {max_length}")
+        self.entries = list(entries)
+        self.fmt = fmt
+        self.max_length = max_length
+        self.ids: list[list[int]] = []
+        self.prompt_lengths: list[int] = []
+        for entry in self.entries:
+            prompt, response = encode_example(entry, fmt, tokenizer, chat_template)
+            self.ids.append(prompt + response)
+            self.prompt_lengths.append(len(prompt))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def longest(self) -> int:
+        """Input tokens of the longest row (its prompt and response)."""
+        return max((len(r) for r in self.ids), default=0)
+
+    def truncated(self) -> int:
+        """How many rows max_length cuts (they lose their last targets, the end token among them)."""
+        return 0 if self.max_length is None else sum(len(r) > self.max_length for r in self.ids)
+
+    def no_response(self) -> list[int]:
+        """Indices of rows whose prompt alone fills max_length: masking the prompt leaves them no target."""
+        if self.max_length is None:
+            return []
+        return [i for i, p in enumerate(self.prompt_lengths) if p > self.max_length]
+
+    def collate(self, indices: Sequence[int], pad_id: int, end_id: int, mask_prompt: bool = False) -> InstructionBatch:
+        """The rows `indices` as one batch (see `collate_instruction`)."""
+        rows = [self.ids[i] for i in indices]
+        prompts = [self.prompt_lengths[i] for i in indices] if mask_prompt else None
+        return collate_instruction(rows, pad_id, end_id, IGNORE_INDEX, self.max_length, prompts)
+
+
+def epoch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, group_by_length: bool = False,
+                pool: int = 32) -> list[int]:
+    """The row order of one epoch, a pure function of (seed, epoch): a random permutation; with `group_by_length`,
+    rows are sorted by length inside pools of `pool` batches and the batches then shuffled, so a batch holds rows
+    of similar length (less padding) while the order of batches stays random."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(len(lengths), generator=g).tolist()
+    if not group_by_length:
+        return order
+    chunk = batch_size * pool
+    grouped = []
+    for s in range(0, len(order), chunk):
+        grouped += sorted(order[s : s + chunk], key=lambda i: lengths[i], reverse=True)
+    batches = [grouped[s : s + batch_size] for s in range(0, len(grouped), batch_size)]
+    full, rest = [b for b in batches if len(b) == batch_size], [b for b in batches if len(b) < batch_size]
+    shuffled = [full[i] for i in torch.randperm(len(full), generator=g).tolist()]
+    return [i for b in shuffled + rest for i in b]
