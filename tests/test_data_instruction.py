@@ -205,3 +205,17 @@ def test_dataset_collate_and_length_grouping():
                    for s in range(0, 40, 4))
 
     assert padding(grouped) < padding(plain)
+
+
+def test_saved_chat_templates_write_the_formats():
+    from llmscratch.chat import render_chat
+    from llmscratch.data.instruction import chat_template_for
+
+    entry = {**ENTRY, "input": ""}
+    turn = [{"role": "user", "content": entry["instruction"]}]
+    assert render_chat(chat_template_for("alpaca"), turn) == format_prompt(entry, "alpaca")
+    assert render_chat(chat_template_for("phi3"), turn) == format_prompt(entry, "phi3")
+    assert chat_template_for("chat", CHATML) == CHATML
+    two = [*turn, {"role": "assistant", "content": "A."}, {"role": "user", "content": "Q2"}]
+    assert render_chat(chat_template_for("alpaca"), two, eos_token="<|endoftext|>").endswith(
+        "### Response:\nA.<|endoftext|>\n\n### Instruction:\nQ2\n\n### Response:\n")

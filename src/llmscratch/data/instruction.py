@@ -446,3 +446,60 @@ def epoch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, 
     full, rest = [b for b in batches if len(b) == batch_size], [b for b in batches if len(b) < batch_size]
     shuffled = [full[i] for i in torch.randperm(len(full), generator=g).tolist()]
     return [i for b in shuffled + rest for i in b]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Chat templates that write the alpaca and phi3 formats (saved with a tuned model, so `chat` speaks its format)
+# ---------------------------------------------------------------------------------------------------------
+
+ALPACA_CHAT_TEMPLATE = (
+    "{%- set ns = namespace(preamble='" + ALPACA_PREAMBLE + "') -%}"
+    "{%- for m in messages if m['role'] == 'system' -%}{%- set ns.preamble = m['content'] -%}{%- endfor -%}"
+    "{{- ns.preamble -}}"
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'user' -%}{{ '\\n\\n### Instruction:\\n' + m['content'] }}"
+    "{%- elif m['role'] == 'assistant' -%}{{ '\\n\\n### Response:\\n' + m['content'] + eos_token }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '\\n\\n### Response:\\n' }}{%- endif -%}"
+)
+PHI3_CHAT_TEMPLATE = (
+    "{%- for m in messages -%}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|assistant|>\\n' }}{%- endif -%}"
+)
+
+
+def chat_template_for(fmt: str, model_template: str | None = None) -> str | None:
+    """The chat template that writes prompt format `fmt` (for `chat`: the model's own)."""
+    check_format(fmt, model_template)
+    return {"alpaca": ALPACA_CHAT_TEMPLATE, "phi3": PHI3_CHAT_TEMPLATE}.get(fmt, model_template)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The prompt format recorded in a tuned model's folder
+# ---------------------------------------------------------------------------------------------------------
+
+INSTRUCT_INFO = "instruct.json"
+
+
+def write_instruct_info(folder: str | Path, info: Mapping) -> Path:
+    """Record how a model was instruction-tuned ({"prompt_format": ..., ...}) in FOLDER/instruct.json."""
+    from llmscratch.utils import atomic_write_text
+
+    check_format(info["prompt_format"], "given" if info["prompt_format"] == "chat" else None)
+    path = Path(folder) / INSTRUCT_INFO
+    atomic_write_text(path, json.dumps(dict(info), indent=2) + "\n")
+    return path
+
+
+def read_instruct_info(model: str | Path) -> dict | None:
+    """What instruct.json of a model folder records (None for a model that was not tuned here)."""
+    path = Path(model).expanduser() / INSTRUCT_INFO
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is damaged: {e}") from None
+    if not isinstance(info, dict) or info.get("prompt_format") not in PROMPT_FORMATS:
+        raise UserError(f"{path} does not name a prompt format ({', '.join(PROMPT_FORMATS)})")
+    return info
