@@ -219,3 +219,28 @@ def test_saved_chat_templates_write_the_formats():
     two = [*turn, {"role": "assistant", "content": "A."}, {"role": "user", "content": "Q2"}]
     assert render_chat(chat_template_for("alpaca"), two, eos_token="<|endoftext|>").endswith(
         "### Response:\nA.<|endoftext|>\n\n### Instruction:\nQ2\n\n### Response:\n")
+
+
+def test_task_batches_resume_and_split_over_ranks():
+    from llmscratch.train.tasks.instruct import InstructionTask
+
+    tok = chatml_tokenizer()
+    entries = [{"instruction": "x" * n, "input": "", "output": "y" * (n % 3 + 1)} for n in range(1, 26)]
+    ds = InstructionDataset(entries, tok, "alpaca")
+    task = InstructionTask(ds, ds, pad_id=0, end_id=tok.eos_id, group_by_length=True, seed=7)
+    assert task.num_train_batches(4) == 6 and task.num_train_batches(2, world_size=2) == 6
+    full = list(task.train_batches(1, 4))
+    assert [b.inputs.tolist() for b in task.train_batches(1, 4, start=2)] == [b.inputs.tolist() for b in full[2:]]
+    rank0, rank1 = list(task.train_batches(1, 2, rank=0, world_size=2)), list(task.train_batches(1, 2, 0, 1, 2))
+    def rows(batch):  # each row without its end token and padding (the texts hold neither byte 0 nor 258)
+        out = []
+        for r in batch.inputs.tolist():
+            while r and r[-1] in (0, tok.eos_id):
+                r = r[:-1]
+            out.append(tuple(r))
+        return sorted(out)
+
+    for whole, a, b in zip(full, rank0, rank1):  # the ranks' batch i together = the single process's batch i
+        assert len(a.inputs) == len(b.inputs) == 2 and sorted(rows(a) + rows(b)) == rows(whole)
+    val = list(task.val_batches(10))
+    assert sum(len(b.inputs) for b in val) == 25
