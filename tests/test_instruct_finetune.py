@@ -7,8 +7,10 @@ import json
 import pytest
 import torch
 
+from llmscratch.chat import ChatSession
 from llmscratch.cli import main
 from llmscratch.data.instruction import read_instruct_info
+from llmscratch.generate import SamplingConfig
 from llmscratch.model import LlamaConfig, build_model
 from llmscratch.recipes.instruct import InstructConfig, plain_copy, run
 from llmscratch.tokenizer import Tokenizer
@@ -55,6 +57,11 @@ def test_loss_falls_and_answers_change(setup):
     assert tuned.chat_template is not None and "<|assistant|>" in tuned.chat_template
     metrics = [json.loads(line) for line in (folder / "full" / "metrics.jsonl").read_text().splitlines()]
     assert any(r["type"] == "eval" for r in metrics) and (folder / "full" / "loss.png").is_file()
+    # chat speaks the tuned format (the saved template writes phi3 turns); export keeps the template
+    session = ChatSession(tuned.model, tuned.tokenizer, tuned.chat_template, SamplingConfig(max_new_tokens=8))
+    assert session.reply(report["samples"]["after"][0]["instruction"]).startswith(after[0])
+    main(["export", "--model", report["files"]["model"], "--format", "hf", "-o", str(folder / "hf")])
+    assert "<|assistant|>" in load_model(folder / "hf").chat_template
 
 
 def test_lora_model_folder_is_merged(setup):
