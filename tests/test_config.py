@@ -13,7 +13,8 @@ from llmscratch.config import Flag, _Given, add_flags, flags_of, from_args, nest
 from llmscratch.train.config import TrainConfig
 from llmscratch.utils import UserError
 
-REQUIRED = {"data": "x.txt", "model": "m"}  # values for fields that have no default
+# values for fields that have no default
+REQUIRED = {"data": "x.txt", "model": "m", "responses": "r.jsonl", "base_url": "http://127.0.0.1:1/v1"}
 
 
 def generated_parsers():
@@ -47,7 +48,8 @@ def lookup(obj, dest: str):
 
 def test_the_generated_commands_are_the_public_ones():
     commands = {c for c, _, _ in generated_parsers()}
-    assert {"pretrain", "finetune classify", "demo", "bench generate", "bench train"} <= commands
+    assert {"pretrain", "finetune classify", "finetune instruct", "demo", "bench generate", "bench train",
+            "evaluate generate", "evaluate judge", "evaluate metrics"} <= commands
 
 
 @pytest.mark.parametrize(("command", "parser", "cls"), generated_parsers(), ids=lambda x: str(x)[:20])
@@ -59,7 +61,8 @@ def test_every_flag_default_is_the_field_default(command, parser, cls):
         if action.dest not in REQUIRED:  # a required field has no default (None)
             assert action.default == lookup(expected, action.dest), (command, action.option_strings)
         assert action.help, (command, action.option_strings)  # every flag explains itself
-    argv = [w for k, v in REQUIRED.items() if any(f.path == (k,) for f in flags_of(cls)) for w in (f"--{k}", v)]
+    argv = [w for k, v in REQUIRED.items() if any(f.path == (k,) for f in flags_of(cls))
+            for w in (f"--{k.replace('_', '-')}", v)]
     assert from_args(cls, parser.parse_args(argv)) == expected
 
 
@@ -79,6 +82,11 @@ def test_every_flag_default_is_the_field_default(command, parser, cls):
         (["finetune", "classify", "--model", "m", "--lora-rank", "0"], "--lora-rank must be >= 1, got 0"),
         (["finetune", "classify", "--model", "m", "--max-steps", "0"], "--max-steps must be >= 1, got 0"),
         (["finetune", "classify", "--model", "m", "--max-seconds", "-5"], "--max-seconds must be > 0, got -5"),
+        (["finetune", "instruct", "--model", "m", "--max-length", "1"], "--max-length must be >= 2, got 1"),
+        (["finetune", "instruct", "--model", "m", "--prompt-format", "vicuna"], "--prompt-format must be one of"),
+        (["evaluate", "generate", "--model", "m", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["evaluate", "judge", "--responses", "r", "--base-url", "u", "--model", "m", "--timeout", "0"],
+         "--timeout must be > 0, got 0"),
         (["demo", "--steps", "0"], "--steps must be >= 1, got 0"),
         (["demo", "--threads", "0"], "--threads must be >= 1, got 0"),
         (["bench", "generate", "--tokens", "5,0"], "--tokens must be >= 1, got 0"),

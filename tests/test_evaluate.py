@@ -226,6 +226,24 @@ def test_metrics_reference_loss(tmp_path):
     assert r["reference_tokens"] == len("hi") + 1 + len("bye now") + 1  # response bytes + end token each
     assert 0 < r["reference_loss"] and r["reference_perplexity"] == pytest.approx(torch.tensor(
         r["reference_loss"]).exp().item(), rel=1e-5)
-    full = run_metrics(MetricsSpec(str(responses), model=str(folder), mask_prompt=False, progress=False))
+    full = run_metrics(MetricsSpec(str(responses), model=str(folder), include_prompt=True, progress=False))
     assert full["reference_tokens"] > r["reference_tokens"]
     assert json.loads((tmp_path / "r.metrics.json").read_text())["reference_masked_prompt"] is False
+
+
+def test_cli_judge_and_compare(tmp_path, judge, capsys):
+    from llmscratch.cli import main
+
+    a = write_responses(tmp_path / "a.jsonl", ["good", "fine"])
+    b = write_responses(tmp_path / "b.jsonl", ["bad", "fine"])
+    main(["evaluate", "judge", "--responses", str(a), "--base-url", judge.url, "--model", "j", "--retry-wait", "0",
+          "--no-progress"])
+    assert "mean score 70.00 over 2 responses" in capsys.readouterr().out
+    main(["evaluate", "judge", "--compare", str(a), str(b), "--base-url", judge.url, "--model", "j",
+          "-o", str(tmp_path / "ab.jsonl"), "--no-progress"])
+    assert "of 2 pairs" in capsys.readouterr().out and (tmp_path / "ab.jsonl").is_file()
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", "judge", "--base-url", judge.url, "--model", "j"])
+    assert e.value.code == 2 and "either --responses FILE or --compare A B" in capsys.readouterr().err
+    main(["evaluate", "metrics", "--responses", str(a)])
+    assert "ROUGE-L F1" in capsys.readouterr().out

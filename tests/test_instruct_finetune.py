@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -37,10 +38,15 @@ def setup(tmp_path_factory):
     return folder, str(model), str(folder / "data.json")
 
 
+TRAIN_KEYS = ("epochs", "lr", "batch_size", "eval_every", "sample_tokens", "max_steps", "device", "progress")
+
+
 def cfg(folder, model, data, out, **kw) -> InstructConfig:
-    base = dict(model=model, data=data, prompt_format="phi3", epochs=6, lr=3e-3, batch_size=4, eval_every=0,
-                sample_tokens=8, out=str(folder / out), device="cpu", progress=False)
-    return InstructConfig(**{**base, **kw})
+    train = dict(epochs=6, lr=3e-3, batch_size=4, eval_every=0, sample_tokens=8, device="cpu", progress=False)
+    train.update({k: kw.pop(k) for k in list(kw) if k in TRAIN_KEYS})
+    base = InstructConfig.__dataclass_fields__["train"].default_factory()
+    return InstructConfig(model=model, data=data, prompt_format="phi3",
+                          train=dataclasses.replace(base, out_dir=str(folder / out), **train), **kw)
 
 
 def test_loss_falls_and_answers_change(setup):
@@ -66,7 +72,8 @@ def test_loss_falls_and_answers_change(setup):
 
 def test_lora_model_folder_is_merged(setup):
     folder, model, data = setup
-    c = cfg(folder, model, data, "lora", trainable="lora", lora_rank=4, lora_alpha=8, max_steps=3, epochs=1)
+    c = cfg(folder, model, data, "lora", trainable="lora", lora_rank=4, lora_alpha=8, max_steps=3, epochs=1,
+            eval_every=2)
     report = run(c)
     assert report["model"]["lora_layers"] > 0
     tuned = load_model(report["files"]["model"]).model
@@ -98,7 +105,20 @@ def test_cli_errors_are_one_line(setup, capsys):
         main(["finetune", "instruct", "--model", model, "--data", data, "--prompt-format", "chat",
               "--out", str(folder / "x"), "--no-progress"])
     assert e.value.code == 2 and "this model has none" in capsys.readouterr().err
-    with pytest.raises(UserError, match="--trainable"):
+    with pytest.raises(UserError, match="trainable must be"):
         run(cfg(folder, model, data, "y", trainable="everything"))
-    with pytest.raises(UserError, match="--epochs"):
-        run(cfg(folder, model, data, "y", epochs=0))
+    with pytest.raises(UserError, match="epochs must be >= 1"):
+        cfg(folder, model, data, "y", epochs=0)
+    with pytest.raises(SystemExit) as e:
+        main(["finetune", "instruct", "--model", model, "--lora-rank", "0"])
+    assert e.value.code == 2 and "--lora-rank must be >= 1" in capsys.readouterr().err
+
+
+def test_answers_are_logged_at_each_evaluation(setup):
+    folder, model, data = setup
+    report = run(cfg(folder, model, data, "log", max_steps=4, epochs=1, eval_every=2, lr=1e-3))
+    evals = [json.loads(line) for line in (folder / "log" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if r["type"] == "eval"]
+    assert [r["step"] for r in evals] == [1, 2, 4]
+    assert all(len(r["responses"]) == 2 and r["responses"][0]["instruction"] == "Repeat: owl" for r in evals)
+    assert report["train"]["steps"] == 4

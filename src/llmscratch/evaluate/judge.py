@@ -26,6 +26,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmscratch.config import check_fields, setting
 from llmscratch.evaluate.responses import append_jsonl, read_jsonl, read_responses
 from llmscratch.utils import UserError
 
@@ -176,17 +177,27 @@ def run_concurrently(items: Sequence, work: Callable, done: Callable, concurrenc
 class JudgeSpec:
     """What `evaluate judge` does; the scores go to `out` (default: RESPONSES.scores.jsonl)."""
 
-    responses: str
-    base_url: str
-    model: str
-    api_key_env: str | None = None
-    out: str | None = None
-    concurrency: int = 4
-    timeout: float = 60.0
-    retries: int = 4
-    retry_wait: float = 1.0
-    seed: int = 123
-    progress: bool = True
+    responses: str | None = setting(None, "responses file from `evaluate generate` (or --compare A B)")
+    base_url: str | None = setting(None, "the endpoint's OpenAI-compatible base URL, e.g. "
+                                   "http://localhost:11434/v1 (Ollama), http://127.0.0.1:8000/v1 (llmscratch serve)",
+                                   required=True)
+    model: str | None = setting(None, "the judge model's name at that endpoint", required=True)
+    api_key_env: str | None = setting(None, "name of the environment variable holding the API key (sent as a "
+                                      "Bearer token; the key itself never goes on the command line)")
+    out: str | None = setting(None, "scores file (default: beside the responses)", flag="--out", short="-o")
+    compare: list[str] | None = setting(None, "two responses files to the same entries: judge A against B "
+                                        "pairwise (the order shown swapped for half the entries); A's win rate",
+                                        nargs=2, metavar=("A", "B"))
+    concurrency: int = setting(4, "requests in flight at once", ge=1)
+    timeout: float = setting(60.0, "seconds to wait for one answer", gt=0)
+    retries: int = setting(4, "retries of a request after a connection error, timeout, HTTP 429 or 5xx, with "
+                           "exponential backoff", ge=0)
+    retry_wait: float = setting(1.0, "seconds before the first retry, doubled each time (at most 30)", ge=0)
+    seed: int = setting(123, "seed sent to the judge (with temperature 0)", ge=0)
+    progress: bool = setting(True, "no progress bar", switches={"--no-progress": False})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     def client(self) -> ChatClient:
         key = None
@@ -194,8 +205,6 @@ class JudgeSpec:
             key = os.environ.get(self.api_key_env)
             if not key:
                 raise UserError(f"the environment variable {self.api_key_env} (the judge's API key) is not set")
-        if self.concurrency < 1 or self.retries < 0 or self.timeout <= 0:
-            raise UserError("concurrency must be >= 1, retries >= 0 and timeout > 0")
         return ChatClient(self.base_url, self.model, key, self.timeout, self.retries, self.retry_wait, seed=self.seed)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from llmscratch.config import check_fields, setting
 from llmscratch.utils import UserError
 
 
@@ -99,16 +100,23 @@ def reference_loss(model, tokenizer, entries: Sequence[Mapping], fmt: str, chat_
 
 @dataclass
 class MetricsSpec:
-    """What `evaluate metrics` measures: the responses file, and optionally a model for the reference loss."""
+    """What `evaluate metrics` measures: a responses file, and with a model the reference loss."""
 
-    responses: str
-    model: str | None = None
-    prompt_format: str | None = None  # default: the one recorded in the responses file
-    mask_prompt: bool = True
-    batch_size: int = 8
-    device: str | None = None
-    out: str | None = None  # default: RESPONSES.metrics.json
-    progress: bool = True
+    responses: str | None = setting(None, "responses file from `evaluate generate`", required=True)
+    model: str | None = setting(None, "model for the reference loss and perplexity (without it: ROUGE-L and exact "
+                                "match only)")
+    prompt_format: str | None = setting(None, "prompt format for the reference loss (default: the one recorded in "
+                                        "the responses file)", choices=("alpaca", "phi3", "chat"))
+    include_prompt: bool = setting(False, "let the prompt tokens count in the reference loss too (as training "
+                                   "without --mask-prompt); by default only the response tokens and the end token "
+                                   "count, so models tuned with and without --mask-prompt compare fairly")
+    batch_size: int = setting(8, "entries per forward pass", ge=1)
+    device: str = setting("auto", "cpu, cuda, mps or auto")
+    out: str | None = setting(None, "metrics file (default: RESPONSES.metrics.json)", flag="--out", short="-o")
+    progress: bool = setting(True, "no progress bar", switches={"--no-progress": False})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def run_metrics(spec: MetricsSpec) -> dict:
@@ -131,7 +139,7 @@ def run_metrics(spec: MetricsSpec) -> dict:
         fmt = spec.prompt_format or records[0].get("prompt_format") or "alpaca"
         result.update(model=spec.model, prompt_format=fmt, **{
             f"reference_{k}": v for k, v in reference_loss(
-                loaded.model, loaded.tokenizer, records, fmt, loaded.chat_template, spec.mask_prompt,
+                loaded.model, loaded.tokenizer, records, fmt, loaded.chat_template, not spec.include_prompt,
                 spec.batch_size, progress=spec.progress).items()})
     out = Path(spec.out) if spec.out else beside(spec.responses, ".metrics.json")
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")

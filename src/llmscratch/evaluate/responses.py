@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmscratch.config import check_fields, setting
 from llmscratch.utils import UserError
 
 RECORD_FIELDS = ("instruction", "input", "output", "response")
@@ -124,18 +125,26 @@ def append_jsonl(path: Path, records: Sequence[Mapping]) -> None:
 
 @dataclass
 class GenerateSpec:
-    """What `evaluate generate` answers: a model (with its prompt format), a data set split, settings."""
+    """What `evaluate generate` answers: a model (in its prompt format), a data set split, and how."""
 
-    model: str
-    data: str = "instruction-data"
-    split: str = "test"
-    out: str = "responses.jsonl"
-    prompt_format: str | None = None  # default: the format the model was tuned in, else chat, else alpaca
-    max_new_tokens: int = 256
-    batch_size: int = 8
-    limit: int | None = None  # only the first N entries of the split
-    device: str | None = None
-    progress: bool = True
+    model: str | None = setting(None, "model name or path (a folder from `finetune instruct`, a .gguf file, a "
+                                "registry name such as smollm2-135m-instruct)", required=True)
+    data: str = setting("instruction-data", "data set name or JSON/JSONL file of instruction entries")
+    split: str = setting("test", "part of the book's split (85% train, 10% test, 5% validation, in file order), "
+                         "or all", choices=("train", "test", "val", "validation", "all"))
+    out: str = setting("responses.jsonl", "responses file (JSONL; entries already in it are skipped)",
+                       flag="--out", short="-o")
+    prompt_format: str | None = setting(None, "prompt format (default: the one the model was tuned in, recorded "
+                                        "in its folder; else chat for a model with a chat template; else alpaca)",
+                                        choices=("alpaca", "phi3", "chat"))
+    max_new_tokens: int = setting(256, "longest answer in tokens", ge=1)
+    batch_size: int = setting(8, "prompts generated together", ge=1)
+    limit: int | None = setting(None, "only the first N entries of the split", ge=1)
+    device: str = setting("auto", "cpu, cuda, mps or auto")
+    progress: bool = setting(True, "no progress bar", switches={"--no-progress": False})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def default_prompt_format(model_spec: str, chat_template: str | None) -> tuple[str, str]:
@@ -177,8 +186,6 @@ def run_generate(spec: GenerateSpec) -> dict:
     from llmscratch.utils import pick_device
     from llmscratch.weights import load_model
 
-    if spec.max_new_tokens < 1 or spec.batch_size < 1 or (spec.limit is not None and spec.limit < 1):
-        raise UserError("max_new_tokens, batch_size and limit must be >= 1")
     entries = split_entries(load_entries(spec.data), spec.split)[: spec.limit]
     loaded = load_model(spec.model, device=pick_device(spec.device))
     if loaded.tokenizer is None:
