@@ -14,7 +14,8 @@ from llmscratch.train.config import TrainConfig
 from llmscratch.utils import UserError
 
 REQUIRED = {"data": "x.txt", "model": "m", "repository": "r", "model_data": "m.tar.gz", "image_uri": "i",
-            "role": "arn:aws:iam::123456789012:role/r", "endpoint_name": "e", "prompt": "p"}  # fields without default
+            "role": "arn:aws:iam::123456789012:role/r", "endpoint_name": "e", "prompt": "p",
+            "responses": "r.jsonl", "base_url": "http://127.0.0.1:1/v1"}  # fields without default
 
 
 def generated_parsers():
@@ -48,7 +49,8 @@ def lookup(obj, dest: str):
 
 def test_the_generated_commands_are_the_public_ones():
     commands = {c for c, _, _ in generated_parsers()}
-    assert {"pretrain", "finetune classify", "demo", "bench generate", "bench train"} <= commands
+    assert {"pretrain", "finetune classify", "finetune instruct", "demo", "bench generate", "bench train",
+            "evaluate generate", "evaluate judge", "evaluate metrics"} <= commands
 
 
 @pytest.mark.parametrize(("command", "parser", "cls"), generated_parsers(), ids=lambda x: str(x)[:20])
@@ -81,6 +83,11 @@ def test_every_flag_default_is_the_field_default(command, parser, cls):
         (["finetune", "classify", "--model", "m", "--lora-rank", "0"], "--lora-rank must be >= 1, got 0"),
         (["finetune", "classify", "--model", "m", "--max-steps", "0"], "--max-steps must be >= 1, got 0"),
         (["finetune", "classify", "--model", "m", "--max-seconds", "-5"], "--max-seconds must be > 0, got -5"),
+        (["finetune", "instruct", "--model", "m", "--max-length", "1"], "--max-length must be >= 2, got 1"),
+        (["finetune", "instruct", "--model", "m", "--prompt-format", "vicuna"], "--prompt-format must be one of"),
+        (["evaluate", "generate", "--model", "m", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["evaluate", "judge", "--responses", "r", "--base-url", "u", "--model", "m", "--timeout", "0"],
+         "--timeout must be > 0, got 0"),
         (["demo", "--steps", "0"], "--steps must be >= 1, got 0"),
         (["demo", "--threads", "0"], "--threads must be >= 1, got 0"),
         (["bench", "generate", "--tokens", "5,0"], "--tokens must be >= 1, got 0"),

@@ -32,8 +32,8 @@ _NONE = type(None)
 
 def setting(default=dataclasses.MISSING, help: str = "", *, flag: str | None = None, ge=None, gt=None, le=None,
             lt=None, choices=None, switches: dict | None = None, required: bool = False, preset: str | None = None,
-            cli: bool = True, default_factory=dataclasses.MISSING, metavar: str | None = None,
-            aliases: tuple[str, ...] = ()):
+            cli: bool = True, default_factory=dataclasses.MISSING, metavar: str | tuple | None = None,
+            aliases: tuple[str, ...] = (), nargs: int | None = None):
     """A dataclass field with its help text, flag and checks (see the module docstring).
 
     - ge/gt/le/lt: inclusive/exclusive bounds of a number; floats must also be finite.
@@ -42,10 +42,12 @@ def setting(default=dataclasses.MISSING, help: str = "", *, flag: str | None = N
     - preset: a bool field that, when true, takes the defaults from this classmethod of the config (`--quick`).
     - cli=False: a setting of the dataclass that gets no flag.
     - aliases: more spellings of the flag, e.g. ("-o",) beside flag="--out".
+    - nargs: a list field that takes this many separate values (`--compare A B`) instead of one comma-separated
+      value.
     """
     meta = {"help": help, "flag": flag, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices,
             "switches": switches, "required": required, "preset": preset, "cli": cli, "metavar": metavar,
-            "aliases": tuple(aliases)}
+            "aliases": tuple(aliases), "nargs": nargs}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=meta)
 
 
@@ -271,8 +273,9 @@ def _add(target, flag: Flag, default) -> None:
         return
     shown = "" if default is None or m.get("required") else f" (default: {_show(default)})"
     metavar = m.get("metavar") or flag.option.lstrip("-").upper().replace("-", "_")
+    extra = {"nargs": m["nargs"]} if m.get("nargs") else {}
     target.add_argument(*options, dest=flag.dest, action=_Given, default=default, metavar=metavar,
-                        help=(help_text + shown).replace("%", "%%"))
+                        help=(help_text + shown).replace("%", "%%"), **extra)
 
 
 def _show(value) -> str:

@@ -6,12 +6,13 @@ import shlex
 
 from llmscratch.config import add_command, to_argv
 from llmscratch.recipes.classify import ClassifyConfig
+from llmscratch.recipes.instruct import InstructConfig
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "finetune",
-        help="fine-tune a pretrained model (classify: text classification)",
+        help="fine-tune a pretrained model (classify: text classification; instruct: instruction following)",
         description="Fine-tune one of our models (GPT-2 or Llama family) for a task.",
     )
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
@@ -26,6 +27,36 @@ def register(subparsers) -> None:
         "--trainable lora --max-length 96 --epochs 3 --out runs/spam-lora    |    llmscratch finetune classify "
         "--model gpt2 --data reviews.csv --text-column review --label-column stars --full",
     )
+    add_command(
+        tasks, "instruct", InstructConfig, _run_instruct,
+        help="instruction fine-tuning (the book's chapter 7) in the alpaca, phi3 or the model's own chat format",
+        description="Fine-tune a pretrained model to follow instructions: entries are written in a prompt format, "
+        "the end-of-text token appended, padded, targets shifted by one (padding, and with --mask-prompt the "
+        "prompt, get no loss). Three fixed validation instructions are answered before training, at each "
+        "evaluation and after. Writes OUT/final (a model folder that generate, chat, export and evaluate load, "
+        "its prompt format recorded), report.json, loss.png, metrics.jsonl and checkpoints.",
+        epilog="Examples: llmscratch finetune instruct --model gpt2-medium --data instruction-data --epochs 2 "
+        "--lr 5e-5 --batch-size 8 --out runs/instruct   |   llmscratch finetune instruct --model "
+        "smollm2-135m-instruct --prompt-format chat --mask-prompt --trainable lora --epochs 1 --out runs/smol",
+    )
+
+
+def _run_instruct(cfg: InstructConfig) -> None:
+    from llmscratch.recipes import instruct
+
+    r = instruct.run(cfg, command=shlex.join(["llmscratch", "finetune", "instruct", *to_argv(cfg)]))
+    m, t = r["model"], r["train"]
+    print(f"model {m['base']} ({m['family']}), prompt format {r['prompt_format']}: {m['trainable']}, "
+          f"{m['trainable_params']:,} of {m['total_params']:,} parameters trained")
+    for before, after in zip(r["samples"]["before"], r["samples"]["after"]):
+        print(f"{before['instruction'][:60]!r}\n    before: {before['response'][:120]!r}\n    after:  "
+              f"{after['response'][:120]!r}")
+    if t["first_val_loss"] is not None:
+        stopped = f", stopped: {t['stop_reason']}" if t["stop_reason"] else ""
+        print(f"validation loss {t['first_val_loss']:.4f} -> {t['last_val_loss']:.4f} in {t['steps']} steps, "
+              f"{t['seconds']:.0f} s{stopped}")
+    print(f"tuned model in {r['files']['model']} (llmscratch chat --model {r['files']['model']}); report.json and "
+          f"loss.png in {cfg.train.out_dir}")
 
 
 def _run_classify(cfg: ClassifyConfig) -> None:
