@@ -10,7 +10,6 @@ from conftest import ByteTokenizer, mirror_file
 
 from llmscratch.data.preference import (
     PreferenceDataset,
-    PreferenceEntry,
     PreferenceFields,
     book_split,
     collate_preference,
@@ -19,14 +18,21 @@ from llmscratch.data.preference import (
 )
 from llmscratch.utils import UserError
 
+TOK = ByteTokenizer()
+
 
 def simple_format(record: dict) -> str:
     extra = f"\n{record['input']}" if record["input"] else ""
     return f"Q: {record['instruction']}{extra}\nA: "
 
 
-def entry(instruction="Say hi", chosen="Hello.", rejected="Go away.", inp="", where="x") -> PreferenceEntry:
-    return PreferenceEntry(instruction, inp, chosen, rejected, where)
+def encode(record: dict) -> tuple[list[int], list[int]]:
+    """As data.instruction's encode_example: (prompt ids, response ids) of a record whose output is the answer."""
+    return TOK.encode(simple_format(record)), TOK.encode(record["output"])
+
+
+def entry(instruction="Say hi", chosen="Hello.", rejected="Go away.", inp="", where="x") -> dict:
+    return {"instruction": instruction, "input": inp, "chosen": chosen, "rejected": rejected, "where": where}
 
 
 def test_reads_json_and_jsonl_with_field_names(tmp_path):
@@ -36,7 +42,7 @@ def test_reads_json_and_jsonl_with_field_names(tmp_path):
     fields = PreferenceFields(prompt="question", chosen="good", rejected="bad")
     for name in ("p.json", "p.jsonl"):
         got = read_preference_file(tmp_path / name, fields)
-        assert [(e.instruction, e.input, e.chosen, e.rejected) for e in got] == [("2+2?", "", "4", "5"),
+        assert [(e["instruction"], e["input"], e["chosen"], e["rejected"]) for e in got] == [("2+2?", "", "4", "5"),
                                                                                   ("Sky?", "", "Blue", "Green")]
     with pytest.raises(UserError, match="no chosen field 'chosen'"):
         read_preference_file(tmp_path / "p.json", PreferenceFields(prompt="question"))
@@ -52,8 +58,8 @@ def test_prompt_field_defaults_to_instruction_then_prompt(tmp_path):
             {"prompt": "P", "chosen": "a", "rejected": "b"}]
     (tmp_path / "p.json").write_text(json.dumps(rows))
     got = read_preference_file(tmp_path / "p.json")
-    assert (got[0].instruction, got[0].input) == ("I", "ctx")
-    assert (got[1].instruction, got[1].input) == ("P", "")
+    assert (got[0]["instruction"], got[0]["input"]) == ("I", "ctx")
+    assert (got[1]["instruction"], got[1]["input"]) == ("P", "")
 
 
 def test_registry_data_and_book_split():
@@ -65,27 +71,27 @@ def test_registry_data_and_book_split():
 
 
 def test_bad_pairs_are_counted_and_skipped():
-    tok = ByteTokenizer()
+    tok = TOK
     long_prompt = "x" * 40
     entries = [entry(), entry(chosen="same", rejected=" same "), entry(chosen="  "), entry(long_prompt),
                entry(chosen="abcdefghij-1", rejected="abcdefghij-2", where="cut")]
-    prompt_len = len(simple_format(entry().as_record()))
-    ds = PreferenceDataset(entries, tok, simple_format, max_length=prompt_len + 12, eos_id=tok.eos_id)
+    prompt_len = len(simple_format(entry()))
+    ds = PreferenceDataset(entries, encode, max_length=prompt_len + 12, end_id=tok.eos_id)
     assert len(ds) == 2  # the first pair, and the last one (its answers differ at their 12th token)
     assert (ds.skipped.equal, ds.skipped.empty, ds.skipped.no_room) == (1, 1, 1)
     assert "3 pair(s)" in ds.skipped.describe()
-    ds2 = PreferenceDataset(entries[-1:], tok, simple_format, max_length=prompt_len + 10, eos_id=tok.eos_id)
+    ds2 = PreferenceDataset(entries[-1:], encode, max_length=prompt_len + 10, end_id=tok.eos_id)
     assert len(ds2) == 0 and ds2.skipped.equal == 1  # equal once both are cut to 10 answer tokens
     pair = ds[0]
-    assert pair.prompt == tok.encode(simple_format(entry().as_record()))
+    assert pair.prompt == tok.encode(simple_format(entry()))
     assert pair.chosen == tok.encode("Hello.") + [tok.eos_id]
     assert pair.rejected == tok.encode("Go away.") + [tok.eos_id]
 
 
 def test_collate_masks_prompt_and_padding():
-    tok = ByteTokenizer()
-    ds = PreferenceDataset([entry(), entry("Longer instruction here", "Yes.", "No, never, not at all.")], tok,
-                           simple_format, max_length=200, eos_id=tok.eos_id)
+    tok = TOK
+    ds = PreferenceDataset([entry(), entry("Longer instruction here", "Yes.", "No, never, not at all.")], encode,
+                           max_length=200, end_id=tok.eos_id)
     batch = collate_preference([ds[0], ds[1]], pad_id=0, indices=[7, 9])
     assert batch["index"].tolist() == [7, 9]
     T = batch["chosen"].shape[1]

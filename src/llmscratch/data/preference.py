@@ -2,9 +2,9 @@
 
 Sources: the registry's `instruction-data-preference` (fields instruction, input, output, chosen, rejected; the
 book's split 935 / 110 / 55 in file order), or any JSON list / JSONL file whose prompt, chosen and rejected
-fields are named by the caller. The prompt is rendered with one of the instruction-tuning prompt formats (a
-callable: prompt fields -> text ending where the answer begins); each answer is encoded on its own and appended
-to the prompt's ids (followed by the end-of-text id when given), so the answer mask is exact.
+fields are named by the caller. Prompt and answers are encoded as instruction tuning encodes them (a callable,
+data.instruction's `encode_example` with its prompt format bound): the answer's ids follow the prompt's ids
+(then the end-of-text id), so the answer mask is exact.
 
 Bad pairs are counted and skipped before training, never silently: chosen == rejected (also after cutting to
 `max_length`), an empty answer, a prompt that leaves no room for an answer within `max_length`.
@@ -35,23 +35,9 @@ class PreferenceFields:
     rejected: str = "rejected"
 
 
-@dataclass(frozen=True)
-class PreferenceEntry:
-    """One pair, as read: the instruction (and optional input) and the two answers."""
-
-    instruction: str
-    input: str
-    chosen: str
-    rejected: str
-    where: str = ""  # "entry 12", "line 3": for messages
-
-    def as_record(self) -> dict:
-        """The Alpaca-style record prompt formats take: instruction, input."""
-        return {"instruction": self.instruction, "input": self.input}
-
-
-def read_preference_file(path: str | Path, fields: PreferenceFields = PreferenceFields()) -> list[PreferenceEntry]:
-    """The entries of a JSON list or JSONL file (UserError naming the file and entry for anything missing)."""
+def read_preference_file(path: str | Path, fields: PreferenceFields = PreferenceFields()) -> list[dict]:
+    """The entries of a JSON list or JSONL file as {"instruction", "input", "chosen", "rejected", "where"} (the
+    Alpaca fields the prompt formats read); UserError naming the file and entry for anything missing."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"preference data file not found: {path}")
@@ -69,7 +55,7 @@ def read_preference_file(path: str | Path, fields: PreferenceFields = Preference
     return [_entry(record, where, fields, path) for where, record in records]
 
 
-def _entry(record, where: str, fields: PreferenceFields, source: Path) -> PreferenceEntry:
+def _entry(record, where: str, fields: PreferenceFields, source: Path) -> dict:
     if not isinstance(record, dict):
         raise UserError(f"{source}, {where}: expected an object with fields, got {type(record).__name__}")
     prompt_field = fields.prompt or ("instruction" if "instruction" in record else "prompt")
@@ -78,11 +64,11 @@ def _entry(record, where: str, fields: PreferenceFields, source: Path) -> Prefer
             raise UserError(f"{source}, {where}: no {kind} field {name!r}; fields: {sorted(record)}")
         if not isinstance(record[name], str):
             raise UserError(f"{source}, {where}: field {name!r} must be text, got {type(record[name]).__name__}")
-    extra = record.get(fields.input) or ""
-    return PreferenceEntry(record[prompt_field], str(extra), record[fields.chosen], record[fields.rejected], where)
+    return {"instruction": record[prompt_field], "input": str(record.get(fields.input) or ""),
+            "chosen": record[fields.chosen], "rejected": record[fields.rejected], "where": where}
 
 
-def load_preference_entries(data: str, fields: PreferenceFields = PreferenceFields()) -> list[PreferenceEntry]:
+def load_preference_entries(data: str, fields: PreferenceFields = PreferenceFields()) -> list[dict]:
     """Entries of the registry name `instruction-data-preference` (fetched, checksummed) or of a file."""
     if data == REGISTRY_NAME:
         from llmscratch.data.registry import fetch
@@ -133,42 +119,46 @@ class EncodedPair:
     rejected: list[int]
 
 
-class PreferenceDataset:
-    """Encoded pairs of one split, bad ones skipped and counted (`skipped`)."""
+# (prompt ids, response ids) of an entry whose "output" is the answer: data.instruction's `encode_example` with
+# the prompt format and tokenizer bound, so preference tuning reads exactly what instruction tuning wrote.
+EncodeExample = Callable[[dict], tuple[list[int], list[int]]]
 
-    def __init__(
-        self,
-        entries: Sequence[PreferenceEntry],
-        tokenizer,
-        format_prompt: Callable[[dict], str],
-        max_length: int,
-        eos_id: int | None = None,
-    ):
+
+class PreferenceDataset:
+    """Encoded pairs of one split, bad ones skipped and counted (`skipped`).
+
+    `encode(entry)` gives (prompt ids, response ids) of an entry whose "output" is the answer; `end_id` (the
+    end-of-text id) is appended to each answer, which is then cut to fit `max_length` with the prompt.
+    """
+
+    def __init__(self, entries: Sequence[dict], encode: EncodeExample, max_length: int, end_id: int | None = None):
         if max_length < 2:
             raise UserError(f"max_length must be >= 2 (a prompt token and an answer token), got {max_length}")
         self.max_length = max_length
-        self.entries: list[PreferenceEntry] = []
+        self.entries: list[dict] = []
         self.pairs: list[EncodedPair] = []
         self.skipped = Skipped()
-        for entry in entries:
-            reason = self._add(entry, tokenizer, format_prompt, eos_id)
+        for i, entry in enumerate(entries):
+            reason = self._add(entry, encode, end_id)
             if reason is not None:
                 setattr(self.skipped, reason, getattr(self.skipped, reason) + 1)
-                self.skipped.examples.setdefault(reason, entry.where)
+                self.skipped.examples.setdefault(reason, entry.get("where", f"entry {i}"))
 
-    def _add(self, entry: PreferenceEntry, tokenizer, format_prompt, eos_id) -> str | None:
+    def _add(self, entry: dict, encode: EncodeExample, end_id: int | None) -> str | None:
         """Encode one entry; the name of the skip reason, or None when it was added."""
-        if not entry.chosen.strip() or not entry.rejected.strip():
+        if not entry["chosen"].strip() or not entry["rejected"].strip():
             return "empty"
-        if entry.chosen.strip() == entry.rejected.strip():
+        if entry["chosen"].strip() == entry["rejected"].strip():
             return "equal"
-        prompt = list(tokenizer.encode(format_prompt(entry.as_record())))
+        prompt, chosen = encode({**entry, "output": entry["chosen"]})
+        prompt_again, rejected = encode({**entry, "output": entry["rejected"]})
+        if prompt_again != prompt:
+            raise ValueError("the prompt format encodes one prompt in two ways: the answer leaks into the prompt")
         room = self.max_length - len(prompt)
         if room < 1 or not prompt:
             return "no_room"
-        tail = [eos_id] if eos_id is not None else []
-        chosen = (list(tokenizer.encode(entry.chosen)) + tail)[:room]
-        rejected = (list(tokenizer.encode(entry.rejected)) + tail)[:room]
+        tail = [end_id] if end_id is not None else []
+        chosen, rejected = (chosen + tail)[:room], (rejected + tail)[:room]
         if chosen == rejected:  # the answers differ only past max_length
             return "equal"
         self.entries.append(entry)
