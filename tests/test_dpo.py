@@ -120,3 +120,120 @@ def test_lora_adapters_off_is_the_base_model(preset):
     with pytest.raises(UserError, match="no LoRA"):
         with adapters_off(base):
             pass
+
+
+# --- the task: live and precomputed reference, training
+
+
+def pairs_dataset(n: int = 12, seed: int = 0):
+    """Pairs of short byte strings: chosen answers are polite ("please ..."), rejected ones rude."""
+    import random
+
+    from conftest import ByteTokenizer
+
+    from llmscratch.data.preference import PreferenceDataset
+
+    tok, r = ByteTokenizer(), random.Random(seed)
+    words = ["cat", "dog", "sun", "map", "box", "tea"]
+    entries = []
+    for i in range(n):
+        w = r.choice(words)
+        entries.append({"instruction": f"give {w} {i}", "input": "", "chosen": f"please, a {w}",
+                        "rejected": f"no {w}!!", "where": f"entry {i}"})
+
+    def encode(e):
+        return tok.encode(f"Q: {e['instruction']}\nA: "), tok.encode(e["output"])
+
+    return PreferenceDataset(entries, encode, max_length=48, end_id=tok.eos_id)
+
+
+def dpo_task(reference, reduction="mean", n=12):
+    from llmscratch.train.tasks.dpo import DPOTask
+
+    ds = pairs_dataset(n)
+    return DPOTask({"train": ds, "val": ds}, pad_id=0, beta=0.5, reduction=reduction, reference=reference)
+
+
+def perturbed(model, seed=5, scale=0.05):
+    policy = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return policy
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_precomputed_reference_gives_the_live_loss(tmp_path, reduction):
+    from llmscratch.train.tasks.dpo import FrozenReference
+
+    base = tiny()
+    policy = perturbed(base)
+    live = dpo_task(FrozenReference(copy.deepcopy(base)), reduction)
+    stored = dpo_task(FrozenReference(copy.deepcopy(base)), reduction)
+    path = tmp_path / "reference_logprobs.safetensors"
+    assert stored.precompute_reference(policy, 5, torch.device("cpu"), path, key="k", progress=False) == "computed"
+    assert stored.reference is None  # no second model kept
+    with torch.no_grad():
+        for indices in ([0, 1, 2, 3], [7, 4, 11]):
+            a, b = live.batch("train", indices), stored.batch("train", indices)
+            assert "ref_chosen" in b and "ref_chosen" not in a
+            la, ma = live.evaluate_batch(policy, a)
+            lb, mb = stored.evaluate_batch(policy, b)
+            assert la.item() == pytest.approx(lb.item(), abs=1e-6)
+            assert la.item() != pytest.approx(math.log(2), abs=1e-4)  # the policy differs from the reference
+            for k in ma:
+                assert ma[k][0] == pytest.approx(mb[k][0], abs=1e-5) and ma[k][1] == mb[k][1]
+    # read back (a resumed run): the same tables; other data or key: computed again
+    again = dpo_task(FrozenReference(copy.deepcopy(base)), reduction)
+    assert again.precompute_reference(policy, 5, torch.device("cpu"), path, key="k", progress=False) == "loaded"
+    assert torch.equal(again.tables["train"], stored.tables["train"])
+    other = dpo_task(FrozenReference(copy.deepcopy(base)), reduction)
+    assert other.precompute_reference(policy, 5, torch.device("cpu"), path, key="other", progress=False) == "computed"
+
+
+def test_adapters_off_reference_equals_a_frozen_copy():
+    from llmscratch.train.tasks.dpo import AdaptersOffReference, FrozenReference
+
+    base = tiny()
+    policy = copy.deepcopy(base)
+    apply_lora(policy, rank=4, alpha=8)
+    with torch.no_grad():
+        for m in lora_layers(policy).values():
+            m.lora_B.normal_(0, 0.1)
+    policy.train()
+    a, b = dpo_task(AdaptersOffReference()), dpo_task(FrozenReference(copy.deepcopy(base)))
+    batch = a.batch("train", [0, 1, 2])
+    with torch.no_grad():
+        assert torch.allclose(a.loss(policy, batch), b.loss(policy, batch), atol=1e-6)
+    assert policy.training  # the reference pass leaves the policy's mode alone
+    assert all(m.enabled for m in lora_layers(policy).values())
+
+
+def test_vocabulary_mismatch_is_refused():
+    from llmscratch.train.tasks.dpo import check_same_vocabulary
+
+    other = build_model(get_config("gpt2-tiny", vocab_size=300))
+    with pytest.raises(UserError, match="vocabulary has 300 tokens and the policy's 512"):
+        check_same_vocabulary(tiny(), other)
+    check_same_vocabulary(tiny(), tiny(seed=1))
+
+
+def test_margin_grows_over_a_few_steps(tmp_path):
+    from llmscratch.train.config import TrainConfig
+    from llmscratch.train.loop import train
+    from llmscratch.train.tasks.dpo import FrozenReference
+
+    base = tiny()
+    policy = copy.deepcopy(base).train()
+    task = dpo_task(FrozenReference(copy.deepcopy(base)), n=16)
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), epochs=6, batch_size=4, lr=3e-3, schedule="constant",
+                      eval_every=0, device="cpu", progress=False, export_models=False, sample_tokens=0)
+    before = [task.evaluate_batch(policy, b)[1] for b in task.val_batches(16)][0]
+    result = train(policy, task, cfg)
+    after = [task.evaluate_batch(policy.eval(), b)[1] for b in task.val_batches(16)][0]
+    assert before["margin"][0] == 0 and before["accuracy"][0] == 0  # policy == reference: no margin yet
+    assert after["margin"][0] / 16 > 0.5
+    assert after["accuracy"] == (16.0, 16)
+    last = result.evals[-1]
+    assert last["val_loss"] < math.log(2) and last["margin"] > 0.5 and last["accuracy"] == 1.0
