@@ -165,7 +165,7 @@ def perturbed(model, seed=5, scale=0.05):
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_precomputed_reference_gives_the_live_loss(tmp_path, reduction):
-    from llmscratch.train.tasks.dpo import FrozenReference
+    from llmscratch.train.tasks.dpo import FrozenReference, PolicyReference
 
     base = tiny()
     policy = perturbed(base)
@@ -190,10 +190,15 @@ def test_precomputed_reference_gives_the_live_loss(tmp_path, reduction):
     assert torch.equal(again.tables["train"], stored.tables["train"])
     other = dpo_task(FrozenReference(copy.deepcopy(base)), reduction)
     assert other.precompute_reference(policy, 5, torch.device("cpu"), path, key="other", progress=False) == "computed"
+    # the policy before its first update is its own reference: tables without a second model
+    selfref = dpo_task(None, reduction)
+    selfref.precompute_reference(copy.deepcopy(base).train(), 5, torch.device("cpu"), progress=False,
+                                 reference=PolicyReference())
+    assert torch.allclose(selfref.tables["train"], stored.tables["train"], atol=1e-5)
 
 
 def test_adapters_off_reference_equals_a_frozen_copy():
-    from llmscratch.train.tasks.dpo import AdaptersOffReference, FrozenReference
+    from llmscratch.train.tasks.dpo import FrozenReference, PolicyReference
 
     base = tiny()
     policy = copy.deepcopy(base)
@@ -202,7 +207,7 @@ def test_adapters_off_reference_equals_a_frozen_copy():
         for m in lora_layers(policy).values():
             m.lora_B.normal_(0, 0.1)
     policy.train()
-    a, b = dpo_task(AdaptersOffReference()), dpo_task(FrozenReference(copy.deepcopy(base)))
+    a, b = dpo_task(PolicyReference()), dpo_task(FrozenReference(copy.deepcopy(base)))
     batch = a.batch("train", [0, 1, 2])
     with torch.no_grad():
         assert torch.allclose(a.loss(policy, batch), b.loss(policy, batch), atol=1e-6)

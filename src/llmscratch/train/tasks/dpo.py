@@ -134,19 +134,23 @@ class FrozenReference:
         return chosen, rejected
 
 
-class AdaptersOffReference:
-    """With LoRA, the reference is the policy itself with its adapters switched off: no second model."""
+class PolicyReference:
+    """The policy itself as the reference: in eval mode, without gradients, its LoRA adapters (if any) switched off.
+
+    With LoRA that is the frozen base model at every step (no second model). Without LoRA it is the reference
+    only before the first update: the way to compute the reference tables once (`precompute_reference`).
+    """
 
     @torch.no_grad()
     def __call__(self, policy: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        from llmscratch.model.lora import adapters_off
+        from llmscratch.model.lora import adapters_off, lora_layers
         from llmscratch.train.distributed import unwrap
 
         base = unwrap(policy)
         was_training = base.training
         base.eval()
         try:
-            with adapters_off(base):
+            with adapters_off(base) if lora_layers(base) else contextlib.nullcontext():
                 chosen, _, rejected, _ = pair_logprobs(base, batch)
         finally:
             base.train(was_training)
@@ -261,20 +265,22 @@ class DPOTask(BaseTask):
     # --- reference log-probs computed once
     @torch.no_grad()
     def reference_table(self, model, split: str, batch_size: int, device, autocast=contextlib.nullcontext,
-                        desc: str | None = None) -> torch.Tensor:
-        """(N, 2) reference log-prob sums (chosen, rejected) of every pair of `split`, from the live reference."""
+                        desc: str | None = None, reference: Reference | None = None) -> torch.Tensor:
+        """(N, 2) reference log-prob sums (chosen, rejected) of every pair of `split`, from `reference` (default:
+        the task's live reference)."""
         from tqdm.auto import tqdm
 
         from llmscratch.train.tasks import move_to
 
-        if self.reference is None:
-            raise ValueError("reference_table needs the task's live reference")
+        reference = reference or self.reference
+        if reference is None:
+            raise ValueError("reference_table needs a live reference")
         table = torch.zeros(len(self.splits[split]), 2)
         bar = tqdm(total=len(table), desc=desc, unit="pair", disable=desc is None, leave=False)
         for batch in self.split_batches(split, batch_size):
             batch = move_to(batch, device)
             with autocast():
-                chosen, rejected = self.reference(model, batch)
+                chosen, rejected = reference(model, batch)
             table[batch["index"].cpu()] = torch.stack([chosen, rejected], -1).float().cpu()
             bar.update(len(chosen))
         bar.close()
@@ -289,9 +295,11 @@ class DPOTask(BaseTask):
         return h.hexdigest()
 
     def precompute_reference(self, model, batch_size: int, device, path: str | Path | None = None,
-                             key: str = "", autocast=contextlib.nullcontext, progress: bool = True) -> str:
-        """Compute the reference tables of every split once (or read them from `path` when it holds the tables
-        of this data and `key`), keep them, save them to `path` (safetensors), and drop the live reference.
+                             key: str = "", autocast=contextlib.nullcontext, progress: bool = True,
+                             reference: Reference | None = None) -> str:
+        """Compute the reference tables of every split once with `reference` (default: the task's; e.g.
+        `PolicyReference()` before training), or read them from `path` when it holds the tables of this data and
+        `key`; keep them, save them to `path` (safetensors, so a resumed run reads them), drop the live reference.
 
         `key` names what else decides the values (the reference model, dtype). Returns "computed" or "loaded".
         """
@@ -310,7 +318,8 @@ class DPOTask(BaseTask):
         self.tables = {}
         for split in self.splits:
             self.tables[split] = self.reference_table(model, split, batch_size, device, autocast,
-                                                      desc=f"reference log-probs ({split})" if progress else None)
+                                                      f"reference log-probs ({split})" if progress else None,
+                                                      reference)
         if path is not None:
             with atomic_path(path) as tmp:
                 save_file(self.tables, str(tmp), metadata=meta)
