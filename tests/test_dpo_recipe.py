@@ -51,7 +51,7 @@ def test_preferences_are_learned_and_the_model_is_saved(tmp_path, tiny_folder, t
     assert before["loss"] == pytest.approx(0.6931, abs=1e-3) and before["margin"] == 0 and before["accuracy"] == 0
     assert after["accuracy"] == 1.0 and after["margin"] > 0.2 and after["loss"] < 0.6
     run = tmp_path / "run"
-    assert (run / "loss.png").is_file() and (run / "report.json").is_file()
+    assert (run / "dpo.png").is_file() and (run / "report.json").is_file()
     evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {"margin", "accuracy", "chosen_reward", "rejected_reward"} <= set(evals[-1])
     assert (run / "reference_logprobs.safetensors").is_file() == (reference == "precomputed")

@@ -289,6 +289,7 @@ def run_dpo(cfg: DPOConfig, command: str | None = None, echo=print, loaded=None)
              for split in ("val", "test") if len(splits[split])}
     final = export_final(model, out / "final", tokenizer, loaded.chat_template, result.steps)
     timings["total"] = time.perf_counter() - started
+    plot = plot_dpo(out / "metrics.jsonl", out / "dpo.png", f"DPO (beta {cfg.beta}): {cfg.model}")
     report = {
         "command": command, "config": asdict(cfg), "model": {"start": cfg.model, **summary},
         "data": {name: {"pairs": len(ds), "skipped": ds.skipped.total} for name, ds in splits.items()},
@@ -296,11 +297,25 @@ def run_dpo(cfg: DPOConfig, command: str | None = None, echo=print, loaded=None)
         "steps": result.steps, "stop_reason": result.stop_reason,
         "before": {"test": before} if before else None, "after": after, "timings_s": timings,
         "seconds_per_step": result.seconds / max(result.steps, 1), "peak_memory_mb": peak_memory_mb(device),
-        "final_model": str(final), "plot": str(result.plot) if result.plot else None,
+        "final_model": str(final), "plot": str(plot) if plot else None,
         "metrics": str(result.metrics_path) if result.metrics_path else None,
     }
     atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     return report
+
+
+DPO_PANELS = [
+    ("DPO loss", [("loss", "train (per step)"), ("train_loss_eval", "train (eval)"), ("val_loss", "validation")]),
+    ("reward margin (chosen - rejected)", [("train_margin", "train"), ("margin", "validation")]),
+    ("reward accuracy", [("train_accuracy", "train"), ("accuracy", "validation")]),
+]
+
+
+def plot_dpo(metrics_path: Path, out_png: Path, title: str) -> Path | None:
+    """dpo.png: loss, reward margin and reward accuracy on train and validation against steps."""
+    from llmscratch.train.plots import plot_panels, read_metrics
+
+    return plot_panels(read_metrics(metrics_path), out_png, DPO_PANELS, title)
 
 
 def export_final(model, folder: Path, tokenizer, chat_template: str | None, steps: int) -> Path:
@@ -347,6 +362,6 @@ def format_report(report: dict) -> str:
     lines.append(f"training: {report['steps']} steps in {t['train']:.1f} s ({report['seconds_per_step']:.2f} s/step"
                  f"{', stopped: ' + report['stop_reason'] if report['stop_reason'] else ''}); peak memory "
                  f"{report['peak_memory_mb']:,.0f} MB; total {t['total']:.1f} s")
-    lines.append(f"final model {report['final_model']}; report.json, loss.png, metrics.jsonl in "
-                 f"{Path(report['final_model']).parent}")
+    lines.append(f"final model {report['final_model']}; report.json, dpo.png (loss, margin, accuracy), "
+                 f"metrics.jsonl in {Path(report['final_model']).parent}")
     return "\n".join(lines)
