@@ -354,11 +354,12 @@ def format_report(report: dict) -> str:
              f"trained; reference: {report['reference']}"]
     rows = [("test (before)", (report.get("before") or {}).get("test"))]
     rows += [(f"{'validation' if k == 'val' else k} (after)", v) for k, v in report["after"].items()]
+    beta = report["config"]["beta"]
     for name, r in rows:
         if r:
-            lines.append(f"{name + ':':<20} reward accuracy {r['accuracy'] * 100:6.2f}%  margin {r['margin']:7.4f}  "
-                         f"chosen {r['chosen_reward']:7.4f}  rejected {r['rejected_reward']:7.4f}  "
-                         f"loss {r['loss']:.4f}  ({r['pairs']} pairs)")
+            lines.append(f"{name + ':':<20} reward accuracy {r['accuracy'] * 100:6.2f}%  margin {r['margin']:7.4f} "
+                         f"({r['margin'] / beta:.3f} without beta, the book's unit)  chosen {r['chosen_reward']:7.4f}  "
+                         f"rejected {r['rejected_reward']:7.4f}  loss {r['loss']:.4f}  ({r['pairs']} pairs)")
     lines.append(f"training: {report['steps']} steps in {t['train']:.1f} s ({report['seconds_per_step']:.2f} s/step"
                  f"{', stopped: ' + report['stop_reason'] if report['stop_reason'] else ''}); peak memory "
                  f"{report['peak_memory_mb']:,.0f} MB; total {t['total']:.1f} s")
