@@ -30,14 +30,8 @@ def one(args) -> dict:
     """Measure one (trainable, reference) way in this process; a dict of figures."""
     import torch
 
-    from llmscratch.recipes.dpo import (
-        DPOConfig,
-        autocast_for,
-        build_reference,
-        load_pair_splits,
-        peak_memory_mb,
-        set_trainable,
-    )
+    from llmscratch.model.heads import apply_trainable
+    from llmscratch.recipes.dpo import DPOConfig, autocast_for, build_reference, load_pair_splits, peak_memory_mb
     from llmscratch.train.tasks.dpo import DPOTask
     from llmscratch.utils import pick_device
     from llmscratch.weights import load_model
@@ -55,7 +49,7 @@ def one(args) -> dict:
     splits["val"].pairs = splits["val"].pairs[: args.batch_size]
     model = loaded.model
     reference = build_reference(cfg, model, device)
-    set_trainable(model, cfg.trainable, cfg.lora_rank, cfg.lora_alpha)
+    apply_trainable(model, cfg.trainable, cfg.lora_rank, cfg.lora_alpha, train_head=False)
     task = DPOTask(splits, loaded.tokenizer.eos_id, reference=reference if args.reference == "live" else None)
     autocast = autocast_for(device)
     pre = 0.0

@@ -48,7 +48,7 @@ def lookup(obj, dest: str):
 
 def test_the_generated_commands_are_the_public_ones():
     commands = {c for c, _, _ in generated_parsers()}
-    assert {"pretrain", "finetune classify", "demo", "bench generate", "bench train"} <= commands
+    assert {"pretrain", "finetune classify", "finetune dpo", "demo", "bench generate", "bench train"} <= commands
 
 
 @pytest.mark.parametrize(("command", "parser", "cls"), generated_parsers(), ids=lambda x: str(x)[:20])
@@ -81,6 +81,9 @@ def test_every_flag_default_is_the_field_default(command, parser, cls):
         (["finetune", "classify", "--model", "m", "--lora-rank", "0"], "--lora-rank must be >= 1, got 0"),
         (["finetune", "classify", "--model", "m", "--max-steps", "0"], "--max-steps must be >= 1, got 0"),
         (["finetune", "classify", "--model", "m", "--max-seconds", "-5"], "--max-seconds must be > 0, got -5"),
+        (["finetune", "dpo", "--model", "m", "--beta", "0"], "--beta must be > 0, got 0"),
+        (["finetune", "dpo", "--model", "m", "--max-length", "1"], "--max-length must be >= 2, got 1"),
+        (["finetune", "dpo", "--model", "m", "--reference", "copy"], "--reference must be one of live, precomputed"),
         (["demo", "--steps", "0"], "--steps must be >= 1, got 0"),
         (["demo", "--threads", "0"], "--threads must be >= 1, got 0"),
         (["bench", "generate", "--tokens", "5,0"], "--tokens must be >= 1, got 0"),

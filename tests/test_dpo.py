@@ -226,14 +226,14 @@ def test_vocabulary_mismatch_is_refused():
 
 def test_margin_grows_over_a_few_steps(tmp_path):
     from llmscratch.train.config import TrainConfig
-    from llmscratch.train.loop import train
     from llmscratch.train.tasks.dpo import FrozenReference
+    from llmscratch.train.trainer import train
 
     base = tiny()
     policy = copy.deepcopy(base).train()
     task = dpo_task(FrozenReference(copy.deepcopy(base)), n=16)
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), epochs=6, batch_size=4, lr=3e-3, schedule="constant",
-                      eval_every=0, device="cpu", progress=False, export_models=False, sample_tokens=0)
+                      eval_every=0, device="cpu", progress=False, export_models=False, sample_prompt=None)
     before = [task.evaluate_batch(policy, b)[1] for b in task.val_batches(16)][0]
     result = train(policy, task, cfg)
     after = [task.evaluate_batch(policy.eval(), b)[1] for b in task.val_batches(16)][0]

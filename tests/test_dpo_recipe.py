@@ -10,8 +10,9 @@ import torch
 
 from llmscratch.cli import main
 from llmscratch.model import GPTConfig, build_model
-from llmscratch.recipes.dpo import DPOConfig, run_dpo
+from llmscratch.recipes.dpo import DPOConfig, run
 from llmscratch.tokenizer import Tokenizer
+from llmscratch.train.config import TrainConfig
 from llmscratch.utils import UserError
 from llmscratch.weights import load_model
 from llmscratch.weights.ours import save_pretrained
@@ -35,28 +36,35 @@ def pairs_file(path, n=40, **extra):
     return path
 
 
+TRAIN = {"lr", "epochs", "batch_size", "eval_every", "eval_batches", "progress", "device", "max_steps"}
+
+
 def cfg(tmp_path, folder, data, **kw) -> DPOConfig:
     kw = {"prompt_field": "question", "chosen_field": "good", "rejected_field": "bad", "prompt_format": "phi3",
           "lr": 3e-3, "epochs": 3, "batch_size": 4, "beta": 0.5, "eval_every": 10, "eval_batches": None,
-          "progress": False, "device": "cpu", "lora_rank": 4, "lora_alpha": 8, **kw}
-    return DPOConfig(model=str(folder), data=str(data), out=str(tmp_path / "run"), **kw)
+          "progress": False, "device": "cpu", "lora_rank": 4, "lora_alpha": 8, "train_metrics_batches": 2, **kw}
+    train = TrainConfig(out_dir=str(tmp_path / "run"), schedule="constant", weight_decay=0.0, keep_last=1,
+                        export_models=False, sample_prompt=None, **{k: v for k, v in kw.items() if k in TRAIN})
+    return DPOConfig(model=str(folder), data=str(data), train=train, **{k: v for k, v in kw.items() if k not in TRAIN})
 
 
 @pytest.mark.parametrize("trainable,reference", [("all", "live"), ("lora", "precomputed")])
 def test_preferences_are_learned_and_the_model_is_saved(tmp_path, tiny_folder, trainable, reference):
     data = pairs_file(tmp_path / "pairs.jsonl")
-    report = run_dpo(cfg(tmp_path, tiny_folder, data, trainable=trainable, reference=reference), echo=lambda s: None)
+    report = run(cfg(tmp_path, tiny_folder, data, trainable=trainable, reference=reference), echo=lambda s: None)
     assert report["data"]["train"]["pairs"] == 34 and report["data"]["val"]["pairs"] == 2
     before, after = report["before"]["test"], report["after"]["test"]
     assert before["loss"] == pytest.approx(0.6931, abs=1e-3) and before["margin"] == 0 and before["accuracy"] == 0
     assert after["accuracy"] == 1.0 and after["margin"] > 0.2 and after["loss"] < 0.6
-    run = tmp_path / "run"
-    assert (run / "dpo.png").is_file() and (run / "report.json").is_file()
-    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert {"margin", "accuracy", "chosen_reward", "rejected_reward"} <= set(evals[-1])
-    assert (run / "reference_logprobs.safetensors").is_file() == (reference == "precomputed")
+    out = tmp_path / "run"
+    assert (out / "dpo.png").is_file() and (out / "report.json").is_file()
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    metrics = {"margin", "accuracy", "chosen_reward", "rejected_reward"}
+    assert metrics | {f"train_{m}" for m in metrics} | {"eval_train_loss"} <= set(evals[-1])
+    assert evals[-1]["train_accuracy"] == 1.0
+    assert (out / "reference_logprobs.safetensors").is_file() == (reference == "precomputed")
     # the final folder is a plain model (LoRA merged into its weights), trained away from the start
-    final, start = load_model(run / "final").model, load_model(tiny_folder).model
+    final, start = load_model(out / "final").model, load_model(tiny_folder).model
     assert not any("lora" in n for n, _ in final.named_parameters())
     name = "blocks.0.attn.qkv.weight"
     assert not torch.allclose(final.get_parameter(name), start.get_parameter(name))
@@ -71,12 +79,12 @@ def test_bad_input_fails_before_training(tmp_path, tiny_folder):
     rows[6]["question"] = "x" * 200  # no room within the context of 128
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     messages = []
-    report = run_dpo(cfg(tmp_path, tiny_folder, data, max_steps=1), echo=messages.append)
+    report = run(cfg(tmp_path, tiny_folder, data, max_steps=1), echo=messages.append)
     assert any("skipped 7 pair(s): 5 with equal chosen and rejected answers; 1 with an empty answer; 1 whose "
                "prompt leaves no room" in m for m in messages)
     assert report["data"]["train"] == {"pairs": 27, "skipped": 7}
     with pytest.raises(UserError, match="no chosen field 'nope'"):
-        run_dpo(cfg(tmp_path, tiny_folder, data, chosen_field="nope", overwrite=True))
+        run(cfg(tmp_path, tiny_folder, data, chosen_field="nope", overwrite=True))
 
 
 def test_cli(tmp_path, tiny_folder, capsys):

@@ -6,12 +6,13 @@ import shlex
 
 from llmscratch.config import add_command, to_argv
 from llmscratch.recipes.classify import ClassifyConfig
+from llmscratch.recipes.dpo import DPOConfig
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "finetune",
-        help="fine-tune a pretrained model (classify: text classification)",
+        help="fine-tune a pretrained model (classify: text classification; dpo: preference tuning)",
         description="Fine-tune one of our models (GPT-2 or Llama family) for a task.",
     )
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
@@ -26,6 +27,25 @@ def register(subparsers) -> None:
         "--trainable lora --max-length 96 --epochs 3 --out runs/spam-lora    |    llmscratch finetune classify "
         "--model gpt2 --data reviews.csv --text-column review --label-column stars --full",
     )
+
+    add_command(
+        tasks, "dpo", DPOConfig, _run_dpo,
+        help="preference tuning (DPO): prefer the chosen answer of each pair over the rejected one",
+        description="Direct Preference Optimization: train the model to give its chosen answers a higher "
+        "probability than its rejected ones, measured against the frozen starting model (the reference). Prints "
+        "the test reward accuracy and margin before and after, and the validation ones after; writes OUT/final (a "
+        "model folder, LoRA merged), report.json, dpo.png (loss, reward margin and accuracy on train and "
+        "validation), metrics.jsonl, checkpoints and, with --reference precomputed, reference_logprobs.safetensors.",
+        epilog="Example: llmscratch finetune dpo --model runs/instruct/final --data instruction-data-preference "
+        "--beta 0.1 --lr 5e-6 --epochs 1 --batch-size 8 --trainable lora --out runs/dpo",
+    )
+
+
+def _run_dpo(cfg: DPOConfig) -> None:
+    from llmscratch.recipes import dpo
+
+    report = dpo.run(cfg, command=shlex.join(["llmscratch", "finetune", "dpo", *to_argv(cfg)]))
+    print(dpo.format_report(report))
 
 
 def _run_classify(cfg: ClassifyConfig) -> None:

@@ -68,9 +68,11 @@ def plot_metrics(records: list[dict], out_png: str | Path, title: str | None = N
         ax2 = axes[0][1]
         for k in extra:
             pts = [(r["step"], r[k]) for r in evals if isinstance(r.get(k), (int, float))]
-            ax2.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"validation {k}", markersize=3)
+            label = f"train {k[6:]}" if k.startswith("train_") else f"validation {k}"  # TrainMetrics: train_*
+            ax2.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label, markersize=3)
         ax2.set_xlabel("optimizer step")
-        ax2.set_title("metrics on the validation set", fontsize=10)
+        ax2.set_title("evaluation metrics" if any(k.startswith("train_") for k in extra)
+                      else "metrics on the validation set", fontsize=10)
         ax2.grid(alpha=0.3)
         ax2.legend()
     fig.tight_layout()
