@@ -49,8 +49,8 @@ def lookup(obj, dest: str):
 
 def test_the_generated_commands_are_the_public_ones():
     commands = {c for c, _, _ in generated_parsers()}
-    assert {"pretrain", "finetune classify", "finetune instruct", "demo", "bench generate", "bench train",
-            "evaluate generate", "evaluate judge", "evaluate metrics"} <= commands
+    assert {"pretrain", "finetune classify", "finetune instruct", "finetune dpo", "demo", "bench generate",
+            "bench train", "evaluate generate", "evaluate judge", "evaluate metrics"} <= commands
 
 
 @pytest.mark.parametrize(("command", "parser", "cls"), generated_parsers(), ids=lambda x: str(x)[:20])
@@ -88,6 +88,9 @@ def test_every_flag_default_is_the_field_default(command, parser, cls):
         (["evaluate", "generate", "--model", "m", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
         (["evaluate", "judge", "--responses", "r", "--base-url", "u", "--model", "m", "--timeout", "0"],
          "--timeout must be > 0, got 0"),
+        (["finetune", "dpo", "--model", "m", "--beta", "0"], "--beta must be > 0, got 0"),
+        (["finetune", "dpo", "--model", "m", "--max-length", "1"], "--max-length must be >= 2, got 1"),
+        (["finetune", "dpo", "--model", "m", "--reference", "copy"], "--reference must be one of live, precomputed"),
         (["demo", "--steps", "0"], "--steps must be >= 1, got 0"),
         (["demo", "--threads", "0"], "--threads must be >= 1, got 0"),
         (["bench", "generate", "--tokens", "5,0"], "--tokens must be >= 1, got 0"),

@@ -1,4 +1,5 @@
-"""`llmscratch finetune classify`: fine-tune a language model as a text classifier (SMS spam or your table)."""
+"""`llmscratch finetune classify|instruct|dpo`: fine-tune a language model (text classification, instruction
+following, preference tuning)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ import shlex
 
 from llmscratch.config import add_command, to_argv
 from llmscratch.recipes.classify import ClassifyConfig
+from llmscratch.recipes.dpo import DPOConfig
 from llmscratch.recipes.instruct import InstructConfig
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "finetune",
-        help="fine-tune a pretrained model (classify: text classification; instruct: instruction following)",
+        help="fine-tune a pretrained model (classify: text classification; instruct: instruction following; "
+        "dpo: preference tuning)",
         description="Fine-tune one of our models (GPT-2 or Llama family) for a task.",
     )
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
@@ -39,6 +42,18 @@ def register(subparsers) -> None:
         "--lr 5e-5 --batch-size 8 --out runs/instruct   |   llmscratch finetune instruct --model "
         "smollm2-135m-instruct --prompt-format chat --mask-prompt --trainable lora --epochs 1 --out runs/smol",
     )
+    add_command(
+        tasks, "dpo", DPOConfig, _run_dpo,
+        help="preference tuning (DPO): prefer the chosen answer of each pair over the rejected one",
+        description="Direct Preference Optimization: train the model to give its chosen answers a higher "
+        "probability than its rejected ones, measured against the frozen starting model (the reference). Prints "
+        "the test reward accuracy and margin before and after, and the validation ones after; writes OUT/final (a "
+        "model folder, LoRA merged), report.json, dpo.png (loss, reward margin and accuracy on train and "
+        "validation), metrics.jsonl, checkpoints and, with --reference precomputed, reference_logprobs.safetensors.",
+        epilog="Example: llmscratch finetune dpo --model runs/instruct/final --data instruction-data-preference "
+        "--beta 0.1 --lr 5e-6 --epochs 1 --batch-size 8 --trainable lora --out runs/dpo",
+    )
+
 
 
 def _run_instruct(cfg: InstructConfig) -> None:
@@ -57,6 +72,13 @@ def _run_instruct(cfg: InstructConfig) -> None:
               f"{t['seconds']:.0f} s{stopped}")
     print(f"tuned model in {r['files']['model']} (llmscratch chat --model {r['files']['model']}); report.json and "
           f"loss.png in {cfg.train.out_dir}")
+
+
+def _run_dpo(cfg: DPOConfig) -> None:
+    from llmscratch.recipes import dpo
+
+    report = dpo.run(cfg, command=shlex.join(["llmscratch", "finetune", "dpo", *to_argv(cfg)]))
+    print(dpo.format_report(report))
 
 
 def _run_classify(cfg: ClassifyConfig) -> None:

@@ -6,14 +6,16 @@ adapter added as `<layer>.lora_A` (in, rank) and `<layer>.lora_B` (rank, out). B
 wrapping the model computes exactly what it computed before. `merge_lora` folds the update into the weights
 (W + (alpha / rank) * (A @ B)^T) for inference without extra cost; `unmerge_lora` takes it out again.
 `lora_state_dict` gives the adapter (plus chosen modules such as a classifier head); weights/lora.py saves
-and loads it as a safetensors file.
+and loads it as a safetensors file. `adapters_off(model)` runs the base model (every update skipped) inside a
+`with` block, e.g. as the frozen reference of preference tuning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +48,7 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(rank, self.out_features, device=dev, dtype=dtype))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as the book (and nn.Linear) do
         self.merged = False
+        self.enabled = True  # False: the layer computes its base linear only (see `adapters_off`)
 
     def delta_weight(self) -> torch.Tensor:
         """The update in the layout of `weight`: scale * (A @ B)^T, (out, in)."""
@@ -53,7 +56,7 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)
-        if self.merged:
+        if self.merged or not self.enabled:
             return y
         return y + self.scale * ((x @ self.lora_A) @ self.lora_B)  # (..., in) -> (..., rank) -> (..., out)
 
@@ -135,6 +138,27 @@ def unmerge_lora(model: nn.Module) -> None:
     """Undo `merge_lora`: W <- W - (alpha / rank) * (A @ B)^T (idempotent)."""
     for m in lora_layers(model).values():
         m.unmerge()
+
+
+@contextlib.contextmanager
+def adapters_off(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block, `model` computes its base model: every LoRA update is skipped (nothing is copied).
+
+    Raises UserError for merged adapters (their update is inside the weights) and for a model without adapters.
+    """
+    layers = list(lora_layers(model).values())
+    if not layers:
+        raise UserError("the model has no LoRA layers to switch off")
+    if any(m.merged for m in layers):
+        raise UserError("unmerge the LoRA layers (unmerge_lora) before switching them off")
+    before = [m.enabled for m in layers]
+    for m in layers:
+        m.enabled = False
+    try:
+        yield model
+    finally:
+        for m, was in zip(layers, before):
+            m.enabled = was
 
 
 def lora_config(model: nn.Module) -> dict:

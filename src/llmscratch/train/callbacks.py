@@ -178,6 +178,21 @@ class SampleText(Callback):
                 record["sample"] = text
 
 
+class TrainMetrics(Callback):
+    """Add the task's loss and metrics over the first `batches` training batches (eval mode, all ranks) to each
+    eval record: `eval_train_loss` and `train_<metric>`. Place it before MetricsLog so that they are logged."""
+
+    def __init__(self, batches: int):
+        self.batches = batches
+
+    def on_evaluate(self, trainer: Trainer, record: dict) -> None:
+        cfg, info = trainer.cfg, trainer.info
+        res = trainer.mean_over(trainer.task.train_batches(0, cfg.batch_size, 0, info.rank, info.world_size),
+                                self.batches)
+        record["eval_train_loss"] = res.pop("loss")
+        record.update({f"train_{k}": v for k, v in res.items()})
+
+
 class ExportModels(Callback):
     """OUT/best (at each new best validation loss) and OUT/final (at the end) as model folders (rank 0)."""
 

@@ -68,11 +68,56 @@ def plot_metrics(records: list[dict], out_png: str | Path, title: str | None = N
         ax2 = axes[0][1]
         for k in extra:
             pts = [(r["step"], r[k]) for r in evals if isinstance(r.get(k), (int, float))]
-            ax2.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"validation {k}", markersize=3)
+            label = f"train {k[6:]}" if k.startswith("train_") else f"validation {k}"  # TrainMetrics: train_*
+            ax2.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label, markersize=3)
         ax2.set_xlabel("optimizer step")
-        ax2.set_title("metrics on the validation set", fontsize=10)
+        ax2.set_title("evaluation metrics" if any(k.startswith("train_") for k in extra)
+                      else "metrics on the validation set", fontsize=10)
         ax2.grid(alpha=0.3)
         ax2.legend()
+    fig.tight_layout()
+    out_png = Path(out_png)
+    try:
+        with atomic_path(out_png) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
+    return out_png
+
+
+def plot_panels(
+    records: list[dict], out_png: str | Path, panels: list[tuple[str, list[tuple[str, str]]]], title: str | None = None
+) -> Path | None:
+    """A PNG of side-by-side panels against optimizer steps: each panel is (y label, [(key, legend), ...]).
+
+    The key "loss" is the per-step training loss (train records); any other key is read from the eval records.
+    Returns the path, or None when no panel has a point.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def series(key: str) -> list[tuple[int, float]]:
+        kind = "train" if key == "loss" else "eval"
+        return [(r["step"], r[key]) for r in records
+                if r.get("type") == kind and isinstance(r.get(key), (int, float))]
+
+    if not any(series(k) for _, lines in panels for k, _ in lines):
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (ylabel, lines) in zip(axes[0], panels):
+        for key, label in lines:
+            pts = series(key)
+            if pts:
+                style = {"alpha": 0.45, "linewidth": 1} if key == "loss" else {"marker": "o", "markersize": 3}
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, **style)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     out_png = Path(out_png)
     try:
