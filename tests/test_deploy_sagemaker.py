@@ -350,3 +350,22 @@ def test_invoke_request_body():
     assert json.loads(body) == {"inputs": "Hi", "parameters": {"max_new_tokens": 3}}
     assert sm_mod.generated_text(b'[{"generated_text": "x"}]') == "x"
     assert sm_mod.generated_text(b"plain") == "plain"
+
+
+def test_an_error_from_the_container_is_one_line(aws_env, monkeypatch, capsys):
+    runtime = boto3.client("sagemaker-runtime", region_name=REGION)
+    stub = Stubber(runtime)
+    stub.add_client_error("invoke_endpoint", "ModelError", "Received client error (400) from primary with message "
+                          '"{"error": {"message": "parameters.max_new_tokens must be in 1..64"}}"', 424)
+
+    class S:
+        region_name = REGION
+
+        def client(self, name):
+            return runtime
+
+    monkeypatch.setattr(sm_mod, "session", lambda region=None: S())
+    with stub:
+        err = one_line_error(["deploy", "invoke", "--endpoint-name", "tiny", "--prompt", "Hi", "--max-new-tokens",
+                              "999"], capsys)
+    assert "invoking tiny: ModelError: Received client error (400)" in err and "max_new_tokens" in err
