@@ -19,8 +19,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from llmscratch.utils import atomic_write_text
 
 GB = 1e9
@@ -42,6 +40,8 @@ def cpu_model() -> str:
 
 def machine_info() -> dict[str, Any]:
     """What shapes a timing on this machine: load, cores, threads, OpenMP wait policy, versions."""
+    import torch  # lazily: building the CLI's flags must not load torch
+
     try:
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:
@@ -105,6 +105,8 @@ def _median_time(fn: Callable[[], object], repeats: int) -> float:
 
 
 def _product_gbs(matrix_bytes: int, repeats: int) -> tuple[float, float]:
+    import torch  # lazily: building the CLI's flags must not load torch
+
     cols = 4096
     rows = max(1, matrix_bytes // (4 * cols))
     w = torch.randn(rows, cols)
@@ -116,6 +118,8 @@ def _product_gbs(matrix_bytes: int, repeats: int) -> tuple[float, float]:
 
 
 def _sum_gbs(sum_bytes: int, repeats: int) -> float:
+    import torch  # lazily: building the CLI's flags must not load torch
+
     big = torch.ones(max(1, sum_bytes // 4))
     return big.numel() * 4 / _median_time(big.sum, repeats) / GB
 
@@ -277,6 +281,8 @@ def panel_chart(
 def transformers_twin(model, **config_overrides):
     """transformers' model of the same family (GPT2LMHeadModel or LlamaForCausalLM) holding our model's weights,
     float32, in eval mode; None when transformers is not installed (it is a reference, never a dependency)."""
+    import torch  # lazily: building the CLI's flags must not load torch
+
     try:
         import transformers
     except ImportError:

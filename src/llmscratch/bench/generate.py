@@ -19,8 +19,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from llmscratch.bench import common
 from llmscratch.config import check_fields, setting
 
@@ -69,6 +67,8 @@ class Variant:
 
 
 def _variants(model, hf, prompt: list[int]) -> list[Variant]:
+    import torch  # lazily: the CLI builds this command's flags without loading torch
+
     from llmscratch.generate import SamplingConfig, generate
     from llmscratch.model.base import set_weight_layout
 
@@ -132,6 +132,8 @@ def _model_specs(cfg: GenerateBenchConfig) -> list[str]:
 
 def _bench_model(spec: str, cfg: GenerateBenchConfig, echo: Callable[[str], None]) -> _Section:
     """Load one model, check greedy outputs agree, time every variant and length interleaved."""
+    import torch  # lazily: the CLI builds this command's flags without loading torch
+
     from llmscratch.model import PRESETS
     from llmscratch.model.base import model_size, set_weight_layout
     from llmscratch.utils import UserError
@@ -203,6 +205,8 @@ def run_generate_bench(cfg: GenerateBenchConfig, echo: Callable[[str], None] = p
     The JSON's top-level "model", "decode_limit_tokens_per_s" and "ratios" describe the first model (as in a
     one-model run); "models" has one section per model; "results" holds every model's rows.
     """
+    import torch  # lazily: the CLI builds this command's flags without loading torch
+
     from llmscratch.utils import UserError
 
     if not cfg.tokens:

@@ -13,8 +13,6 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import torch
-
 from llmscratch.config import check_fields, setting
 from llmscratch.utils import UserError
 
@@ -61,7 +59,6 @@ def text_metrics(records: Sequence[Mapping]) -> dict:
             "empty_responses": sum(not r["response"].strip() for r in records), "count": len(records)}
 
 
-@torch.no_grad()
 def reference_loss(model, tokenizer, entries: Sequence[Mapping], fmt: str, chat_template: str | None,
                    mask_prompt: bool = True, batch_size: int = 8, max_length: int | None = None,
                    progress: bool = False) -> dict:
@@ -69,6 +66,7 @@ def reference_loss(model, tokenizer, entries: Sequence[Mapping], fmt: str, chat_
     the entries are collated as in training (end token appended, padding ignored); with `mask_prompt` only the
     response tokens and the end token count, which makes models tuned with and without prompt masking
     comparable."""
+    import torch  # lazily: building the CLI's flags must not load torch
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
@@ -85,7 +83,8 @@ def reference_loss(model, tokenizer, entries: Sequence[Mapping], fmt: str, chat_
     for s in tqdm(range(0, len(order), batch_size), desc="reference loss", unit="batch", disable=not progress):
         inputs, targets = ds.collate(order[s : s + batch_size], pad_id_of(tokenizer), end_id_of(tokenizer),
                                      mask_prompt)
-        logits = model(inputs.to(device)).float()  # (B, T, vocab)
+        with torch.no_grad():
+            logits = model(inputs.to(device)).float()  # (B, T, vocab)
         targets = targets.to(device)
         total += float(F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
                                        reduction="sum"))
