@@ -31,7 +31,8 @@ class DemoSettings:
     steps: int = setting(800, "training steps (--quick: 8)", ge=1)
     max_seconds: float | None = setting(120.0, "stop training after this many seconds even if steps remain "
                                         "(0: no limit; --quick: no limit)", ge=0)
-    threads: int | None = setting(None, "torch threads (default: the cores not busy with other work)", ge=1)
+    threads: int | None = setting(None, "torch threads (default: the cores not busy with other work)", ge=1,
+                                  le=1024)
     progress: bool = setting(True, "no progress bars", switches={"--no-progress": False})
     real_model: str | None = setting("smollm2-135m-instruct", "registered chat model that answers --question at "
                                      "the end; 'none' skips that step (fetched once into the cache; --quick: none)")
