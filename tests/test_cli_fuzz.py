@@ -69,12 +69,12 @@ BASE: dict[str, list[str]] = {
     "bench generate": ["--quick", "--no-transformers", "--out", "{out}/bench", "--no-progress"],
     "bench train": ["--quick", "--no-transformers", "--out", "{out}/bench", "--no-progress"],
 }
-# Where a command's long work starts ("module:function"): replaced by a stub during the fuzz, so the command is
-# checked up to there (every value checked where it enters) and stops in well under a second.
+# Where a command's long work starts ("module:function" or a class): replaced by a stub during the fuzz, so the
+# command is checked up to there (every value checked where it enters) and stops in well under a second.
 STOP_AT: dict[str, list[str]] = {
-    "pretrain": ["llmscratch.train.trainer:Trainer.fit"],
-    "finetune classify": ["llmscratch.train.trainer:Trainer.fit"],
-    "demo": ["llmscratch.train.trainer:Trainer.fit"],
+    "pretrain": ["llmscratch.train.trainer:Trainer"],
+    "finetune classify": ["llmscratch.train.trainer:Trainer"],
+    "demo": ["llmscratch.train.trainer:Trainer"],
     "bench generate": ["llmscratch.bench.common:interleaved_times"],
     "bench train": ["llmscratch.bench.common:interleaved_times"],
     "models fetch": ["llmscratch.weights.registry:fetch_source"],  # the download itself (hub, pip)

@@ -104,3 +104,12 @@ def test_book_style_model_untied_with_torch_init(tmp_path, corpus, capsys):
     with pytest.raises(SystemExit):
         main(args_for(corpus, tmp_path / "bad", "--init", "xavier"))
     assert "--init must be one of gpt2, torch" in capsys.readouterr().err
+
+
+def test_llama_preset_trains_and_resume_checks_the_model(tmp_path, corpus, capsys):
+    main(args_for(corpus, tmp_path / "llama", "--model", "llama-tiny", "--max-steps", "2", "--no-qkv-bias"))
+    assert "trained 2 steps" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(args_for(corpus, tmp_path / "llama", "--max-steps", "3", "--resume"))  # gpt2-tiny now
+    assert e.value.code == 2
+    assert "holds another model (family 'llama' there, 'gpt2' now)" in capsys.readouterr().err

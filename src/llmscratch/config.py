@@ -199,9 +199,13 @@ def _check_one(value, base, m, name: str) -> None:
     for key, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
         bound = m.get(key)
         if bound is not None and not _compare(value, op, bound):
-            raise UserError(f"{name} must be {op} {bound:g}, got {value:g}")
+            raise UserError(f"{name} must be {op} {_number(bound)}, got {_number(value)}")
     if m.get("choices") and value not in m["choices"]:
         raise UserError(f"{name} must be one of {', '.join(map(str, m['choices']))}, got {value!r}")
+
+
+def _number(x) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 def _compare(value, op: str, bound) -> bool:
@@ -242,6 +246,14 @@ def add_flags(parser: argparse.ArgumentParser, cls, group_titles: dict[str, str]
     parser.add_argument("--config", default=None, metavar="FILE",
                         help="YAML or JSON file of settings (keys: flag names); flags given here override it")
     parser.set_defaults(_given=None, _settings=cls)
+    # Numeric flags carry type=int/float so that tools reading the parser see their kind, but argparse keeps the
+    # text: `from_args` converts and checks it, with a one-line error naming the flag.
+    for typ in (int, float):
+        parser.register("type", typ, _keep_text)
+
+
+def _keep_text(text: str) -> str:
+    return text
 
 
 def add_command(subparsers, name: str, cls, run, **parser_kw) -> argparse.ArgumentParser:
@@ -273,9 +285,11 @@ def _add(target, flag: Flag, default) -> None:
         return
     shown = "" if default is None or m.get("required") else f" (default: {_show(default)})"
     metavar = m.get("metavar") or flag.option.lstrip("-").upper().replace("-", "_")
+    base = _parts(flag.type)[0]
     extra = {"nargs": m["nargs"]} if m.get("nargs") else {}
     target.add_argument(*options, dest=flag.dest, action=_Given, default=default, metavar=metavar,
-                        help=(help_text + shown).replace("%", "%%"), **extra)
+                        type=base if base in (int, float) else None, help=(help_text + shown).replace("%", "%%"),
+                        **extra)
 
 
 def _show(value) -> str:

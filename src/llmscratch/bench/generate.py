@@ -228,28 +228,7 @@ def run_generate_bench(cfg: GenerateBenchConfig, echo: Callable[[str], None] = p
         echo(f"memory bandwidth: matrix-vector {bw.matvec_gbs:.1f} GB/s ({bw.matrix_mb:.0f} MB matrix; W @ x "
              f"{bw.rows_gbs:.1f}, x @ W {bw.columns_gbs:.1f}), sum {bw.sum_gbs:.1f} GB/s ({bw.sum_mb:.0f} MB)")
 
-        parts, charts = [], []
-        for sec in sections:
-            limit = bw.matvec_gbs * 1e9 / sec.bytes_per_token
-            results = _results(sec, cfg.tokens, limit)
-            rate = {(r["variant"], r["new_tokens"]): r["tokens_per_s"] for r in results}
-            ratios = _ratios(rate, cfg.tokens, sec.with_hf)
-            echo("")
-            echo(f"{sec.loaded.name}: batch-1 decode limit = bandwidth / bytes per token = {bw.matvec_gbs:.1f} GB/s "
-                 f"/ {sec.bytes_per_token / 1e6:.1f} MB = {limit:.1f} tokens/s")
-            echo(_table(sec.variants, cfg.tokens, rate, limit))
-            for line in _ratio_lines(ratios, cfg.tokens):
-                echo(line)
-            parts.append({
-                "model": {"spec": sec.spec, "name": sec.loaded.name, "source": sec.loaded.source,
-                          "family": sec.loaded.model.config.family, "params": sec.params,
-                          "bytes_read_per_token": sec.bytes_per_token, "dtype": "float32"},
-                "decode_limit_tokens_per_s": round(limit, 2),
-                "outputs_identical": sec.outputs_identical,
-                "results": results,
-                "ratios": ratios,
-            })
-            charts.append((sec.loaded.name, sec.variants, rate, limit))
+        parts, charts = zip(*(_section_result(sec, cfg, bw, echo) for sec in sections))
         machine_end = common.machine_info()
         first = parts[0]
         data = {
@@ -277,6 +256,30 @@ def run_generate_bench(cfg: GenerateBenchConfig, echo: Callable[[str], None] = p
         return data
     finally:
         torch.set_num_threads(threads_before)
+
+
+def _section_result(sec: _Section, cfg: GenerateBenchConfig, bw, echo: Callable[[str], None]) -> tuple[dict, tuple]:
+    """One model's JSON section (rates as shares of its bandwidth limit, ratios) and chart data; prints its table."""
+    limit = bw.matvec_gbs * 1e9 / sec.bytes_per_token
+    results = _results(sec, cfg.tokens, limit)
+    rate = {(r["variant"], r["new_tokens"]): r["tokens_per_s"] for r in results}
+    ratios = _ratios(rate, cfg.tokens, sec.with_hf)
+    echo("")
+    echo(f"{sec.loaded.name}: batch-1 decode limit = bandwidth / bytes per token = {bw.matvec_gbs:.1f} GB/s "
+         f"/ {sec.bytes_per_token / 1e6:.1f} MB = {limit:.1f} tokens/s")
+    echo(_table(sec.variants, cfg.tokens, rate, limit))
+    for line in _ratio_lines(ratios, cfg.tokens):
+        echo(line)
+    part = {
+        "model": {"spec": sec.spec, "name": sec.loaded.name, "source": sec.loaded.source,
+                  "family": sec.loaded.model.config.family, "params": sec.params,
+                  "bytes_read_per_token": sec.bytes_per_token, "dtype": "float32"},
+        "decode_limit_tokens_per_s": round(limit, 2),
+        "outputs_identical": sec.outputs_identical,
+        "results": results,
+        "ratios": ratios,
+    }
+    return part, (sec.loaded.name, sec.variants, rate, limit)
 
 
 def _ratios(rate: dict, tokens, with_hf: bool) -> dict[str, dict[int, float]]:

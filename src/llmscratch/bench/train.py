@@ -156,21 +156,12 @@ def matmul_case(n: int):
 
 def run_train_bench(cfg: TrainBenchConfig) -> TrainBenchResult:
     """Measure, print a table, write bench_train.json and bench_train.png under cfg.out_dir; return the result."""
-    from pathlib import Path
-
     import torch
 
-    from llmscratch.bench.common import (
-        format_machine,
-        format_table,
-        interleaved_times,
-        line_chart,
-        machine_info,
-        write_json,
-    )
+    from llmscratch.bench.common import format_machine, machine_info
 
     if not (cfg.eager or cfg.compiled):
-        raise UserError("nothing to measure: both eager and compiled are off")
+        raise UserError("nothing to measure: both eager and compiled are off", params=("eager", "compiled"))
     info = machine_info()
     print(format_machine(info))
     ours, theirs, config = build_models(cfg)
@@ -183,16 +174,32 @@ def run_train_bench(cfg: TrainBenchConfig) -> TrainBenchResult:
           f"dropout {cfg.dropout}; "
           + (f"{flops / 1e9:.2f} GFLOP" if flops >= 1e8 else f"{flops / 1e6:.3g} MFLOP")
           + " per token per training step")
-
     if theirs is not None:
-        with torch.no_grad():
-            ours.eval(), theirs.eval()
-            diff = (ours(x) - theirs(input_ids=x, use_cache=False).logits).abs().max().item()
-            ours.train(), theirs.train()
-        result.max_logit_diff = diff
-        print(f"same weights check: max |logit difference| = {diff:.2e}")
-        if diff > 1e-3:
-            raise RuntimeError(f"the two models disagree (max logit difference {diff}); the comparison is void")
+        result.max_logit_diff = same_weights_check(ours, theirs, x)
+    summarize(cfg, result, timed_cases(cfg, ours, theirs, x, y))
+    write_outputs(cfg, result)
+    return result
+
+
+def same_weights_check(ours, theirs, x) -> float:
+    """The largest logit difference of the two models on `x` (eval mode); RuntimeError when they disagree."""
+    import torch
+
+    with torch.no_grad():
+        ours.eval(), theirs.eval()
+        diff = (ours(x) - theirs(input_ids=x, use_cache=False).logits).abs().max().item()
+        ours.train(), theirs.train()
+    print(f"same weights check: max |logit difference| = {diff:.2e}")
+    if diff > 1e-3:
+        raise RuntimeError(f"the two models disagree (max logit difference {diff}); the comparison is void")
+    return diff
+
+
+def timed_cases(cfg: TrainBenchConfig, ours, theirs, x, y) -> dict[str, list[float]]:
+    """Seconds per step of every case (ours/transformers x eager/compiled, and the matmul peak), interleaved."""
+    import torch
+
+    from llmscratch.bench.common import interleaved_times
 
     cases = {}
     for mode in [m for m, on in (("eager", cfg.eager), ("compiled", cfg.compiled)) if on]:
@@ -207,14 +214,18 @@ def run_train_bench(cfg: TrainBenchConfig) -> TrainBenchResult:
             if "compiled" in name:
                 fn()  # compile outside the timings
         print(f"compiled in {time.perf_counter() - t0:.0f} s")
-    times = interleaved_times(cases, cfg.repeats, warmup=True, progress=cfg.progress, desc="train steps")
+    return interleaved_times(cases, cfg.repeats, warmup=True, progress=cfg.progress, desc="train steps")
+
+
+def summarize(cfg: TrainBenchConfig, result: TrainBenchResult, times: dict[str, list[float]]) -> None:
+    """Fill `result` (peak, tokens/s, MFU, ratios) from the timings and print the table."""
+    from llmscratch.bench.common import format_table
 
     peak = CaseResult("matmul", times.pop("matmul peak"), 1, 2 * cfg.matmul_n**3)
     result.peak_gflops = peak.gflops
     rows = []
-    tokens = cfg.batch_size * cfg.seq_len
     for name, secs in times.items():
-        c = CaseResult(name, secs, tokens, flops)
+        c = CaseResult(name, secs, cfg.batch_size * cfg.seq_len, result.flops_per_token)
         mfu = c.gflops / result.peak_gflops
         result.cases[name] = {"seconds": secs, "median_s": c.median_s, "tokens_per_s": c.tokens_per_s,
                               "gflops": c.gflops, "mfu": mfu}
@@ -231,14 +242,22 @@ def run_train_bench(cfg: TrainBenchConfig) -> TrainBenchResult:
         print(f"ours / transformers, {mode}: {r:.2f}x (ratio of medians; median of per-round ratios "
               f"{result.round_ratios[mode]:.2f}x)")
 
+
+def write_outputs(cfg: TrainBenchConfig, result: TrainBenchResult) -> None:
+    """bench_train.json and bench_train.png (tokens/s of every case per interleaved repeat) in cfg.out_dir."""
+    from pathlib import Path
+
+    from llmscratch.bench.common import line_chart, write_json
+
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path = write_json(out / "bench_train.json", result)
+    tokens = cfg.batch_size * cfg.seq_len
     series = {name: (list(range(1, len(v["seconds"]) + 1)), [tokens / s for s in v["seconds"]])
               for name, v in result.cases.items()}
     title = f"training tokens/s, {cfg.preset}, batch {cfg.batch_size} x {cfg.seq_len}"
+    info = result.machine
     png = line_chart(out / "bench_train.png", series, title=title, xlabel="repeat (interleaved)", ylabel="tokens/s",
                      note=f"load {info.get('load_avg_1_5_15min')}, {info['torch_threads']} threads, matmul peak "
                      f"{result.peak_gflops:.0f} GFLOP/s")
     print(f"wrote {json_path} and {png}")
-    return result

@@ -163,7 +163,7 @@ def load_base(cfg: ClassifyConfig):
     from llmscratch.utils import pick_device
     from llmscratch.weights import load_model
 
-    loaded = load_model(cfg.model, device=pick_device(cfg.train.device))
+    loaded = load_model(cfg.model, device=pick_device(cfg.train.device), progress=cfg.train.progress)
     if loaded.tokenizer is None:
         raise UserError(f"the model {cfg.model!r} comes without a tokenizer; give a model folder that has one")
     if loaded.random_weights:

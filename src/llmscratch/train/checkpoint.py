@@ -282,6 +282,17 @@ def find_resumable(root: str | Path) -> tuple[Path | None, list[str]]:
     return None, problems
 
 
+def read_model_config(folder: str | Path) -> dict | None:
+    """The model config a checkpoint was saved with (None when it has none, e.g. not one of our models)."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is unreadable: {e}") from None
+
+
 def load_checkpoint(
     folder: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, verified: bool = False
 ) -> tuple[TrainState, list[dict], dict]:

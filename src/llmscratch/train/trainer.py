@@ -309,6 +309,7 @@ class Trainer:
             self.echo(f"no checkpoint to resume from in {self.out / 'checkpoints'}; starting from scratch")
             return
         path = Path(found)
+        self._check_same_model(path)
         try:  # rank 0's find_resumable has just verified the checkpoint; the other ranks verify it here
             state, rng_states, saved = ckpt.load_checkpoint(path, self.model, self.optimizer, verified=info.is_main)
         except ckpt.CheckpointError as e:
@@ -321,6 +322,18 @@ class Trainer:
         state.world_size = info.world_size
         self.state, self.resumed_from, self.last_checkpoint = state, path, path
         self.echo(f"resumed from {path} (step {state.step}, epoch {state.epoch + 1}, batch {state.batch})")
+
+    def _check_same_model(self, path: Path) -> None:
+        """UserError when the checkpoint holds another model (family, sizes, vocabulary) than the one trained now."""
+        saved, now = ckpt.read_model_config(path), model_config_dict(self.model)
+        if saved is None or now is None or saved == now:
+            return
+        keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        if saved.get("family") != now.get("family"):
+            keys = ["family"]  # every other difference follows from it
+        diff = ", ".join(f"{k} {saved.get(k)!r} there, {now.get(k)!r} now" for k in keys[:4])
+        raise UserError(f"cannot resume from {path}: it holds another model ({diff}); use the run's model settings "
+                        "or another output folder")
 
     def _warn_changes(self, saved: dict, state: ckpt.TrainState) -> None:
         for key in ("batch_size", "grad_accum", "seed", "lr", "schedule", "warmup_steps", "weight_decay"):
