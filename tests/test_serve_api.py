@@ -267,3 +267,22 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones():
         while not srv.should_exit and time.monotonic() < end:
             time.sleep(0.02)
         assert srv.should_exit
+
+
+def test_chat_template_from_a_file_when_the_model_has_none(tmp_path):
+    with running_server(loaded_tiny(template=None)) as (url, _):
+        r = httpx.post(url + "/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 3})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "no_chat_template"
+        assert httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 3}).status_code == 200
+    (tmp_path / "chatml.jinja").write_text(CHATML)
+    with running_server(loaded_tiny(template=None), chat_template=str(tmp_path / "chatml.jinja")) as (url, _):
+        r = httpx.post(url + "/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 6, "temperature": 0})
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == solo_chat(6)[0]
+
+
+def test_client_gone_before_a_json_answer_frees_the_row():
+    with running_server(loaded_tiny(Slow(tiny_model(endless=True), 0.03))) as (url, srv):
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 200}, timeout=0.5)
+        _wait_idle(srv, 3)  # 200 tokens would take 6 s
+        assert httpx.get(url + "/ping").status_code == 200

@@ -184,20 +184,20 @@ def _routes(app: FastAPI, state: ServerState) -> None:
     async def invocations(request: Request):
         st = need_ready(state)
         return await run_job(st, protocol.parse_invocation(await body_of(request), config.max_n, _ctx(st),
-                                                           _vocab(st)))
+                                                           _vocab(st)), request)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         need_key(state, request)
         st = need_ready(state)
-        return await run_job(st, protocol.parse_chat(await body_of(request), config.max_n, _ctx(st)))
+        return await run_job(st, protocol.parse_chat(await body_of(request), config.max_n, _ctx(st)), request)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         need_key(state, request)
         st = need_ready(state)
         return await run_job(st, protocol.parse_completion(await body_of(request), config.max_n, _ctx(st),
-                                                           _vocab(st)))
+                                                           _vocab(st)), request)
 
     @app.get("/v1/models")
     async def models(request: Request):
@@ -312,8 +312,9 @@ def sampling_for(state: ServerState, job: Job, max_new: int, choice: int):
     return _with_eos(cfg, tok)
 
 
-async def run_job(state: ServerState, job: Job) -> Response:
-    """Generate what `job` asks for: a JSON answer, or a stream of server-sent events."""
+async def run_job(state: ServerState, job: Job, request: Request | None = None) -> Response:
+    """Generate what `job` asks for: a JSON answer, or a stream of server-sent events. When `request`'s client
+    goes away, generation stops (streams: at the next token; JSON answers: within a second)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + state.config.request_timeout
     ids, texts, max_new = await run_in_threadpool(prepare, state, job)
@@ -334,12 +335,25 @@ async def run_job(state: ServerState, job: Job) -> Response:
         return SSEResponse(_events(job, gens, rid, model, prompt_tokens, texts, deadline),
                            on_close=lambda: [g.cancel() for g in gens])
     try:
-        outs = await asyncio.gather(*(g.collect(deadline) for g in gens))
+        outs = await _unless_gone(request, asyncio.gather(*(g.collect(deadline) for g in gens)))
     finally:
         for g in gens:
             g.cancel()
     choices = [Choice(i, t, g.finish_reason, g.completion_tokens) for i, (t, g) in enumerate(zip(outs, gens))]
     return JSONResponse(protocol.answer(job, rid, model, choices, prompt_tokens, texts))
+
+
+async def _unless_gone(request: Request | None, work: asyncio.Future) -> Any:
+    """The result of `work`; if the client disconnects first, cancel it (its `finally` frees the rows)."""
+    task = asyncio.ensure_future(work)
+    while request is not None:
+        done, _ = await asyncio.wait({task}, timeout=1.0)
+        if done:
+            break
+        if await request.is_disconnected():
+            task.cancel()
+            raise APIError(499, "the client closed the connection", "invalid_request_error", None, "client_gone")
+    return await task
 
 
 def _submit_error(e: BaseException) -> BaseException:

@@ -50,7 +50,9 @@ async function loadModel() {
   }
   const body = await response.json();
   $("model").textContent = body.data[0].id;
-  $("max-tokens").max = body.data[0].context_length;
+  const context = body.data[0].context_length;
+  $("max-tokens").max = context;
+  if (Number($("max-tokens").value) > context / 2) $("max-tokens").value = Math.floor(context / 2);  // room for the prompt
 }
 
 // Yields the JSON of each `data:` event of a server-sent event stream; stops at [DONE].
