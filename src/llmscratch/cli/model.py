@@ -20,8 +20,8 @@ def register(subparsers) -> None:
         "(batch 1), and the bytes read per generated token (the memory traffic that bounds batch-1 decoding).",
     )
     p.add_argument("name", help="a preset (e.g. gpt2-124m; `llmscratch model list` shows them), a registered model "
-                   "(e.g. gemma-3-270m; `llmscratch models list`; its fetched copy, else its preset), a model "
-                   "folder or a .gguf file")
+                   "(e.g. gemma-3-270m; `llmscratch models list`; fetched if not cached), a model folder or "
+                   "a .gguf file")
     p.set_defaults(func=_info)
     p = sub.add_parser("list", help="the model presets")
     p.set_defaults(func=_list)

@@ -122,14 +122,10 @@ def model_config(spec: str | os.PathLike):
     import json
 
     from llmscratch.model import PRESETS, config_from_dict, get_config
-    from llmscratch.weights.registry import MODELS, local_path
-
     text = os.fspath(spec)
     path = Path(text).expanduser()
     if text in PRESETS and not path.exists():
         return get_config(text)
-    if text in MODELS and not path.exists() and local_path(text) is None and MODELS[text].preset:
-        return get_config(MODELS[text].preset)  # not fetched yet: the preset of its architecture, no download
     if path.is_file() and path.suffix == ".gguf":
         from llmscratch.weights.gguf import config_from_gguf, open_gguf
 
