@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from llmscratch.tokenizer import Tokenizer, load_tokenizer
 from llmscratch.utils import UserError
 from llmscratch.weights.shapes import checked_config
 
@@ -106,12 +107,8 @@ def load_preset(
         model = build_model(config)
     tokenizer = None
     if with_tokenizer and config.family == "gpt2" and config.vocab_size == 50257:
-        from llmscratch.tokenizer import load_tokenizer
-
         tokenizer = load_tokenizer("gpt2")
     elif with_tokenizer and config.vocab_size >= 257:
-        from llmscratch.tokenizer import Tokenizer
-
         tokenizer = Tokenizer.bytes_only(config.vocab_size)
     model = model.to(device=device or "cpu", dtype=dtype or torch.float32).eval()
     return LoadedModel(model, tokenizer, name, None, f"preset:{name}")
