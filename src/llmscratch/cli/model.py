@@ -51,7 +51,9 @@ def _info(args: argparse.Namespace) -> None:
           f"({config.n_kv_heads} key/value heads) of {config.head_dim}, width {config.emb_dim}, "
           f"context {config.context_length}, vocabulary {config.vocab_size}"
           f"{', tied head' if c.get('tie_embeddings') else ''}")
-    print(f"parameters: {size.params:,} ({_count(size.params)})")
+    embedding = config.vocab_size * config.emb_dim
+    print(f"parameters: {size.params:,} ({_count(size.params)}), of which {embedding:,} "
+          f"({100 * embedding / size.params:.0f}%) in the {config.vocab_size:,}-token embedding table")
     print(f"weights: {_size(size.weight_bytes(4))} in float32, {_size(size.weight_bytes(2))} in bfloat16")
     print(f"KV cache at full context ({config.context_length} tokens, batch 1): "
           f"{_size(size.kv_cache_bytes(4))} in float32, {_size(size.kv_cache_bytes(2))} in bfloat16")
