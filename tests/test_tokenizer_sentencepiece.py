@@ -174,3 +174,34 @@ def test_merges_by_score_equal_merges_by_list_when_scores_follow_the_list():
     assert by_score.encode("abc") == [7]
     assert by_score.encode(" abcx") == [4, 7, 0]  # ab (best), then abc, never ▁a; x unknown (no byte pieces)
     assert by_score.encode(" ax") == [8, 0]
+
+
+def test_written_tokenizer_json_gives_the_same_ids(pair, tmp_path):
+    from llmscratch.tokenizer.hf_json import write_hf_tokenizer
+
+    ours, _ = pair
+    assert write_hf_tokenizer(ours, tmp_path, 64) == ["tokenizer.json", "tokenizer_config.json"]
+    theirs = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    back = load_tokenizer(tmp_path)
+    for text in TEXTS:
+        ids = ours.encode(text, allowed_special="all")
+        assert _theirs(theirs, text) == ids and back.encode(text, allowed_special="all") == ids
+        assert theirs.decode(ids, skip_special_tokens=False) == text
+    assert back.add_bos and (back.bos_id, back.eos_id, back.pad_id, back.unk_id) == (2, 1, 0, 3)
+    auto = pytest.importorskip("transformers").AutoTokenizer.from_pretrained(str(tmp_path))
+    assert auto("Hi there").input_ids == encode_prompt(ours, "Hi there")
+
+
+def test_merges_implied_by_scores_are_written_best_first(tmp_path):
+    from llmscratch.tokenizer.hf_json import write_hf_tokenizer
+
+    pieces = ["<unk>", "<bos>", "a", "b", "c", "▁", "ab", "bc", "abc", "▁a"] + [f"<0x{b:02X}>" for b in range(256)]
+    kinds = [2, CONTROL] + [NORMAL] * 8 + [BYTE] * 256
+    scores = [0.0, 0.0, -1, -2, -3, -4, -5, -6, -7, -8] + [0.0] * 256
+    ours = SentencePieceTokenizer(pieces, kinds, scores, bos_id=1, unk_id=0, add_bos=True)
+    assert [(pieces[a], pieces[b]) for a, b in ours.merge_list()] == [("a", "b"), ("b", "c"), ("a", "bc"),
+                                                                       ("ab", "c"), ("▁", "a")]
+    write_hf_tokenizer(ours, tmp_path)
+    theirs = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    for text in ("abc", "a bc", " abcx", "bcab abc", "é x"):
+        assert _theirs(theirs, text) == ours.encode(text)

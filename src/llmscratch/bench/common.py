@@ -279,8 +279,9 @@ def panel_chart(
 
 
 def transformers_twin(model, **config_overrides):
-    """transformers' model of the same family (GPT2LMHeadModel or LlamaForCausalLM) holding our model's weights,
-    float32, in eval mode; None when transformers is not installed (it is a reference, never a dependency)."""
+    """transformers' model of the same family (GPT2LMHeadModel, LlamaForCausalLM, Gemma3ForCausalLM) holding our
+    model's weights, float32, in eval mode; None when transformers is not installed (it is a reference, never a
+    dependency)."""
     import torch  # lazily: building the CLI's flags must not load torch
 
     try:
@@ -292,7 +293,8 @@ def transformers_twin(model, **config_overrides):
     hf_config, tensors = tensors_for_transformers(model)
     hf_config = {k: v for k, v in hf_config.items() if k not in ("architectures", "model_type", "torch_dtype")}
     family = model.config.family
-    classes = {"gpt2": ("GPT2Config", "GPT2LMHeadModel"), "llama": ("LlamaConfig", "LlamaForCausalLM")}
+    classes = {"gpt2": ("GPT2Config", "GPT2LMHeadModel"), "llama": ("LlamaConfig", "LlamaForCausalLM"),
+               "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM")}
     if family not in classes:
         raise ValueError(f"no transformers counterpart for family {family!r}")
     config_cls, model_cls = (getattr(transformers, name) for name in classes[family])

@@ -20,8 +20,8 @@ def register(subparsers) -> None:
         "(batch 1), and the bytes read per generated token (the memory traffic that bounds batch-1 decoding).",
     )
     p.add_argument("name", help="a preset (e.g. gpt2-124m; `llmscratch model list` shows them), a registered model "
-                   "(e.g. gemma-3-270m; `llmscratch models list`; its fetched copy, else its preset), a model "
-                   "folder or a .gguf file")
+                   "(e.g. gemma-3-270m; `llmscratch models list`; fetched if not cached), a model folder or "
+                   "a .gguf file")
     p.set_defaults(func=_info)
     p = sub.add_parser("list", help="the model presets")
     p.set_defaults(func=_list)
@@ -51,7 +51,9 @@ def _info(args: argparse.Namespace) -> None:
           f"({config.n_kv_heads} key/value heads) of {config.head_dim}, width {config.emb_dim}, "
           f"context {config.context_length}, vocabulary {config.vocab_size}"
           f"{', tied head' if c.get('tie_embeddings') else ''}")
-    print(f"parameters: {size.params:,} ({_count(size.params)})")
+    embedding = config.vocab_size * config.emb_dim
+    print(f"parameters: {size.params:,} ({_count(size.params)}), of which {embedding:,} "
+          f"({100 * embedding / size.params:.0f}%) in the {config.vocab_size:,}-token embedding table")
     print(f"weights: {_size(size.weight_bytes(4))} in float32, {_size(size.weight_bytes(2))} in bfloat16")
     print(f"KV cache at full context ({config.context_length} tokens, batch 1): "
           f"{_size(size.kv_cache_bytes(4))} in float32, {_size(size.kv_cache_bytes(2))} in bfloat16")

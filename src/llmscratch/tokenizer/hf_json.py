@@ -1,6 +1,6 @@
-"""Hugging Face tokenizer.json, read and written: byte-level BPE files (GPT-2, SmolLM2, Llama 3) become our
+"""Hugging Face tokenizer.json, read and written: byte-level BPE files (GPT-2, SmolLM2, Llama 3) are our
 `Tokenizer`, SentencePiece-style BPE files (a " " -> "▁" normalizer, byte fallback; Gemma) our
-`SentencePieceTokenizer`; our byte-level tokenizers are written back as files `transformers` loads.
+`SentencePieceTokenizer`; both are written back as files `transformers` loads.
 """
 
 from __future__ import annotations
@@ -218,9 +218,73 @@ def hf_tokenizer_json(tok) -> dict:
     }
 
 
+def sentencepiece_tokenizer_json(tok: SentencePieceTokenizer) -> dict:
+    """The content of a Hugging Face tokenizer.json equivalent to our SentencePiece-style tokenizer `tok`: the
+    " " -> "▁" normalizer, BPE with byte fallback and `tok.merge_list()` as merges, control and user-defined
+    pieces as added tokens, BOS put first by the post-processor when `tok.add_bos`."""
+    vocab: dict[str, int] = {}
+    for i, piece in enumerate(tok.pieces):
+        if piece in vocab:
+            raise UserError(f"token ids {vocab[piece]} and {i} are the same piece: not expressible as tokenizer.json")
+        vocab[piece] = i
+    added = [
+        {"id": i, "content": piece, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+         "special": kind == CONTROL}
+        for i, (piece, kind) in enumerate(zip(tok.pieces, tok.kinds)) if kind in (CONTROL, USER_DEFINED)
+    ]
+    post = None
+    if tok.add_bos and tok.bos_id is not None:
+        bos = tok.pieces[tok.bos_id]
+        post = {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos: {"id": bos, "ids": [tok.bos_id], "tokens": [bos]}},
+        }
+    return {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        "normalizer": _SPACE_TO_METASPACE, "pre_tokenizer": None, "post_processor": post,
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": SPACE}, "content": " "},
+            {"type": "ByteFallback"}, {"type": "Fuse"}]},
+        "model": {
+            "type": "BPE", "dropout": None, "unk_token": None if tok.unk_id is None else tok.pieces[tok.unk_id],
+            "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": True,
+            "byte_fallback": BYTE in tok.kinds, "ignore_merges": False, "vocab": vocab,
+            "merges": [[tok.pieces[a], tok.pieces[b]] for a, b in tok.merge_list()],
+        },
+    }
+
+
 def write_hf_tokenizer(tok, folder: Path, max_length: int | None = None, chat_template: str | None = None) -> list[str]:
     """Tokenizer files `transformers.AutoTokenizer` loads: tokenizer.json + tokenizer_config.json always, and
     for GPT-2-style tokenizers also GPT-2's vocab.json + merges.txt. Returns the file names written."""
+    config: dict[str, Any] = {"clean_up_tokenization_spaces": False, "model_max_length": max_length or 1_000_000}
+    if isinstance(tok, SentencePieceTokenizer):
+        written = _write_sentencepiece(tok, folder, config)
+    else:
+        written = _write_byte_level(tok, folder, config)
+    if chat_template:
+        config["chat_template"] = chat_template
+        atomic_write_text(folder / "chat_template.jinja", chat_template)
+        written.append("chat_template.jinja")
+    atomic_write_text(folder / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    return [*written, "tokenizer_config.json"]
+
+
+def _write_sentencepiece(tok: SentencePieceTokenizer, folder: Path, config: dict) -> list[str]:
+    data = sentencepiece_tokenizer_json(tok)
+    atomic_write_text(folder / "tokenizer.json", json.dumps(data, ensure_ascii=False) + "\n")
+    config.update(tokenizer_class="PreTrainedTokenizerFast", add_bos_token=tok.add_bos, add_eos_token=False)
+    for key in ("bos", "eos", "pad", "unk"):
+        i = getattr(tok, f"{key}_id")
+        if i is not None:
+            config[f"{key}_token"] = tok.pieces[i]
+    return ["tokenizer.json"]
+
+
+def _write_byte_level(tok: Tokenizer, folder: Path, config: dict) -> list[str]:
     data = hf_tokenizer_json(tok)
     atomic_write_text(folder / "tokenizer.json", json.dumps(data, ensure_ascii=False) + "\n")
     written = ["tokenizer.json"]
@@ -231,21 +295,12 @@ def write_hf_tokenizer(tok, folder: Path, max_length: int | None = None, chat_te
         atomic_write_text(folder / "vocab.json", json.dumps(vocab, ensure_ascii=False) + "\n")
         atomic_write_text(folder / "merges.txt", "#version: 0.2\n" + "\n".join(data["model"]["merges"]) + "\n")
         written += ["vocab.json", "merges.txt"]
-    config: dict[str, Any] = {
-        "tokenizer_class": "GPT2Tokenizer" if gpt2_style else "PreTrainedTokenizerFast",
-        "add_prefix_space": tok.pre_tokenizer.add_prefix_space,
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": max_length or 1_000_000,
-    }
+    config.update(tokenizer_class="GPT2Tokenizer" if gpt2_style else "PreTrainedTokenizerFast",
+                  add_prefix_space=tok.pre_tokenizer.add_prefix_space)
     for key in ("bos", "eos", "pad"):
         i = getattr(tok, f"{key}_id", None)
         if i is not None:
             config[f"{key}_token"] = token_to_text(tok.token_bytes(i)) if not tok.is_special(i) else tok.decode([i])
     if gpt2_style and "eos_token" in config:
         config["unk_token"] = config["eos_token"]
-    if chat_template:
-        config["chat_template"] = chat_template
-        atomic_write_text(folder / "chat_template.jinja", chat_template)
-        written.append("chat_template.jinja")
-    atomic_write_text(folder / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-    return [*written, "tokenizer_config.json"]
+    return written

@@ -209,6 +209,12 @@ class SentencePieceTokenizer:
         merge = merge_heap if len(symbols) > HEAP_THRESHOLD else merge_scan
         return tuple(merge(symbols, self._pairs))
 
+    def merge_list(self) -> list[tuple[int, int]]:
+        """Every (left id, right id) pair that may merge, best first (the given merges, or those the scores imply)."""
+        if self.merges is not None:
+            return list(self.merges)
+        return [pair for pair, _ in sorted(self._pairs.items(), key=lambda kv: (kv[1][0], kv[0]))]
+
     def clear_cache(self) -> None:
         """Forget cached word encodings (for fair benchmarks)."""
         self._cache.clear()

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from llmscratch.tokenizer import Tokenizer, load_tokenizer
 from llmscratch.utils import UserError
 from llmscratch.weights.shapes import checked_config
 
@@ -106,12 +107,8 @@ def load_preset(
         model = build_model(config)
     tokenizer = None
     if with_tokenizer and config.family == "gpt2" and config.vocab_size == 50257:
-        from llmscratch.tokenizer import load_tokenizer
-
         tokenizer = load_tokenizer("gpt2")
     elif with_tokenizer and config.vocab_size >= 257:
-        from llmscratch.tokenizer import Tokenizer
-
         tokenizer = Tokenizer.bytes_only(config.vocab_size)
     model = model.to(device=device or "cpu", dtype=dtype or torch.float32).eval()
     return LoadedModel(model, tokenizer, name, None, f"preset:{name}")
@@ -122,14 +119,10 @@ def model_config(spec: str | os.PathLike):
     import json
 
     from llmscratch.model import PRESETS, config_from_dict, get_config
-    from llmscratch.weights.registry import MODELS, local_path
-
     text = os.fspath(spec)
     path = Path(text).expanduser()
     if text in PRESETS and not path.exists():
         return get_config(text)
-    if text in MODELS and not path.exists() and local_path(text) is None and MODELS[text].preset:
-        return get_config(MODELS[text].preset)  # not fetched yet: the preset of its architecture, no download
     if path.is_file() and path.suffix == ".gguf":
         from llmscratch.weights.gguf import config_from_gguf, open_gguf
 

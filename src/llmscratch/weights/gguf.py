@@ -27,6 +27,8 @@ from llmscratch.model.llama import LlamaConfig
 from llmscratch.tokenizer import Tokenizer
 from llmscratch.tokenizer.sentencepiece import from_gguf_vocab
 from llmscratch.utils import UserError
+from llmscratch.weights import hf_gemma, hf_llama
+from llmscratch.weights.ours import model_from_state_dict
 from llmscratch.weights.shapes import checked_config
 
 SUPPORTED_ARCHITECTURES = ("llama", "gemma3")
@@ -340,9 +342,6 @@ def load_gguf(
 
     `reader`: an already opened `GGUFReader` on `path` (opening one parses all metadata, which takes seconds).
     """
-    from llmscratch.weights import hf_gemma, hf_llama
-    from llmscratch.weights.ours import model_from_state_dict
-
     path = Path(path)
     reader = reader if reader is not None else open_gguf(path)
     config = checked_config(lambda: config_from_gguf(reader), str(path))

@@ -21,6 +21,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from llmscratch.tokenizer import load_tokenizer
+from llmscratch.tokenizer.files import read_gpt2_files
 from llmscratch.tokenizer.hf_json import write_hf_tokenizer
 from llmscratch.utils import UserError, atomic_folder, atomic_write_text
 from llmscratch.weights import hf_gemma, hf_gpt2, hf_llama
@@ -140,9 +142,6 @@ def read_hf_tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 def load_hf_tokenizer(folder: Path):
     """The folder's tokenizer: tokenizer.json, else GPT-2-style vocab.json + merges.txt; None when absent."""
-    from llmscratch.tokenizer import load_tokenizer
-    from llmscratch.tokenizer.files import read_gpt2_files
-
     if (folder / "tokenizer.json").is_file():
         return load_tokenizer(folder / "tokenizer.json")
     if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():

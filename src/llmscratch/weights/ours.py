@@ -23,6 +23,7 @@ from torch import nn
 
 from llmscratch.model import config_from_dict, config_to_dict
 from llmscratch.model.base import LanguageModel, empty_model, tied_names
+from llmscratch.tokenizer import load_tokenizer
 from llmscratch.utils import UserError, atomic_folder, atomic_write_text
 from llmscratch.weights.shapes import check_config, check_tensors, checked_config
 
@@ -153,8 +154,6 @@ def write_tokenizer(folder: Path, tokenizer_or_spec=None) -> None:
 
 def load_tokenizer_of(folder: Path):
     """The tokenizer stored in (or named by) one of our folders, or None when it has none."""
-    from llmscratch.tokenizer import load_tokenizer
-
     if (folder / TOKENIZER).is_file():
         return load_tokenizer(folder / TOKENIZER)
     if (folder / TOKENIZER_REF).is_file():

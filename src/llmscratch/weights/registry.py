@@ -106,14 +106,12 @@ Source = HubSource | WheelSource | SplitWheelSource
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered model: its name, what it is, its sources in order of preference, its license and the
-    preset that describes its architecture (for `model info` without fetching)."""
+    """A registered model: its name, what it is, its sources in order of preference and its license."""
 
     name: str
     description: str
     sources: tuple[Source, ...]
     license: str = ""
-    preset: str | None = None
 
 
 MODELS: dict[str, ModelEntry] = {
@@ -134,7 +132,6 @@ MODELS: dict[str, ModelEntry] = {
                 ),
             ),
             "Apache-2.0",
-            "smollm2-135m",
         ),
         ModelEntry(
             "gemma-3-270m",
@@ -159,25 +156,21 @@ MODELS: dict[str, ModelEntry] = {
                 ),
             ),
             "Gemma Terms of Use (https://ai.google.dev/gemma/terms; a copy is fetched beside the weights)",
-            "gemma3-270m",
         ),
         ModelEntry(
             "gemma-3-270m-it",
             "Google Gemma 3 270M instruction-tuned (chat template)",
             (HubSource("google/gemma-3-270m-it"),),
             "Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
-            "gemma3-270m",
         ),
         ModelEntry(
             "smollm2-360m-instruct", "SmolLM2 360M Instruct", (HubSource("HuggingFaceTB/SmolLM2-360M-Instruct"),),
-            "Apache-2.0", "smollm2-360m",
+            "Apache-2.0",
         ),
-        ModelEntry("gpt2", "OpenAI GPT-2 124M", (HubSource("openai-community/gpt2"),), "MIT", "gpt2-124m"),
-        ModelEntry("gpt2-medium", "OpenAI GPT-2 355M", (HubSource("openai-community/gpt2-medium"),), "MIT",
-                   "gpt2-355m"),
-        ModelEntry("gpt2-large", "OpenAI GPT-2 774M", (HubSource("openai-community/gpt2-large"),), "MIT",
-                   "gpt2-774m"),
-        ModelEntry("gpt2-xl", "OpenAI GPT-2 1558M", (HubSource("openai-community/gpt2-xl"),), "MIT", "gpt2-1558m"),
+        ModelEntry("gpt2", "OpenAI GPT-2 124M", (HubSource("openai-community/gpt2"),), "MIT"),
+        ModelEntry("gpt2-medium", "OpenAI GPT-2 355M", (HubSource("openai-community/gpt2-medium"),), "MIT"),
+        ModelEntry("gpt2-large", "OpenAI GPT-2 774M", (HubSource("openai-community/gpt2-large"),), "MIT"),
+        ModelEntry("gpt2-xl", "OpenAI GPT-2 1558M", (HubSource("openai-community/gpt2-xl"),), "MIT"),
     )
 }
 
