@@ -122,3 +122,16 @@ def test_answers_are_logged_at_each_evaluation(setup):
     assert [r["step"] for r in evals] == [1, 2, 4]
     assert all(len(r["responses"]) == 2 and r["responses"][0]["instruction"] == "Repeat: owl" for r in evals)
     assert report["train"]["steps"] == 4
+
+
+def test_resume_continues_the_run(setup):
+    folder, model, data = setup
+    first = run(cfg(folder, model, data, "resume", trainable="lora", lora_rank=2, max_steps=2, epochs=1,
+                    eval_every=2))
+    assert first["train"]["steps"] == 2
+    with pytest.raises(UserError, match="already holds checkpoints"):
+        run(cfg(folder, model, data, "resume", trainable="lora", lora_rank=2, max_steps=4, epochs=1, eval_every=2))
+    again = run(cfg(folder, model, data, "resume", trainable="lora", lora_rank=2, max_steps=4, epochs=1,
+                    eval_every=2, resume=True))
+    assert again["train"]["steps"] == 4 and again["train"]["resumed_from"].endswith("step-00000002")
+    assert again["samples"]["before"] == []  # a resumed run does not answer "before" again
