@@ -13,6 +13,7 @@ instruction-data-preference in the model's chat format (alpaca when it has no ch
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -63,7 +64,7 @@ def one(args) -> dict:
     opt = torch.optim.AdamW(params, lr=1e-6)
     model.train()
     times = []
-    batches = task.train_batches(0, args.batch_size)
+    batches = (b for epoch in itertools.count() for b in task.train_batches(epoch, args.batch_size))
     for _ in range(args.steps + 1):
         batch = {k: v.to(device) for k, v in next(batches).items()}
         t0 = time.perf_counter()
