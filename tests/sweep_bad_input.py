@@ -20,15 +20,15 @@ import test_cli_fuzz as fz
 VALUES = {
     "int": ["-1", "0", "1000000000000", "2.5", "nan"],
     "float": ["-1", "0", "nan", "inf", "1e400"],
-    "path": ["{missing}", "{fx}", "{bad_utf8}", "{empty}", "{readonly}", "{below_file}"],
-    "output": ["{user}", "{txt}", "{run}", "{readonly}/new", "{below_file}", "{model}"],
+    "path": ["{missing}", "{fx}", "{bad_utf8}", "{empty}", "{readonly}", "{below_file}", "llama-tiny"],
+    "output": ["{user}", "{txt}", "{run}", "{readonly}/new", "{below_file}", "{model}", "{project}"],
     "text": ["", "nan", "é🙂 ü"],
     "choice": ["bogus"],
     "switch": [None],
 }
 SHOWN = {"{missing}": "missing path", "{fx}": "a folder", "{bad_utf8}": "non-UTF-8 file", "{empty}": "empty file",
          "{readonly}": "read-only place", "{readonly}/new": "read-only place", "{below_file}": "below a file",
-         "{user}": "a user's folder", "{txt}": "an ordinary file", "{run}": "a training run", "{model}": "our output",
+         "{user}": "a user's folder", "{txt}": "an ordinary file", "{run}": "a training run", "{model}": "our output", "{project}": "a folder with final/ of the user's",
          "": "(empty)", None: "(on)"}
 
 
