@@ -28,7 +28,8 @@ VALUES = {
 }
 SHOWN = {"{missing}": "missing path", "{fx}": "a folder", "{bad_utf8}": "non-UTF-8 file", "{empty}": "empty file",
          "{readonly}": "read-only place", "{readonly}/new": "read-only place", "{below_file}": "below a file",
-         "{user}": "a user's folder", "{txt}": "an ordinary file", "{run}": "a training run", "{model}": "our output", "{project}": "a folder with final/ of the user's",
+         "{user}": "a user's folder", "{txt}": "an ordinary file", "{run}": "a training run", "{model}": "our output",
+         "{project}": "a folder with final/ of the user's",
          "": "(empty)", None: "(on)"}
 
 
