@@ -98,8 +98,8 @@ KNOWN_CRASH: dict[tuple[str, str, str], str] = {
 }
 # (command, flag): where a user's file given as (or inside) an output is still lost; test_known_data_loss shows it.
 KNOWN_LOSS: dict[tuple[str, str], str] = {
-    ("pretrain", "--out"): "train/trainer.py Trainer._prepare_out_dir removes final/, best/, checkpoints/ and "
-    "tensorboard/ of --out without --overwrite, whatever they hold",
+    (command, "--out"): "train/trainer.py Trainer._prepare_out_dir removes final/, best/, checkpoints/ and "
+    "tensorboard/ of --out without --overwrite, whatever they hold" for command in ("pretrain", "finetune classify")
 }
 EXAMPLES = int(os.environ.get("LLMSCRATCH_FUZZ_EXAMPLES", "0"))
 SLOW = {"pretrain", "finetune classify", "demo", "bench generate", "bench train"}
