@@ -10,6 +10,7 @@ Each row: the command, the flag, the value tried, the exit status and the messag
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -49,7 +50,11 @@ def verdict(o: fz.Outcome, command: str, flag: str, value: str | None, kind: str
 
 
 def main() -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        os.environ.pop(name, None)
+    os.environ.update(HF_HUB_OFFLINE="1", PIP_NO_INDEX="1", AWS_EC2_METADATA_DISABLED="true")  # as the fuzzer
     root = Path(tempfile.mkdtemp(prefix="llmscratch-sweep-"))
+    os.chdir(root)
     tree = fz.build_tree(root / "tree")
     rows, fails, started = [], 0, time.perf_counter()
     for command in sorted(fz.COMMANDS):

@@ -68,6 +68,25 @@ BASE: dict[str, list[str]] = {
     "demo": ["--quick", "--real-model", "none", "--corpus", "{corpus}", "--out", "{out}/demo", "--no-progress"],
     "bench generate": ["--quick", "--no-transformers", "--out", "{out}/bench", "--no-progress"],
     "bench train": ["--quick", "--no-transformers", "--out", "{out}/bench", "--no-progress"],
+    "bench serve": ["--model", "gpt2-tiny", "--out", "{out}/bench"],
+    "serve": ["--model", "{model}", "--port", "0"],
+    "finetune instruct": ["--model", "{model}", "--data", "{instructions}", "--epochs", "1", "--batch-size", "2",
+                          "--out", "{out}/instruct", "--no-progress"],
+    "finetune dpo": ["--model", "{model}", "--data", "{preferences}", "--epochs", "1", "--batch-size", "2",
+                     "--out", "{out}/dpo", "--no-progress"],
+    "evaluate generate": ["--model", "{model}", "--data", "{instructions}", "-o", "{out}/responses.jsonl",
+                          "--limit", "1", "--max-new-tokens", "2", "--no-progress"],
+    "evaluate judge": ["--responses", "{responses}", "--base-url", "http://127.0.0.1:9/v1", "--model", "judge",
+                       "--retries", "0", "--timeout", "2", "--no-progress"],
+    "evaluate metrics": ["--responses", "{responses}", "--model", "{model}", "-o", "{out}/metrics.json",
+                         "--no-progress"],
+    "deploy package": ["--model", "{model}", "-o", "{out}/model.tar.gz", "--no-progress"],
+    "deploy verify": ["{model}"],
+    "deploy build-image": ["--repository", "llmscratch"],
+    "deploy sagemaker": ["--model-data", "s3://bucket/model.tar.gz", "--image-uri", "1.dkr.ecr.x/llmscratch",
+                         "--role", "arn:aws:iam::1:role/x", "--region", "us-east-1", "--no-progress"],
+    "deploy delete": ["--endpoint-name", "llmscratch", "--region", "us-east-1"],
+    "deploy invoke": ["--endpoint-name", "llmscratch", "--prompt", "hi", "--region", "us-east-1"],
 }
 # Where a command's long work starts ("module:function"): replaced by a stub during the fuzz, so the command is
 # checked up to there (every value checked where it enters) and stops in well under a second.
@@ -78,6 +97,10 @@ STOP_AT: dict[str, list[str]] = {
     "bench generate": ["llmscratch.bench.common:interleaved_times"],
     "bench train": ["llmscratch.bench.common:interleaved_times"],
     "models fetch": ["llmscratch.weights.registry:fetch_source"],  # the download itself (hub, pip)
+    "finetune instruct": ["llmscratch.train.trainer:Trainer._epoch"],
+    "finetune dpo": ["llmscratch.train.trainer:Trainer._epoch"],
+    "serve": ["uvicorn:Server.run"],  # after the model, flags and socket are checked: serving runs until stopped
+    "bench serve": ["llmscratch.bench.serve:start_server"],  # a server process and timed clients
 }
 # Flags left alone: they bound the run time, or start minutes of work (torch.compile).
 FIXED: dict[str, dict[str, str]] = {
@@ -86,6 +109,9 @@ FIXED: dict[str, dict[str, str]] = {
     "bench train": {"--compile": "compiling takes minutes", "--quick": "the full benchmark takes minutes"},
     "bench generate": {"--quick": "the full benchmark takes minutes"},
     "demo": {"--quick": "the full demo takes minutes"},
+    "evaluate judge": {"--retries": "bounds the run", "--retry-wait": "bounds the run", "--timeout": "bounds the run"},
+    "deploy sagemaker": {"--wait": "waits for AWS", "--wait-timeout": "bounds the wait",
+                         "--poll-seconds": "bounds the wait"},
 }
 # Numeric flags that still accept NaN, in modules their owners are rewriting (issue 17, typed configs): listed in
 # docs/bad-input.md; remove an entry once its config checks it.
@@ -102,7 +128,8 @@ KNOWN_LOSS: dict[tuple[str, str], str] = {
     "tensorboard/ of --out without --overwrite, whatever they hold" for command in ("pretrain", "finetune classify")
 }
 EXAMPLES = int(os.environ.get("LLMSCRATCH_FUZZ_EXAMPLES", "0"))
-SLOW = {"pretrain", "finetune classify", "demo", "bench generate", "bench train"}
+SLOW = {"pretrain", "finetune classify", "finetune instruct", "finetune dpo", "demo", "bench generate",
+        "bench train", "bench serve", "serve"}
 LIMIT_S = 60  # a command still running after this is a failure (add it to BASE/STOP_AT/FIXED)
 
 INTS = ["-1", "0", "1", "2", "7", "-1000000", "1000000000000", "2.5", "nan", "1e3", ""]
@@ -287,6 +314,12 @@ def build_tree(root: Path, classifier: bool = True) -> dict[str, Path]:
     (fx / "run" / "metrics.jsonl").write_text("{}\n")
     (fx / "run" / "checkpoints" / "step-1" / "model.safetensors").write_bytes(b"x")
     (fx / "link.txt").symlink_to(fx / "a.txt")
+    entries = [{"instruction": f"Repeat the word {w}.", "input": "", "output": w}
+               for w in ("cat", "mat", "home", "later", "see", "you", "at", "sat", "on", "the") * 2]
+    (fx / "instructions.json").write_text(json.dumps(entries))
+    (fx / "preferences.json").write_text(json.dumps([{**e, "chosen": e["output"], "rejected": "no"} for e in entries]))
+    (fx / "responses.jsonl").write_text("".join(json.dumps({"index": i, **e, "response": e["output"]}) + "\n"
+                                                for i, e in enumerate(entries[:3])))
     (fx / "project" / "final").mkdir(parents=True)  # a user's project folder with a "final" folder of their own
     (fx / "project" / "final" / USERS_FILE).write_text("mine too")
     paths = {
@@ -295,7 +328,8 @@ def build_tree(root: Path, classifier: bool = True) -> dict[str, Path]:
         "model": fx / "model", "hf": fx / "hf", "tsv": fx / "msgs.tsv", "bad_tsv": fx / "bad.tsv",
         "user": fx / "user", "run": fx / "run", "missing": fx / "missing", "below_file": fx / "a.txt" / "below",
         "link_to_txt": fx / "link.txt", "readonly": readonly_place(root),
-        "classifier": fx / "classifier", "project": fx / "project",
+        "classifier": fx / "classifier", "project": fx / "project", "instructions": fx / "instructions.json",
+        "preferences": fx / "preferences.json", "responses": fx / "responses.jsonl",
     }
     if not classifier:
         return paths
@@ -456,6 +490,9 @@ def _report(command: str, template: list[str], code: object, last: str) -> None:
 def test_every_command_survives_bad_values(command, tree, tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # downloads fail at once (their stop points are stubs anyway)
     monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no credentials lookup on the network
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))  # commands with default outputs (runs/...) write here
     examples = EXAMPLES or (2 if command in SLOW else 5)
 
