@@ -10,6 +10,7 @@ Each row: the command, the flag, the value tried, the exit status and the messag
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -20,8 +21,8 @@ import test_cli_fuzz as fz
 VALUES = {
     "int": ["-1", "0", "1000000000000", "2.5", "nan"],
     "float": ["-1", "0", "nan", "inf", "1e400"],
-    "path": ["{missing}", "{fx}", "{bad_utf8}", "{empty}", "{readonly}", "{below_file}"],
-    "output": ["{user}", "{txt}", "{run}", "{readonly}/new", "{below_file}", "{model}"],
+    "path": ["{missing}", "{fx}", "{bad_utf8}", "{empty}", "{readonly}", "{below_file}", "llama-tiny"],
+    "output": ["{user}", "{txt}", "{run}", "{readonly}/new", "{below_file}", "{model}", "{project}"],
     "text": ["", "nan", "é🙂 ü"],
     "choice": ["bogus"],
     "switch": [None],
@@ -29,6 +30,7 @@ VALUES = {
 SHOWN = {"{missing}": "missing path", "{fx}": "a folder", "{bad_utf8}": "non-UTF-8 file", "{empty}": "empty file",
          "{readonly}": "read-only place", "{readonly}/new": "read-only place", "{below_file}": "below a file",
          "{user}": "a user's folder", "{txt}": "an ordinary file", "{run}": "a training run", "{model}": "our output",
+         "{project}": "a folder with final/ of the user's",
          "": "(empty)", None: "(on)"}
 
 
@@ -48,7 +50,11 @@ def verdict(o: fz.Outcome, command: str, flag: str, value: str | None, kind: str
 
 
 def main() -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        os.environ.pop(name, None)
+    os.environ.update(HF_HUB_OFFLINE="1", PIP_NO_INDEX="1", AWS_EC2_METADATA_DISABLED="true")  # as the fuzzer
     root = Path(tempfile.mkdtemp(prefix="llmscratch-sweep-"))
+    os.chdir(root)
     tree = fz.build_tree(root / "tree")
     rows, fails, started = [], 0, time.perf_counter()
     for command in sorted(fz.COMMANDS):

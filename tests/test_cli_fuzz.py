@@ -68,16 +68,39 @@ BASE: dict[str, list[str]] = {
     "demo": ["--quick", "--real-model", "none", "--corpus", "{corpus}", "--out", "{out}/demo", "--no-progress"],
     "bench generate": ["--quick", "--no-transformers", "--out", "{out}/bench", "--no-progress"],
     "bench train": ["--quick", "--no-transformers", "--out", "{out}/bench", "--no-progress"],
+    "bench serve": ["--model", "gpt2-tiny", "--out", "{out}/bench"],
+    "serve": ["--model", "{model}", "--port", "0"],
+    "finetune instruct": ["--model", "{model}", "--data", "{instructions}", "--epochs", "1", "--batch-size", "2",
+                          "--out", "{out}/instruct", "--no-progress"],
+    "finetune dpo": ["--model", "{model}", "--data", "{preferences}", "--epochs", "1", "--batch-size", "2",
+                     "--out", "{out}/dpo", "--no-progress"],
+    "evaluate generate": ["--model", "{model}", "--data", "{instructions}", "-o", "{out}/responses.jsonl",
+                          "--limit", "1", "--max-new-tokens", "2", "--no-progress"],
+    "evaluate judge": ["--responses", "{responses}", "--base-url", "http://127.0.0.1:9/v1", "--model", "judge",
+                       "--retries", "0", "--timeout", "2", "--no-progress"],
+    "evaluate metrics": ["--responses", "{responses}", "--model", "{model}", "-o", "{out}/metrics.json",
+                         "--no-progress"],
+    "deploy package": ["--model", "{model}", "-o", "{out}/model.tar.gz", "--no-progress"],
+    "deploy verify": ["{model}"],
+    "deploy build-image": ["--repository", "llmscratch"],
+    "deploy sagemaker": ["--model-data", "s3://bucket/model.tar.gz", "--image-uri", "1.dkr.ecr.x/llmscratch",
+                         "--role", "arn:aws:iam::1:role/x", "--region", "us-east-1", "--no-progress"],
+    "deploy delete": ["--endpoint-name", "llmscratch", "--region", "us-east-1"],
+    "deploy invoke": ["--endpoint-name", "llmscratch", "--prompt", "hi", "--region", "us-east-1"],
 }
 # Where a command's long work starts ("module:function" or a class): replaced by a stub during the fuzz, so the
 # command is checked up to there (every value checked where it enters) and stops in well under a second.
 STOP_AT: dict[str, list[str]] = {
-    "pretrain": ["llmscratch.train.trainer:Trainer"],
-    "finetune classify": ["llmscratch.train.trainer:Trainer"],
-    "demo": ["llmscratch.train.trainer:Trainer"],
+    "pretrain": ["llmscratch.train.trainer:Trainer._epoch"],  # after the output folder and --resume are handled
+    "finetune classify": ["llmscratch.train.trainer:Trainer._epoch"],
+    "demo": ["llmscratch.train.trainer:Trainer._epoch"],
     "bench generate": ["llmscratch.bench.common:interleaved_times"],
     "bench train": ["llmscratch.bench.common:interleaved_times"],
     "models fetch": ["llmscratch.weights.registry:fetch_source"],  # the download itself (hub, pip)
+    "finetune instruct": ["llmscratch.train.trainer:Trainer._epoch"],
+    "finetune dpo": ["llmscratch.train.trainer:Trainer._epoch"],
+    "serve": ["uvicorn:Server.run"],  # after the model, flags and socket are checked: serving runs until stopped
+    "bench serve": ["llmscratch.bench.serve:start_server"],  # a server process and timed clients
 }
 # Flags left alone: they bound the run time, or start minutes of work (torch.compile).
 FIXED: dict[str, dict[str, str]] = {
@@ -86,21 +109,37 @@ FIXED: dict[str, dict[str, str]] = {
     "bench train": {"--compile": "compiling takes minutes", "--quick": "the full benchmark takes minutes"},
     "bench generate": {"--quick": "the full benchmark takes minutes"},
     "demo": {"--quick": "the full demo takes minutes"},
+    "evaluate judge": {"--retries": "bounds the run", "--retry-wait": "bounds the run", "--timeout": "bounds the run"},
+    "deploy sagemaker": {"--wait": "waits for AWS", "--wait-timeout": "bounds the wait",
+                         "--poll-seconds": "bounds the wait"},
 }
 # Numeric flags that still accept NaN, in modules their owners are rewriting (issue 17, typed configs): listed in
 # docs/bad-input.md; remove an entry once its config checks it.
 KNOWN_NAN: dict[tuple[str, str], str] = {}  # (command, flag): owner, while a float flag still accepts NaN
+# (command, flag): a traceback that value still causes, in a module another engineer owns (listed in the docs).
+KNOWN_CRASH: dict[tuple[str, str, str], str] = {
+    ("demo", "--threads", "1000000000000"): "recipes/demo.py: no upper bound; torch.set_num_threads overflows",
+    ("pretrain", "--model", "llama-tiny"): "recipes/pretrain.py passes GPT-only settings (qkv_bias) to a Llama "
+    "preset: TypeError",
+}
+# (command, flag): where a user's file given as (or inside) an output is still lost; test_known_data_loss shows it.
+KNOWN_LOSS: dict[tuple[str, str], str] = {
+    (command, "--out"): "train/trainer.py Trainer._prepare_out_dir removes final/, best/, checkpoints/ and "
+    "tensorboard/ of --out without --overwrite, whatever they hold" for command in ("pretrain", "finetune classify")
+}
 EXAMPLES = int(os.environ.get("LLMSCRATCH_FUZZ_EXAMPLES", "0"))
-SLOW = {"pretrain", "finetune classify", "demo", "bench generate", "bench train"}
+SLOW = {"pretrain", "finetune classify", "finetune instruct", "finetune dpo", "demo", "bench generate",
+        "bench train", "bench serve", "serve"}
 LIMIT_S = 60  # a command still running after this is a failure (add it to BASE/STOP_AT/FIXED)
 
 INTS = ["-1", "0", "1", "2", "7", "-1000000", "1000000000000", "2.5", "nan", "1e3", ""]
 FLOATS = ["-1", "0", "0.5", "1", "2.5", "nan", "inf", "-inf", "1e308", "1e-320", "1e400", "-0.0", "x", ""]
 TEXTS = ["", " ", "x", "hello world", "-1", "0", "nan", "é🙂 ü", "a,b,,c", "1,2,3", "--", "cuda", "auto"]
 INPUT_PATHS = ["{txt}", "{bad_utf8}", "{empty}", "{model}", "{hf}", "{tok}", "{tsv}", "{bad_tsv}", "{user}",
-               "{run}", "{missing}", "{below_file}", "{readonly}", "{fx}", "{link_to_txt}", "gpt2-tiny", "{yaml}"]
+               "{run}", "{missing}", "{below_file}", "{readonly}", "{fx}", "{link_to_txt}", "gpt2-tiny", "llama-tiny",
+               "{yaml}"]
 OUTPUT_PATHS = ["{out}/new", "{out}/deeper/new", "{user}", "{txt}", "{model}", "{run}", "{readonly}/new",
-                "{below_file}", "{link_to_txt}", "{out}", "{hf}"]
+                "{below_file}", "{link_to_txt}", "{out}", "{hf}", "{project}"]
 USERS_FILE = "notes.txt"  # in the fixture's user folder: never changed, even when that folder is an output
 PATH_WORDS = ("file", "folder", "path", "dir", "model", "data", "corpus", "tokenizer", "config", "template", "input")
 
@@ -244,8 +283,9 @@ def tree(tmp_path_factory):
     return build_tree(tmp_path_factory.mktemp("tree"))
 
 
-def build_tree(root: Path) -> dict[str, Path]:
-    """{name: path} of the fixture files every case may read (and must not change), under `root`."""
+def build_tree(root: Path, classifier: bool = True) -> dict[str, Path]:
+    """{name: path} of the fixture files every case may read (and must not change), under `root`; a trained
+    classifier folder too with `classifier` (a second's fine-tuning)."""
     from llmscratch.model import GPTConfig, build_model
     from llmscratch.tokenizer import Tokenizer, train
     from llmscratch.weights.hf import export_hf
@@ -274,14 +314,25 @@ def build_tree(root: Path) -> dict[str, Path]:
     (fx / "run" / "metrics.jsonl").write_text("{}\n")
     (fx / "run" / "checkpoints" / "step-1" / "model.safetensors").write_bytes(b"x")
     (fx / "link.txt").symlink_to(fx / "a.txt")
+    entries = [{"instruction": f"Repeat the word {w}.", "input": "", "output": w}
+               for w in ("cat", "mat", "home", "later", "see", "you", "at", "sat", "on", "the") * 2]
+    (fx / "instructions.json").write_text(json.dumps(entries))
+    (fx / "preferences.json").write_text(json.dumps([{**e, "chosen": e["output"], "rejected": "no"} for e in entries]))
+    (fx / "responses.jsonl").write_text("".join(json.dumps({"index": i, **e, "response": e["output"]}) + "\n"
+                                                for i, e in enumerate(entries[:3])))
+    (fx / "project" / "final").mkdir(parents=True)  # a user's project folder with a "final" folder of their own
+    (fx / "project" / "final" / USERS_FILE).write_text("mine too")
     paths = {
         "fx": fx, "txt": fx / "a.txt", "corpus": fx / "corpus.txt", "bad_utf8": fx / "bad.txt",
         "empty": fx / "empty.txt", "yaml": fx / "run.yaml", "template": fx / "chat.jinja", "tok": fx / "tok.json",
         "model": fx / "model", "hf": fx / "hf", "tsv": fx / "msgs.tsv", "bad_tsv": fx / "bad.tsv",
         "user": fx / "user", "run": fx / "run", "missing": fx / "missing", "below_file": fx / "a.txt" / "below",
         "link_to_txt": fx / "link.txt", "readonly": readonly_place(root),
-        "classifier": fx / "classifier",
+        "classifier": fx / "classifier", "project": fx / "project", "instructions": fx / "instructions.json",
+        "preferences": fx / "preferences.json", "responses": fx / "responses.jsonl",
     }
+    if not classifier:
+        return paths
     clf_out = root / "clf"
     code, _, err, _ = run_cli(["finetune", "classify", "--model", str(fx / "model"), "--data", str(fx / "msgs.tsv"),
                                "--text-column", "message", "--label-column", "kind", "--epochs", "1",
@@ -415,11 +466,16 @@ def run_case(command: str, template: list[str], tree: dict, out_area: Path) -> O
 
 def check_case(command: str, template: list[str], tree: dict, out_area: Path) -> None:
     o = run_case(command, template, tree, out_area)
+    pairs = set(zip(template, template[1:]))
+    if o.traceback is not None and any(c == command and (f, v) in pairs for c, f, v in KNOWN_CRASH):
+        return
     assert o.traceback is None, f"{o.line}\n{o.traceback}"
     assert o.code in (0, 2), f"{o.line}\nexit status {o.code}\n{o.stderr[-2000:]}"
     assert "Traceback" not in o.stderr, f"{o.line}\n{o.stderr[-3000:]}"
     assert o.code == 0 or ERROR_LINE.match(o.message), f"{o.line}\nexit 2 without a one-line error:\n{o.stderr[-2000:]}"
-    assert not o.changed, f"{o.line}\nchanged files outside the output: {o.changed}"
+    known = [p for p in o.changed if (command, "--out") in KNOWN_LOSS and Path(p).parent.parent == tree["project"]]
+    changed = [p for p in o.changed if p not in known]  # known: test_known_data_loss
+    assert not changed, f"{o.line}\nchanged files outside the output: {changed}"
     assert o.code == 2 or not o.nan_flags, f"{o.line}\naccepted NaN for {o.nan_flags}"
 
 
@@ -434,6 +490,9 @@ def _report(command: str, template: list[str], code: object, last: str) -> None:
 def test_every_command_survives_bad_values(command, tree, tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # downloads fail at once (their stop points are stubs anyway)
     monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no credentials lookup on the network
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))  # commands with default outputs (runs/...) write here
     examples = EXAMPLES or (2 if command in SLOW else 5)
 
@@ -445,3 +504,18 @@ def test_every_command_survives_bad_values(command, tree, tmp_path_factory, monk
         check_case(command, template, tree, out_area)
 
     check()
+
+
+@pytest.mark.xfail(strict=True, reason="; ".join(sorted(set(KNOWN_LOSS.values()))))
+@pytest.mark.parametrize("command", sorted({c for c, _ in KNOWN_LOSS}))
+def test_known_data_loss(command, tmp_path, monkeypatch):
+    """A user's folder given as the training output keeps what it holds (fails today: KNOWN_LOSS)."""
+    monkeypatch.chdir(tmp_path)
+    tree = build_tree(tmp_path / "tree", classifier=False)  # its own: the fuzz cases may already have lost the file
+    o = run_case(command, with_value(command, list(BASE[command]), _option(command, "--out"), "{project}"), tree,
+                 tmp_path)
+    assert o.code in (0, 2) and not o.changed, o.changed
+
+
+def _option(command: str, flag: str) -> argparse.Action:
+    return next(a for a in COMMANDS[command]._actions if flag in a.option_strings)
