@@ -133,7 +133,7 @@ def test_wheel_without_the_member(tmp_path):
 def test_resolve_passes_paths_through(fake, tmp_path):
     assert resolve(str(tmp_path)) == str(tmp_path)
     assert resolve("fake-model", "wheel").endswith("model.gguf")
-    with pytest.raises(UserError, match="--source applies to registered model names only"):
+    with pytest.raises(UserError, match="source applies to registered model names only"):
         resolve(str(tmp_path), "hub")
 
 

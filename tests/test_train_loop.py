@@ -203,7 +203,7 @@ def test_sample_generation_at_each_evaluation(tmp_path):
 def test_existing_run_needs_resume_or_overwrite(tmp_path):
     model, task = tiny_setup()
     train(model, task, cfg_for(tmp_path, max_steps=2))
-    with pytest.raises(UserError, match="--resume"):
+    with pytest.raises(UserError, match="resume=True"):
         train(model, task, cfg_for(tmp_path, max_steps=2))
     r = train(model, task, cfg_for(tmp_path, max_steps=3), overwrite=True)
     assert r.steps == 3

@@ -43,7 +43,7 @@ from llmscratch.train.callbacks import (
 from llmscratch.train.config import TrainConfig, lr_at
 from llmscratch.train.evaluate import means, merge_sums, task_sums
 from llmscratch.train.tasks import Task, move_to
-from llmscratch.utils import UserError, atomic_folder, atomic_write_text
+from llmscratch.utils import FolderInUse, UserError, atomic_folder, atomic_write_text, folder_problem
 
 
 @dataclass
@@ -290,13 +290,33 @@ class Trainer:
                             "run, overwrite=True starts again there, or choose another output folder",
                             params=("resume", "overwrite"))
         if self.info.is_main:
+            if not self.resume and not self.overwrite:
+                self._check_outputs_are_ours()
             self.out.mkdir(parents=True, exist_ok=True)
             if not self.resume:
-                for name in ("checkpoints", "final", "best", "tensorboard"):
+                for name in self.RUN_FOLDERS:
                     shutil.rmtree(self.out / name, ignore_errors=True)
-                for name in ("metrics.jsonl", "loss.png"):
+                for name in self.RUN_FILES:
                     (self.out / name).unlink(missing_ok=True)
         dist_.barrier()
+
+    RUN_FOLDERS = ("checkpoints", "final", "best", "tensorboard")
+    RUN_FILES = ("metrics.jsonl", "loss.png")
+
+    def _check_outputs_are_ours(self) -> None:
+        """Refuse to start over in a folder whose run outputs (final/, best/, metrics.jsonl...) are not ours: a
+        model folder of our format may go, anything else stays unless overwrite=True."""
+        ours_beside = (self.out / "train_config.json").is_file()
+        for name in self.RUN_FOLDERS + self.RUN_FILES:
+            path = self.out / name
+            if not path.exists() and not path.is_symlink():
+                continue
+            if name in ("final", "best"):
+                reason = folder_problem(path)
+            else:
+                reason = None if ours_beside and not path.is_symlink() else "is not from one of our runs"
+            if reason is not None:
+                raise FolderInUse(path, reason)
 
     def _resume(self) -> None:
         """Load the newest good checkpoint (the same one on every rank) and restore the RNGs."""
