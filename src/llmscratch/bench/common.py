@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from llmscratch.utils import atomic_write_text
+
+# torch is imported inside the functions: `llmscratch --help` builds the benchmarks' flags without it.
 
 GB = 1e9
 
@@ -42,6 +42,8 @@ def cpu_model() -> str:
 
 def machine_info() -> dict[str, Any]:
     """What shapes a timing on this machine: load, cores, threads, OpenMP wait policy, versions."""
+    import torch
+
     try:
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:
@@ -105,6 +107,8 @@ def _median_time(fn: Callable[[], object], repeats: int) -> float:
 
 
 def _product_gbs(matrix_bytes: int, repeats: int) -> tuple[float, float]:
+    import torch
+
     cols = 4096
     rows = max(1, matrix_bytes // (4 * cols))
     w = torch.randn(rows, cols)
@@ -116,6 +120,8 @@ def _product_gbs(matrix_bytes: int, repeats: int) -> tuple[float, float]:
 
 
 def _sum_gbs(sum_bytes: int, repeats: int) -> float:
+    import torch
+
     big = torch.ones(max(1, sum_bytes // 4))
     return big.numel() * 4 / _median_time(big.sum, repeats) / GB
 
@@ -277,6 +283,8 @@ def panel_chart(
 def transformers_twin(model, **config_overrides):
     """transformers' model of the same family (GPT2LMHeadModel or LlamaForCausalLM) holding our model's weights,
     float32, in eval mode; None when transformers is not installed (it is a reference, never a dependency)."""
+    import torch
+
     try:
         import transformers
     except ImportError:

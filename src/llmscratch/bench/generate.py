@@ -19,10 +19,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from llmscratch.bench import common
 from llmscratch.config import check_fields, setting
+
+# torch is imported inside the functions: `llmscratch --help` builds the benchmarks' flags without it.
 
 JSON_NAME = "bench_generate.json"
 PNG_NAME = "bench_generate.png"
@@ -69,6 +69,8 @@ class Variant:
 
 
 def _variants(model, hf, prompt: list[int]) -> list[Variant]:
+    import torch
+
     from llmscratch.generate import SamplingConfig, generate
     from llmscratch.model.base import set_weight_layout
 
@@ -132,6 +134,8 @@ def _model_specs(cfg: GenerateBenchConfig) -> list[str]:
 
 def _bench_model(spec: str, cfg: GenerateBenchConfig, echo: Callable[[str], None]) -> _Section:
     """Load one model, check greedy outputs agree, time every variant and length interleaved."""
+    import torch
+
     from llmscratch.model import PRESETS
     from llmscratch.model.base import model_size, set_weight_layout
     from llmscratch.utils import UserError
@@ -203,6 +207,8 @@ def run_generate_bench(cfg: GenerateBenchConfig, echo: Callable[[str], None] = p
     The JSON's top-level "model", "decode_limit_tokens_per_s" and "ratios" describe the first model (as in a
     one-model run); "models" has one section per model; "results" holds every model's rows.
     """
+    import torch
+
     from llmscratch.utils import UserError
 
     if not cfg.tokens:
