@@ -21,6 +21,8 @@ from typing import Any
 
 from llmscratch.utils import atomic_write_text
 
+# torch is imported inside the functions: `llmscratch --help` builds the benchmarks' flags without it.
+
 GB = 1e9
 
 
@@ -40,7 +42,7 @@ def cpu_model() -> str:
 
 def machine_info() -> dict[str, Any]:
     """What shapes a timing on this machine: load, cores, threads, OpenMP wait policy, versions."""
-    import torch  # lazily: building the CLI's flags must not load torch
+    import torch
 
     try:
         load = [round(x, 2) for x in os.getloadavg()]
@@ -105,7 +107,7 @@ def _median_time(fn: Callable[[], object], repeats: int) -> float:
 
 
 def _product_gbs(matrix_bytes: int, repeats: int) -> tuple[float, float]:
-    import torch  # lazily: building the CLI's flags must not load torch
+    import torch
 
     cols = 4096
     rows = max(1, matrix_bytes // (4 * cols))
@@ -118,7 +120,7 @@ def _product_gbs(matrix_bytes: int, repeats: int) -> tuple[float, float]:
 
 
 def _sum_gbs(sum_bytes: int, repeats: int) -> float:
-    import torch  # lazily: building the CLI's flags must not load torch
+    import torch
 
     big = torch.ones(max(1, sum_bytes // 4))
     return big.numel() * 4 / _median_time(big.sum, repeats) / GB
@@ -279,10 +281,9 @@ def panel_chart(
 
 
 def transformers_twin(model, **config_overrides):
-    """transformers' model of the same family (GPT2LMHeadModel, LlamaForCausalLM, Gemma3ForCausalLM) holding our
-    model's weights, float32, in eval mode; None when transformers is not installed (it is a reference, never a
-    dependency)."""
-    import torch  # lazily: building the CLI's flags must not load torch
+    """transformers' model of the same family (GPT2LMHeadModel or LlamaForCausalLM) holding our model's weights,
+    float32, in eval mode; None when transformers is not installed (it is a reference, never a dependency)."""
+    import torch
 
     try:
         import transformers
@@ -293,8 +294,7 @@ def transformers_twin(model, **config_overrides):
     hf_config, tensors = tensors_for_transformers(model)
     hf_config = {k: v for k, v in hf_config.items() if k not in ("architectures", "model_type", "torch_dtype")}
     family = model.config.family
-    classes = {"gpt2": ("GPT2Config", "GPT2LMHeadModel"), "llama": ("LlamaConfig", "LlamaForCausalLM"),
-               "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM")}
+    classes = {"gpt2": ("GPT2Config", "GPT2LMHeadModel"), "llama": ("LlamaConfig", "LlamaForCausalLM")}
     if family not in classes:
         raise ValueError(f"no transformers counterpart for family {family!r}")
     config_cls, model_cls = (getattr(transformers, name) for name in classes[family])

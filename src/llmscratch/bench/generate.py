@@ -1,7 +1,6 @@
 """The KV-cache benchmark: new tokens per second of batch-1 greedy decoding, with and without our KV cache, for
 several output lengths, against transformers holding the same weights (cache on and off): GPT2LMHeadModel for
-GPT-2 models, LlamaForCausalLM for Llama-family ones (SmolLM2), Gemma3ForCausalLM for Gemma 3 (built from our
-dequantized GGUF weights).
+GPT-2 models, LlamaForCausalLM for Llama-family ones (SmolLM2, built from our dequantized GGUF weights).
 Several models may be benchmarked in one run (`model="gpt2-124m,smollm2-135m-instruct"`): one section each.
 
 Everything runs in one process, interleaved (each round runs every variant once) so that machine load hits
@@ -23,6 +22,8 @@ from typing import Any
 from llmscratch.bench import common
 from llmscratch.config import check_fields, setting
 
+# torch is imported inside the functions: `llmscratch --help` builds the benchmarks' flags without it.
+
 JSON_NAME = "bench_generate.json"
 PNG_NAME = "bench_generate.png"
 
@@ -31,9 +32,8 @@ PNG_NAME = "bench_generate.png"
 class GenerateBenchConfig:
     """What to measure (the flags of `llmscratch bench generate`). `quick`: a seconds-long smoke run."""
 
-    model: str = setting("gpt2-124m", "GPT-2, Llama or Gemma 3 model(s), comma-separated: preset (gpt2-tiny with "
-                         "--quick; llama-tiny, gemma3-tiny), registered name (smollm2-135m-instruct, gemma-3-270m: "
-                         "their GGUF, dequantized), folder, .gguf")
+    model: str = setting("gpt2-124m", "GPT-2 or Llama model(s), comma-separated: preset (gpt2-tiny with --quick; "
+                         "llama-tiny), registered name (smollm2-135m-instruct: its GGUF, dequantized), folder, .gguf")
     tokens: tuple[int, ...] = setting((50, 200, 500), "new-token counts, comma-separated", ge=1)
     repeats: int = setting(3, "rounds for the cached variants", ge=1)
     no_cache_repeats: int = setting(1, "rounds for the uncached variants (at 500 tokens one run takes minutes)",
@@ -69,7 +69,7 @@ class Variant:
 
 
 def _variants(model, hf, prompt: list[int]) -> list[Variant]:
-    import torch  # lazily: the CLI builds this command's flags without loading torch
+    import torch
 
     from llmscratch.generate import SamplingConfig, generate
     from llmscratch.model.base import set_weight_layout
@@ -134,7 +134,7 @@ def _model_specs(cfg: GenerateBenchConfig) -> list[str]:
 
 def _bench_model(spec: str, cfg: GenerateBenchConfig, echo: Callable[[str], None]) -> _Section:
     """Load one model, check greedy outputs agree, time every variant and length interleaved."""
-    import torch  # lazily: the CLI builds this command's flags without loading torch
+    import torch
 
     from llmscratch.model import PRESETS
     from llmscratch.model.base import model_size, set_weight_layout
@@ -146,9 +146,8 @@ def _bench_model(spec: str, cfg: GenerateBenchConfig, echo: Callable[[str], None
     else:
         loaded = load_model(spec, device="cpu", dtype=torch.float32, progress=cfg.progress)
     model = loaded.model
-    if model.config.family not in ("gpt2", "llama", "gemma3"):
-        raise UserError(f"the generation benchmark compares GPT-2, Llama and Gemma 3 models; {spec} is "
-                        f"{model.config.family}")
+    if model.config.family not in ("gpt2", "llama"):
+        raise UserError(f"the generation benchmark compares GPT-2 and Llama models; {spec} is {model.config.family}")
     if cfg.prompt_tokens + max(cfg.tokens) > model.config.context_length:
         raise UserError(f"{cfg.prompt_tokens} prompt + {max(cfg.tokens)} new tokens exceed the context "
                         f"length {model.config.context_length} of {spec}")
@@ -208,7 +207,7 @@ def run_generate_bench(cfg: GenerateBenchConfig, echo: Callable[[str], None] = p
     The JSON's top-level "model", "decode_limit_tokens_per_s" and "ratios" describe the first model (as in a
     one-model run); "models" has one section per model; "results" holds every model's rows.
     """
-    import torch  # lazily: the CLI builds this command's flags without loading torch
+    import torch
 
     from llmscratch.utils import UserError
 
