@@ -28,7 +28,7 @@ from pathlib import Path
 
 from llmscratch.config import check_fields, setting
 from llmscratch.evaluate.responses import append_jsonl, read_jsonl, read_responses
-from llmscratch.utils import UserError
+from llmscratch.utils import UserError, atomic_path, atomic_write_text
 
 
 def judge_prompt(record: Mapping) -> str:
@@ -269,8 +269,6 @@ def run_judge(spec: JudgeSpec) -> dict:
     scores = [scored[i]["score"] for i in sorted(scored)]
     summary = {**score_summary(scores), "judge": spec.model, "endpoint": client.url, "responses": spec.responses,
                "scores_file": str(out), "histogram": str(plot_scores(scores, beside(out, ".png"), spec))}
-    from llmscratch.utils import atomic_write_text
-
     atomic_write_text(beside(out, ".summary.json"), json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -294,8 +292,6 @@ def plot_scores(scores: Sequence[int | None], path: Path, spec: JudgeSpec) -> Pa
     ax.set_title(f"{Path(spec.responses).name}: judged by {spec.model} "
                  f"({len(valid)} scored, {len(scores) - len(valid)} not an integer)", fontsize=9)
     fig.tight_layout()
-    from llmscratch.utils import atomic_path
-
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)

@@ -8,10 +8,12 @@ tokens, recall = LCS / reference tokens, F1 their harmonic mean; two empty texts
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from llmscratch.config import check_fields, setting
 from llmscratch.utils import UserError
@@ -120,9 +122,6 @@ class MetricsSpec:
 
 def run_metrics(spec: MetricsSpec) -> dict:
     """ROUGE-L, exact match and (with a model) the reference loss of a responses file; written as JSON too."""
-    import json
-    from pathlib import Path
-
     from llmscratch.evaluate.judge import beside
     from llmscratch.evaluate.responses import read_responses
     from llmscratch.utils import atomic_write_text, pick_device
