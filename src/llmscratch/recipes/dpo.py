@@ -15,12 +15,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from llmscratch.config import check_fields, flat_settings, nested, setting
 from llmscratch.train.config import TrainConfig
 from llmscratch.utils import UserError, atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
 
 REFERENCES = ("live", "precomputed")
 TRAIN_FLAGS = ("epochs", "max_steps", "max_seconds", "lr", "weight_decay", "warmup_steps", "batch_size", "grad_accum",
@@ -133,6 +135,8 @@ def build_reference(cfg: DPOConfig, model, device):
 
 def autocast_for(device: torch.device):
     """bf16 autocast on CUDA (as the training loop), nothing elsewhere."""
+    import torch  # lazily: the CLI builds this command's flags without loading torch
+
     if device.type == "cuda":
         return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext
@@ -150,6 +154,8 @@ def evaluate_pairs(model, task, split: str, batch_size: int, device, desc: str |
 
 def peak_memory_mb(device: torch.device) -> float:
     """Peak memory of this process so far: CUDA allocations on a GPU, else the peak resident set size."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llmscratch.train import distributed as dist_
 from llmscratch.train.plots import plot_metrics, read_metrics
 from llmscratch.utils import atomic_write_text
 
@@ -145,6 +144,8 @@ class TimeLimit(Callback):
     def on_train_step(self, trainer: Trainer, record: dict) -> None:
         out_of_time = time.perf_counter() - trainer.started >= self.seconds
         if trainer.info.enabled:
+            from llmscratch.train import distributed as dist_  # torch: imported only once training runs
+
             out_of_time = dist_.all_reduce_sum([float(out_of_time)], trainer.info.device)[0] > 0
         if out_of_time and trainer.state.step < trainer.total:
             trainer.echo(f"time limit of {self.seconds:g} s reached after step {trainer.state.step} of {trainer.total}")
