@@ -115,6 +115,7 @@ def test_export_round_trip_loads_in_transformers(tmp_path):
     twin = transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(**config_to_hf(ours.config))).eval()
     twin.load_state_dict(state_dict_to_hf(ours), strict=False)
     twin.tie_weights()
+    assert twin.config.eos_token_id is None  # transformers' generate() does not stop at its default eos 1
     ids = torch.randint(0, 512, (1, 30))
     with torch.no_grad():
         torch.testing.assert_close(ours(ids), twin(ids).logits, atol=1e-4, rtol=1e-4)

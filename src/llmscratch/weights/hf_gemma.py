@@ -121,6 +121,9 @@ def config_to_hf(c: GemmaConfig) -> dict:
         "attn_logit_softcapping": None,
         "attention_bias": False,
         "tie_word_embeddings": True,
+        # transformers' defaults (bos 2, eos 1) would stop its generate() at token 1; the tokenizer sets them on export
+        "bos_token_id": None,
+        "eos_token_id": None,
         "torch_dtype": "float32",
     }
 
