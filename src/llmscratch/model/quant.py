@@ -204,25 +204,19 @@ def quantize_model(model: nn.Module, fmt: str, group: int = DEFAULT_GROUP, symme
                    head: bool = False) -> nn.Module:
     """Swap the model's block Linears (and the head when `head`) for QuantLinears of `fmt`, in place.
 
-    A tied head is left in float (its weight is also the embedding table). Records the choice as
-    `model.quantization` (a dict, saved as config.json's "quantization" entry).
+    A tied head is quantized on its own (the embedding keeps its float table for lookups). Records the choice
+    as `model.quantization` (a dict, saved as config.json's "quantization" entry).
     """
     check_spec(fmt, group)
     if getattr(model, "quantization", None):
         raise UserError(f"this model is already quantized ({model.quantization['format']})")
     names = quantizable_layers(model, head)
-    tied = set()
-    if head and "head" in names:
-        emb_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-        if id(model.get_submodule("head").weight) in emb_ids:
-            tied.add("head")
-    names = [n for n in names if n not in tied]
     for name in names:
         lin = model.get_submodule(name)
         if fmt == "int4" and lin.in_features % group:
             continue  # a layer whose width the group does not divide stays in float
         _set_submodule(model, name, QuantLinear.from_linear(lin, fmt, group, symmetric))
-    model.quantization = describe(model, fmt, group, symmetric, head and "head" not in tied)
+    model.quantization = describe(model, fmt, group, symmetric, head)
     return model
 
 
