@@ -227,6 +227,18 @@ def describe(model: nn.Module, fmt: str, group: int, symmetric: bool, head: bool
             "head": head, "layers": layers}
 
 
+def quantize_loaded(model: nn.Module, fmt: str) -> nn.Module:
+    """What `--quantize FMT` does: every block Linear and the head to `fmt` (default group); a model that was
+    loaded already quantized must be in `fmt` (it cannot be requantized from its rounded weights)."""
+    check_spec(fmt)
+    have = getattr(model, "quantization", None)
+    if have:
+        if have["format"] != fmt:
+            raise UserError(f"the model was saved quantized as {have['format']}; it cannot be turned into {fmt}")
+        return model
+    return quantize_model(model, fmt, head=True)
+
+
 def quantized_skeleton(model: nn.Module, spec: dict) -> nn.Module:
     """Swap the Linears named in `spec["layers"]` for empty QuantLinears (to load a saved quantized state into)."""
     fmt, group = spec.get("format"), spec.get("group") or DEFAULT_GROUP
@@ -258,6 +270,6 @@ def quantized_bytes(model: nn.Module) -> int:
 
 __all__ = [
     "FORMATS", "GROUPS", "QuantLinear", "check_spec", "dequantize_int4", "dequantize_int8", "pack_int4",
-    "quantize_int4", "quantize_int8", "quantize_model", "quantized_skeleton", "quantizable_layers",
+    "quantize_int4", "quantize_int8", "quantize_loaded", "quantize_model", "quantized_skeleton", "quantizable_layers",
     "unpack_int4",
 ]

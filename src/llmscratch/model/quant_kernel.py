@@ -215,9 +215,9 @@ def _build():
         from torch.utils.cpp_extension import load_inline
 
         _module = load_inline(
-            name="llmscratch_quant_v2", cpp_sources=[CPP], functions=["int8_linear", "int4_linear", "int8_dequant", "int4_dequant", "has_avx2",
-                                                      "has_avx512"],
-            extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False,
+            name="llmscratch_quant_v2", cpp_sources=[CPP],
+            functions=["int8_linear", "int4_linear", "int8_dequant", "int4_dequant", "has_avx2", "has_avx512"],
+            extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
         )
         simd = "AVX-512" if _module.has_avx512() else "AVX2+FMA" if _module.has_avx2() else "plain C++ (no AVX2)"
         _status = f"C++ kernel, {simd}"
