@@ -28,7 +28,7 @@ from llmscratch.data.registry import fetch  # noqa: E402
 from llmscratch.generate import SamplingConfig, generate  # noqa: E402
 from llmscratch.model import quant_kernel  # noqa: E402
 from llmscratch.model.base import set_weight_layout  # noqa: E402
-from llmscratch.model.quant import quantize_model, quantized_bytes  # noqa: E402
+from llmscratch.model.quant import quantize_loaded, quantized_bytes  # noqa: E402
 from llmscratch.weights import load_model  # noqa: E402
 
 
@@ -73,7 +73,7 @@ def main() -> None:
     base = loaded.model
     models = {"float32": base}
     for fmt in args.formats.split(","):
-        models[fmt] = quantize_model(copy.deepcopy(base), fmt, head=True)
+        models[fmt] = quantize_loaded(copy.deepcopy(base), fmt)  # what --quantize FMT does
     set_weight_layout(base)  # what `generate` does for float32 on a CPU
     text = fetch("the-verdict").read_text(encoding="utf-8")
     ids = loaded.tokenizer.encode(text)

@@ -28,7 +28,7 @@ def test_a_quantized_folder_loads_back_and_generates_the_same(tmp_path, args):
     assert isinstance(loaded.model.get_submodule("blocks.0.ffn.down"), QuantLinear)  # in 64: every group fits
     ref = load_preset("llama-tiny").model
     group = 64 if "64" in args else 32
-    quantize_model(ref, args[1], group, "--symmetric" in args, "--no-quantize-head" not in args)
+    quantize_model(ref, args[1], group, "--symmetric" in args, "--no-quantize-head" not in args, "int8")
     prompt = list(range(3, 11))
     cfg = SamplingConfig(max_new_tokens=10)
     assert generate(loaded.model, [prompt], cfg) == generate(ref, [prompt], cfg)

@@ -242,12 +242,12 @@ def _llama_cpp_peer(spec: str, cfg: GenerateBenchConfig, echo: Callable[[str], N
 
 
 def _quantized_copies(model, formats) -> dict:
-    """{format: a quantized deep copy of `model`} (every block Linear and the head)."""
+    """{format: a quantized deep copy of `model`} (as `--quantize FMT` does it: model/quant.quantize_loaded)."""
     import copy
 
-    from llmscratch.model.quant import quantize_model
+    from llmscratch.model.quant import quantize_loaded
 
-    return {fmt: quantize_model(copy.deepcopy(model), fmt, head=True) for fmt in formats}
+    return {fmt: quantize_loaded(copy.deepcopy(model), fmt) for fmt in formats}
 
 
 def _agreement(a: list[int], b: list[int]) -> int:

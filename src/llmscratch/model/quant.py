@@ -26,6 +26,7 @@ from llmscratch.utils import UserError
 FORMATS = ("int8", "int4")
 GROUPS = (32, 64, 128)
 DEFAULT_GROUP = 32
+HEAD_FORMAT = {"int8": "int8", "int4": "int8"}  # the head's format under `--quantize FMT`
 
 
 # ---- int8: per output channel, symmetric ----------------------------------------------------------------------
@@ -201,34 +202,40 @@ def check_spec(fmt: str, group: int = DEFAULT_GROUP) -> None:
 
 @torch.no_grad()
 def quantize_model(model: nn.Module, fmt: str, group: int = DEFAULT_GROUP, symmetric: bool = False,
-                   head: bool = False) -> nn.Module:
-    """Swap the model's block Linears (and the head when `head`) for QuantLinears of `fmt`, in place.
+                   head: bool = False, head_format: str | None = None) -> nn.Module:
+    """Swap the model's block Linears (and the head when `head`, in `head_format`, default `fmt`) for QuantLinears
+    of `fmt`, in place.
 
     A tied head is quantized on its own (the embedding keeps its float table for lookups). Records the choice
     as `model.quantization` (a dict, saved as config.json's "quantization" entry).
     """
-    check_spec(fmt, group)
+    head_format = head_format or fmt
+    check_spec(fmt, group), check_spec(head_format, group)
     if getattr(model, "quantization", None):
         raise UserError(f"this model is already quantized ({model.quantization['format']})")
     names = quantizable_layers(model, head)
     for name in names:
         lin = model.get_submodule(name)
-        if fmt == "int4" and lin.in_features % group:
+        f = head_format if name == "head" else fmt
+        if f == "int4" and lin.in_features % group:
             continue  # a layer whose width the group does not divide stays in float
-        _set_submodule(model, name, QuantLinear.from_linear(lin, fmt, group, symmetric))
-    model.quantization = describe(model, fmt, group, symmetric, head)
+        _set_submodule(model, name, QuantLinear.from_linear(lin, f, group, symmetric))
+    model.quantization = describe(model, fmt, group, symmetric, head, head_format)
     return model
 
 
-def describe(model: nn.Module, fmt: str, group: int, symmetric: bool, head: bool) -> dict:
-    """The `quantization` record of a quantized model: format, group, symmetric, head, and the layer names."""
+def describe(model: nn.Module, fmt: str, group: int, symmetric: bool, head: bool, head_format: str) -> dict:
+    """The `quantization` record of a quantized model: format, group, symmetric, head (and its format), and the
+    quantized layer names."""
     layers = [n for n, m in model.named_modules() if isinstance(m, QuantLinear)]
     return {"format": fmt, "group": group if fmt == "int4" else None, "symmetric": symmetric or fmt == "int8",
-            "head": head, "layers": layers}
+            "head": head, "head_format": head_format if head else None, "layers": layers}
 
 
 def quantize_loaded(model: nn.Module, fmt: str) -> nn.Module:
-    """What `--quantize FMT` does: every block Linear and the head to `fmt` (default group); a model that was
+    """What `--quantize FMT` does: every block Linear to `fmt` (default group) and the head to HEAD_FORMAT[fmt]
+    (int8 for int4: the head's errors go straight into the logits, as llama.cpp keeps its output tensor at
+    higher precision); a model that was
     loaded already quantized must be in `fmt` (it cannot be requantized from its rounded weights)."""
     check_spec(fmt)
     have = getattr(model, "quantization", None)
@@ -236,13 +243,14 @@ def quantize_loaded(model: nn.Module, fmt: str) -> nn.Module:
         if have["format"] != fmt:
             raise UserError(f"the model was saved quantized as {have['format']}; it cannot be turned into {fmt}")
         return model
-    return quantize_model(model, fmt, head=True)
+    return quantize_model(model, fmt, head=True, head_format=HEAD_FORMAT[fmt])
 
 
 def quantized_skeleton(model: nn.Module, spec: dict) -> nn.Module:
     """Swap the Linears named in `spec["layers"]` for empty QuantLinears (to load a saved quantized state into)."""
     fmt, group = spec.get("format"), spec.get("group") or DEFAULT_GROUP
-    check_spec(fmt, group)
+    head_format = spec.get("head_format") or fmt
+    check_spec(fmt, group), check_spec(head_format, group)
     for name in spec["layers"]:
         try:
             lin = model.get_submodule(name)
@@ -251,10 +259,11 @@ def quantized_skeleton(model: nn.Module, spec: dict) -> nn.Module:
         if not isinstance(lin, nn.Linear):
             raise UserError(f"quantized layer {name!r} is not a Linear layer")
         dev = lin.weight.device
-        q = QuantLinear(lin.in_features, lin.out_features, fmt, group, bool(spec.get("symmetric")),
-                        lin.bias is not None, None if dev.type == "meta" else dev)
+        q = QuantLinear(lin.in_features, lin.out_features, head_format if name == "head" else fmt, group,
+                        bool(spec.get("symmetric")), lin.bias is not None, None if dev.type == "meta" else dev)
         _set_submodule(model, name, q)
-    model.quantization = describe(model, fmt, group, bool(spec.get("symmetric")), bool(spec.get("head")))
+    model.quantization = describe(model, fmt, group, bool(spec.get("symmetric")), bool(spec.get("head")),
+                                  head_format)
     return model
 
 
