@@ -80,3 +80,13 @@ def test_bench_generate_adds_quantized_variants_and_says_llama_cpp_is_absent(tmp
     assert {"ours, KV cache, int8", "ours, KV cache, int4"} <= variants
     assert "greedy agreement with float32" in text
     assert "no llama.cpp binary" in text and "error" in data["models"][0]["llama_cpp"]
+
+
+def test_serve_loader_quantizes_when_asked():
+    from llmscratch.cli.serve import _loader
+    from llmscratch.serve.config import ServeConfig
+
+    assert _loader(ServeConfig(model="llama-tiny")) is None  # the server's own loader
+    loaded = _loader(ServeConfig(model="llama-tiny", quantize="int4"))()
+    assert loaded.model.quantization["format"] == "int4"
+    assert isinstance(loaded.model.get_submodule("head"), QuantLinear)
