@@ -15,7 +15,8 @@ from llmscratch.utils import UserError
 
 REQUIRED = {"data": "x.txt", "model": "m", "repository": "r", "model_data": "m.tar.gz", "image_uri": "i",
             "role": "arn:aws:iam::123456789012:role/r", "endpoint_name": "e", "prompt": "p",
-            "responses": "r.jsonl", "base_url": "http://127.0.0.1:1/v1"}  # fields without default
+            "responses": "r.jsonl", "base_url": "http://127.0.0.1:1/v1",
+            "to": "int8", "out": "q"}  # fields without default
 
 
 def generated_parsers():

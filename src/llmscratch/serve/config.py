@@ -39,6 +39,8 @@ class ServeConfig:
                                         metavar="FILE")
     device: str = setting("cpu", "cpu, cuda, mps or auto")
     dtype: str = setting("float32", "weight precision", choices=("float32", "bfloat16", "float16"))
+    quantize: str | None = setting(None, "int8 or int4 weights for every block Linear and the head (faster CPU "
+                                   "decoding; docs/quant.md)", choices=("int8", "int4"))
     drain_timeout: float = setting(60.0, "on SIGTERM: most seconds to wait for the requests in flight", gt=0)
     log_level: str = setting("info", "server log level",
                              choices=("critical", "error", "warning", "info", "debug"))

@@ -42,10 +42,20 @@ class LoadedModel:
 
 def load_model(
     spec: str | os.PathLike, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-    progress: bool = True,
+    progress: bool = True, quantize: str | None = None,
 ) -> LoadedModel:
     """Load the model `spec` names (see the module docstring) onto `device` (default CPU), float32 unless `dtype`;
-    `progress`: bars while fetching and dequantizing."""
+    `progress`: bars while fetching and dequantizing; `quantize`: "int8" or "int4" weights for every block
+    Linear and the head (model/quant.py; a folder saved quantized loads as it was saved)."""
+    loaded = _load_model(spec, device, dtype, progress)
+    if quantize:
+        from llmscratch.model.quant import quantize_loaded
+
+        quantize_loaded(loaded.model, quantize)
+    return loaded
+
+
+def _load_model(spec, device, dtype, progress: bool) -> LoadedModel:
     from llmscratch.model import PRESETS
     from llmscratch.weights.registry import MODELS, fetch
 
@@ -133,6 +143,7 @@ def model_config(spec: str | os.PathLike):
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"{path / 'config.json'} is not valid JSON: {e}") from None
         if isinstance(data, dict) and "family" in data:
+            data = {k: v for k, v in data.items() if k != "quantization"}
             return checked_config(lambda: config_from_dict(data), str(path / "config.json"))
         from llmscratch.weights.hf import IMPORTERS, read_hf_config
 

@@ -122,6 +122,29 @@ def model_from_state_dict(
     return model.eval()
 
 
+def quantized_from_state_dict(config, spec, state: Mapping[str, torch.Tensor], source: str, device=None):
+    """A model saved quantized (config.json's "quantization" entry `spec`, see model/quant.py) holding `state`;
+    UserError for an unknown format or a missing, misshapen or unexpected tensor. Float parts stay float32."""
+    from llmscratch.model.quant import FORMATS, quantized_skeleton
+
+    if not isinstance(spec, dict) or spec.get("format") not in FORMATS or not isinstance(spec.get("layers"), list):
+        fmt = spec.get("format") if isinstance(spec, dict) else spec
+        raise UserError(f"{source}: unknown quantization {fmt!r} (known: {', '.join(FORMATS)})")
+    check_config(config, source)
+    model = quantized_skeleton(empty_model(config), spec)
+    tied = tied_names(model)
+    expected = model.state_dict()
+    check_tensors(state, {n: tuple(t.shape) for n, t in expected.items()}, source, config.family, may_lack=tied)
+    with torch.no_grad():
+        for name, t in expected.items():
+            got = state.get(name, state.get(tied.get(name, "")))
+            if got is not None and got.dtype != t.dtype:
+                raise UserError(f"{source}: tensor {name} is {got.dtype}, expected {t.dtype}")
+            if got is not None:
+                t.copy_(got)
+    return model.to(device=device or "cpu").eval()
+
+
 # ---------------------------------------------------------------------------------------------- folders
 
 
@@ -135,7 +158,10 @@ def save_pretrained(
     folder = Path(folder)
     with atomic_folder(folder, overwrite) as tmp:
         save_weights(model, tmp / WEIGHTS)
-        atomic_write_text(tmp / CONFIG, json.dumps(config_to_dict(model.config), indent=2) + "\n")
+        config = config_to_dict(model.config)
+        if getattr(model, "quantization", None):
+            config["quantization"] = model.quantization  # how to rebuild its QuantLinear layers (model/quant.py)
+        atomic_write_text(tmp / CONFIG, json.dumps(config, indent=2) + "\n")
         write_tokenizer(tmp, tokenizer_or_spec)
         if chat_template:
             atomic_write_text(tmp / CHAT_TEMPLATE, chat_template)
@@ -172,8 +198,13 @@ def load_tokenizer_of(folder: Path):
 def load_checkpoint(folder: str | os.PathLike, device=None, dtype=None):
     """One of our model folders -> (model, tokenizer or None, chat template or None)."""
     folder = Path(folder)
-    config = checked_config(lambda: config_from_dict(json.loads((folder / CONFIG).read_text(encoding="utf-8"))),
-                            str(folder / CONFIG))
-    model = model_from_state_dict(config, read_weights(folder / WEIGHTS), str(folder / WEIGHTS), device, dtype)
+    data = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+    quantization = data.pop("quantization", None) if isinstance(data, dict) else None
+    config = checked_config(lambda: config_from_dict(data), str(folder / CONFIG))
+    if quantization is not None:
+        model = quantized_from_state_dict(config, quantization, read_weights(folder / WEIGHTS),
+                                          str(folder / WEIGHTS), device)
+    else:
+        model = model_from_state_dict(config, read_weights(folder / WEIGHTS), str(folder / WEIGHTS), device, dtype)
     template = (folder / CHAT_TEMPLATE).read_text() if (folder / CHAT_TEMPLATE).is_file() else None
     return model, load_tokenizer_of(folder), template

@@ -1,0 +1,127 @@
+"""Weight-only quantization (model/quant.py) and our kernel (model/quant_kernel.py) against float references."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from llmscratch.generate import SamplingConfig, generate
+from llmscratch.model import build_model, get_config, quant_kernel
+from llmscratch.model.quant import (
+    QuantLinear,
+    dequantize_int4,
+    dequantize_int8,
+    pack_int4,
+    quantize_int4,
+    quantize_int8,
+    quantize_model,
+    unpack_int4,
+)
+from llmscratch.utils import UserError
+
+
+def weight(out=96, inp=256, seed=0):
+    return torch.randn(out, inp, generator=torch.Generator().manual_seed(seed))
+
+
+def tiny(preset="llama-tiny", seed=0):
+    torch.manual_seed(seed)
+    return build_model(get_config(preset)).eval()
+
+
+def test_int8_error_is_within_half_a_step_per_channel():
+    w = weight()
+    q, s = quantize_int8(w)
+    assert q.dtype == torch.int8 and s.shape == (96,)
+    err = (dequantize_int8(q, s) - w).abs()
+    assert (err <= s[:, None] / 2 + 1e-6).all()
+    assert (q.abs().amax(dim=1) == 127).all()  # each row uses the full range
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_int4_error_is_within_half_a_step_per_group(group, symmetric):
+    w = weight()
+    q, s, m = quantize_int4(w, group, symmetric)
+    assert q.dtype == torch.uint8 and q.shape == (96, 128) and s.shape == (96, 256 // group)
+    assert (m is None) == symmetric
+    err = (dequantize_int4(q, s, m, group) - w).abs().reshape(96, -1, group)
+    step = s.abs()[..., None] * (1.0 if symmetric else 0.5)  # Q4_0 clips +8 steps to +7: one whole step
+    assert (err <= step + 1e-5).all()
+    rel = (dequantize_int4(q, s, m, group) - w).norm() / w.norm()
+    assert rel < 0.15
+
+
+def test_int4_packing_round_trips_in_gguf_block_order():
+    n = torch.randint(0, 16, (3, 64), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    p = pack_int4(n, 32)
+    assert torch.equal(unpack_int4(p, 32), n)
+    assert p[0, 0] == n[0, 0] | (n[0, 16] << 4)  # byte j: element j low, element j + 16 high
+
+
+def test_bad_specs_are_refused():
+    with pytest.raises(ValueError, match="group"):
+        quantize_int4(weight(), 48)
+    with pytest.raises(UserError, match="unknown quantization"):
+        quantize_model(tiny(), "int3")
+    m = quantize_model(tiny(), "int8")
+    with pytest.raises(UserError, match="already quantized"):
+        quantize_model(m, "int8")
+
+
+@pytest.mark.parametrize("fmt,group,symmetric", [("int8", 32, True), ("int4", 32, False), ("int4", 64, True),
+                                                 ("int4", 128, False)])
+@pytest.mark.parametrize("rows", [1, 3, 20])
+def test_kernel_equals_the_reference(fmt, group, symmetric, rows):
+    lin = nn.Linear(256, 80, bias=True)
+    q = QuantLinear.from_linear(lin, fmt, group, symmetric)
+    x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        y, ref, flt = q(x), q.reference_forward(x), lin(x)
+    assert torch.allclose(y, ref, atol=1e-4, rtol=1e-4)
+    tol = 0.02 if fmt == "int8" else 0.2
+    assert (y - flt).abs().max() < tol * flt.abs().max()
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler: the kernel cannot be built here")
+def test_the_kernel_builds_where_a_compiler_exists():
+    assert quant_kernel.kernel() is not None, quant_kernel.status()
+    assert quant_kernel.status().startswith("C++ kernel")
+
+
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny", "gemma3-tiny"])
+def test_every_block_linear_and_the_head_are_swapped(preset):
+    model = quantize_model(tiny(preset), "int8", head=True)
+    left = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    assert left == []
+    assert "head" in model.quantization["layers"] and model.quantization["format"] == "int8"
+    assert isinstance(model.get_submodule("head"), QuantLinear)
+
+
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny", "gemma3-tiny"])
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_quantized_logits_stay_close_and_cached_equals_uncached(preset, fmt):
+    ref = tiny(preset)
+    ids = torch.randint(0, 512, (1, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = ref(ids)
+    model = quantize_model(tiny(preset), fmt, head=True)
+    with torch.no_grad():
+        got = model(ids)
+    rel = (got - want).norm() / want.norm()
+    assert rel < (0.02 if fmt == "int8" else 0.35)  # random tiny weights: errors add up over the layers
+    cfg = SamplingConfig(max_new_tokens=12)
+    prompt = ids[0].tolist()
+    assert generate(model, [prompt], cfg, use_cache=True) == generate(model, [prompt], cfg, use_cache=False)
+
+
+def test_int8_greedy_output_matches_float_mostly():
+    ref = tiny("gpt2-tiny")
+    model = quantize_model(tiny("gpt2-tiny"), "int8", head=True)
+    cfg = SamplingConfig(max_new_tokens=20)
+    prompt = list(range(5, 15))
+    a, b = generate(ref, [prompt], cfg)[0], generate(model, [prompt], cfg)[0]
+    assert a[:5] == b[:5]
