@@ -121,8 +121,6 @@ KNOWN_CRASH: dict[tuple[str, str, str | None], str] = {  # value None: any value
     ("demo", "--threads", "1000000000000"): "recipes/demo.py: no upper bound; torch.set_num_threads overflows",
     ("pretrain", "--model", "llama-tiny"): "recipes/pretrain.py passes GPT-only settings (qkv_bias) to a Llama "
     "preset: TypeError",
-    ("evaluate judge", "--base-url", None): "evaluate/judge.py: a base URL without http(s):// ends in urllib's "
-    "ValueError (unknown url type)",
 }
 # (command, flag): where a user's file given as (or inside) an output is still lost; test_known_data_loss shows it.
 KNOWN_LOSS: dict[tuple[str, str], str] = {}

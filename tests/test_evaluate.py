@@ -245,5 +245,9 @@ def test_cli_judge_and_compare(tmp_path, judge, capsys):
     with pytest.raises(SystemExit) as e:
         main(["evaluate", "judge", "--base-url", judge.url, "--model", "j"])
     assert e.value.code == 2 and "either --responses FILE or --compare A B" in capsys.readouterr().err
+    for url in ("localhost:11434/v1", "ftp://x/v1", ""):
+        with pytest.raises(SystemExit) as e:
+            main(["evaluate", "judge", "--responses", str(a), "--base-url", url, "--model", "j"])
+        assert e.value.code == 2 and "--base-url must be an http:// or https:// URL" in capsys.readouterr().err
     main(["evaluate", "metrics", "--responses", str(a)])
     assert "ROUGE-L F1" in capsys.readouterr().out

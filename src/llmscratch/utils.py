@@ -37,7 +37,7 @@ OUTPUT_FILES = frozenset({
     "model.safetensors", "config.json", "tokenizer.json", "tokenizer.ref.json", "chat_template.jinja",
     "generation_config.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json",
     "optimizer.safetensors", "optimizer.json", "rng.safetensors", "state.json", "manifest.json", "training.json",
-    "classifier.json", "classifier.safetensors", "report.json",
+    "classifier.json", "classifier.safetensors", "report.json", "instruct.json",
 })
 _TEMP_NAME = re.compile(r"^\..+\.tmp$")  # a file left by an interrupted atomic write
 

@@ -127,6 +127,8 @@ class ChatClient:
             except json.JSONDecodeError:
                 raise UserError(f"the judge endpoint {self.url} answered with something that is not JSON; is it "
                                 "an OpenAI-compatible /v1 base URL?") from None
+            except ValueError as e:  # a URL urllib cannot send to (http.client.InvalidURL and the like)
+                raise UserError(f"cannot send a request to {self.url}: {e}", params="base_url") from None
         raise JudgeUnreachable(f"the judge endpoint {self.url} did not answer after {self.retries + 1} attempts "
                                f"(last error: {last})")
 
@@ -200,6 +202,9 @@ class JudgeSpec:
         check_fields(self)
 
     def client(self) -> ChatClient:
+        if not re.match(r"https?://[^/\s]+", self.base_url or ""):
+            raise UserError(f"base_url must be an http:// or https:// URL such as http://localhost:11434/v1, got "
+                            f"{self.base_url!r}", params="base_url")
         key = None
         if self.api_key_env:
             key = os.environ.get(self.api_key_env)
