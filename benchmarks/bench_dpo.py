@@ -43,7 +43,7 @@ def one(args) -> dict:
     fmt = "chat" if loaded.chat_template else "alpaca"
     cfg = DPOConfig(model=args.model, prompt_format=fmt, trainable=args.trainable, reference=args.reference,
                     max_length=args.max_length)
-    splits = load_pair_splits(cfg, loaded.tokenizer, loaded.chat_template, loaded.model.config.context_length,
+    splits = load_pair_splits(cfg, fmt, loaded.tokenizer, loaded.chat_template, loaded.model.config.context_length,
                               echo=lambda s: None)
     splits["train"].pairs = splits["train"].pairs[: args.pairs]
     splits = {"train": splits["train"], "val": splits["val"]}

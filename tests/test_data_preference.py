@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import ByteTokenizer, mirror_file
 
+from llmscratch.data.instruction import book_split
 from llmscratch.data.preference import (
     PreferenceDataset,
     PreferenceFields,
-    book_split,
     collate_preference,
     load_preference_entries,
     read_preference_file,
@@ -65,7 +65,7 @@ def test_prompt_field_defaults_to_instruction_then_prompt(tmp_path):
 def test_registry_data_and_book_split():
     mirror_file("instruction-data-with-preference.json")
     entries = load_preference_entries("instruction-data-preference")
-    train, val, test = book_split(entries)
+    train, test, val = book_split(entries)
     assert (len(train), len(val), len(test)) == (935, 55, 110)
     assert test[0] == entries[935] and val[0] == entries[1045]  # file order, test before validation
 

@@ -66,6 +66,9 @@ def test_preferences_are_learned_and_the_model_is_saved(tmp_path, tiny_folder, t
     # the final folder is a plain model (LoRA merged into its weights), trained away from the start
     final, start = load_model(out / "final").model, load_model(tiny_folder).model
     assert not any("lora" in n for n, _ in final.named_parameters())
+    from llmscratch.data.instruction import read_instruct_info
+
+    assert read_instruct_info(out / "final")["prompt_format"] == "phi3"  # evaluate generate picks it up
     name = "blocks.0.attn.qkv.weight"
     assert not torch.allclose(final.get_parameter(name), start.get_parameter(name))
 

@@ -1,10 +1,10 @@
 """Preference pairs for DPO: a prompt with a chosen and a rejected answer, encoded, checked, and collated.
 
 Sources: the registry's `instruction-data-preference` (fields instruction, input, output, chosen, rejected; the
-book's split 935 / 110 / 55 in file order), or any JSON list / JSONL file whose prompt, chosen and rejected
-fields are named by the caller. Prompt and answers are encoded as instruction tuning encodes them (a callable,
-data.instruction's `encode_example` with its prompt format bound): the answer's ids follow the prompt's ids
-(then the end-of-text id), so the answer mask is exact.
+recipe splits it as the instruction data, `data.instruction.book_split`: 935 / 110 / 55 in file order), or any
+JSON list / JSONL file whose prompt, chosen and rejected fields are named by the caller. Prompt and answers are
+encoded as instruction tuning encodes them (a callable, data.instruction's `encode_example` with its prompt
+format bound): the answer's ids follow the prompt's ids (then the end-of-text id), so the answer mask is exact.
 
 Bad pairs are counted and skipped before training, never silently: chosen == rejected (also after cutting to
 `max_length`), an empty answer, a prompt that leaves no room for an answer within `max_length`.
@@ -22,7 +22,6 @@ import torch
 from llmscratch.utils import UserError
 
 REGISTRY_NAME = "instruction-data-preference"
-BOOK_SPLIT = (0.85, 0.10)  # train, test; validation is the rest (935 / 110 / 55 of the 1,100 entries)
 
 
 @dataclass(frozen=True)
@@ -77,15 +76,6 @@ def load_preference_entries(data: str, fields: PreferenceFields = PreferenceFiel
     if not Path(data).exists():
         raise UserError(f"--data must be {REGISTRY_NAME} or a .json/.jsonl file, got {data!r} (no such file)")
     return read_preference_file(data, fields)
-
-
-def book_split(entries: Sequence, fractions: tuple[float, float] = BOOK_SPLIT) -> tuple[list, list, list]:
-    """(train, validation, test) in file order as the book cuts them: the first 85% train, the next 10% test,
-    the rest validation (935 / 55 / 110 of 1,100)."""
-    n_train = int(len(entries) * fractions[0])
-    n_test = int(len(entries) * fractions[1])
-    train, test = list(entries[:n_train]), list(entries[n_train : n_train + n_test])
-    return train, list(entries[n_train + n_test :]), test
 
 
 @dataclass

@@ -42,8 +42,10 @@ class DPOConfig:
     input_field: str = setting("input", "optional field with extra input shown below the prompt")
     chosen_field: str = setting("chosen", "field holding the preferred answer")
     rejected_field: str = setting("rejected", "field holding the rejected answer")
-    prompt_format: str = setting("alpaca", "prompt format, as in instruction tuning: alpaca, phi3 or chat (the "
-                                 "model's own chat template)", choices=("alpaca", "phi3", "chat"))
+    prompt_format: str | None = setting(None, "prompt format, as in instruction tuning: alpaca, phi3 or chat (the "
+                                        "model's own chat template) (default: the one the model was tuned in, "
+                                        "recorded in its folder; else chat for a model with a chat template; else "
+                                        "alpaca)", choices=("alpaca", "phi3", "chat"))
     max_length: int | None = setting(None, "tokens per sequence (prompt + answer); longer answers are cut, pairs "
                                      "whose prompt leaves no room are skipped (default: the context length)", ge=2)
     beta: float = setting(0.1, "DPO temperature: how far the policy may move from the reference", gt=0)
@@ -76,27 +78,24 @@ class DPOConfig:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def load_pair_splits(cfg: DPOConfig, tokenizer, chat_template: str | None, context_length: int, echo=print):
-    """{"train", "val", "test"}: PreferenceDatasets of the book's split, encoded as instruction tuning encodes.
+def load_pair_splits(cfg: DPOConfig, fmt: str, tokenizer, chat_template: str | None, context_length: int,
+                     echo=print):
+    """{"train", "val", "test"}: PreferenceDatasets of the book's split, encoded in prompt format `fmt` as
+    instruction tuning encodes.
 
     Skipped pairs are reported (one line per split); an empty train or validation split is a UserError.
     """
-    from llmscratch.data.instruction import check_format, encode_example, end_id_of
-    from llmscratch.data.preference import (
-        PreferenceDataset,
-        PreferenceFields,
-        book_split,
-        load_preference_entries,
-    )
+    from llmscratch.data.instruction import book_split, check_format, encode_example, end_id_of
+    from llmscratch.data.preference import PreferenceDataset, PreferenceFields, load_preference_entries
 
-    check_format(cfg.prompt_format, chat_template)
+    check_format(fmt, chat_template)
     max_length = min(cfg.max_length or context_length, context_length)
     fields = PreferenceFields(cfg.prompt_field, cfg.input_field, cfg.chosen_field, cfg.rejected_field)
     entries = load_preference_entries(cfg.data, fields)
-    train, val, test = book_split(entries)
+    train, test, val = book_split(entries)
 
     def encode(entry):
-        return encode_example(entry, cfg.prompt_format, tokenizer, chat_template)
+        return encode_example(entry, fmt, tokenizer, chat_template)
 
     splits = {}
     for name, part in (("train", train), ("val", val), ("test", test)):
@@ -172,7 +171,9 @@ def run(cfg: DPOConfig, command: str | None = None, echo=print, base=None) -> di
     (LoRA merged), OUT/report.json and OUT/dpo.png. Returns the report. `base`: the starting model already
     loaded (anything with `.model`, `.tokenizer`, `.chat_template`) instead of loading cfg.model."""
     from llmscratch.data.classification import pad_id_of
+    from llmscratch.evaluate.responses import default_prompt_format
     from llmscratch.model.heads import apply_trainable
+    from llmscratch.recipes.instruct import save_tuned
     from llmscratch.train.tasks.dpo import DPOTask
     from llmscratch.train.trainer import seed_everything
 
@@ -184,7 +185,8 @@ def run(cfg: DPOConfig, command: str | None = None, echo=print, base=None) -> di
     loaded = base or load_start(cfg)
     device = next(loaded.model.parameters()).device
     model, tokenizer = loaded.model, loaded.tokenizer
-    splits = load_pair_splits(cfg, tokenizer, loaded.chat_template, model.config.context_length, echo)
+    fmt = cfg.prompt_format or default_prompt_format(cfg.model, loaded.chat_template)[0]
+    splits = load_pair_splits(cfg, fmt, tokenizer, loaded.chat_template, model.config.context_length, echo)
     echo(f"pairs: {len(splits['train'])} train, {len(splits['val'])} validation, {len(splits['test'])} test")
     seed_everything(cfg.train.seed)
     reference = build_reference(cfg, model, device)
@@ -204,15 +206,17 @@ def run(cfg: DPOConfig, command: str | None = None, echo=print, base=None) -> di
     after = {split: evaluate_pairs(model, task, split, cfg.train.batch_size, device,
                                    f"{split} pairs" if cfg.train.progress else None)
              for split in ("val", "test") if len(splits[split])}
-    final = export_final(model, out / "final", tokenizer, loaded.chat_template,
-                         {"step": result.steps, "recipe": "dpo", "prompt_format": cfg.prompt_format})
+    final = save_tuned(model, tokenizer, loaded.chat_template, out / "final",
+                       {"prompt_format": fmt, "base_model": cfg.model, "tuned": "dpo", "data": cfg.data,
+                        "beta": cfg.beta, "steps": result.steps})
     plot = plot_dpo(out / "metrics.jsonl", out / "dpo.png", f"DPO (beta {cfg.beta}): {cfg.model}")
     timings["total"] = time.perf_counter() - started
     report = {
         "command": command, "config": flat_settings(cfg), "model": {"start": cfg.model, **summary},
         "data": {name: {"pairs": len(ds), "skipped": ds.skipped.total} for name, ds in splits.items()},
-        "reference": cfg.reference, "reference_way": type(reference).__name__ if cfg.reference == "live" else
-        "precomputed tables", "steps": result.steps, "stop_reason": result.stop_reason,
+        "prompt_format": fmt, "reference": cfg.reference,
+        "reference_way": type(reference).__name__ if cfg.reference == "live" else "precomputed tables",
+        "steps": result.steps, "stop_reason": result.stop_reason,
         "before": {"test": before} if before else None, "after": after, "timings_s": timings,
         "seconds_per_step": result.seconds / max(result.steps, 1), "peak_memory_mb": peak_memory_mb(device),
         "device": str(device), "final_model": str(final), "plot": str(plot) if plot else None,
@@ -273,31 +277,6 @@ def plot_dpo(metrics_path: Path, out_png: Path, title: str) -> Path | None:
     from llmscratch.train.plots import plot_panels, read_metrics
 
     return plot_panels(read_metrics(metrics_path), out_png, DPO_PANELS, title)
-
-
-def export_final(model, folder: Path, tokenizer, chat_template: str | None, info: dict) -> Path:
-    """The trained model as a model folder (`generate --model FOLDER`), LoRA adapters merged into its weights."""
-    from llmscratch.weights.ours import save_pretrained
-
-    save_pretrained(plain_copy(model).eval(), tokenizer, folder, chat_template)
-    atomic_write_text(folder / "training.json", json.dumps(info, indent=2) + "\n")
-    return folder
-
-
-def plain_copy(model):
-    """The model with its LoRA adapters merged into the weights, as a plain model of the same config (a copy
-    when it has adapters; the model itself otherwise)."""
-    from llmscratch.model.lora import lora_layers, merge_lora, unmerge_lora
-    from llmscratch.weights.ours import model_from_state_dict
-
-    if not lora_layers(model):
-        return model
-    merge_lora(model)
-    state = {k: v for k, v in model.state_dict().items() if not k.endswith((".lora_A", ".lora_B"))}
-    p = next(model.parameters())
-    plain = model_from_state_dict(model.config, state, "merged model", p.device, p.dtype)
-    unmerge_lora(model)
-    return plain
 
 
 def format_report(report: dict) -> str:
