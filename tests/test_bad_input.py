@@ -248,11 +248,13 @@ def test_tiny_presets_generate_with_random_weights(capsys, preset):
 def test_model_info_takes_registered_names(capsys, tmp_path, monkeypatch):
     from llmscratch.weights import registry
 
+    folder = tmp_path / "hf"
+    assert _run(capsys, "export", "--model", "llama-tiny", "-o", folder)[0] == 0
     fetched = []
-    monkeypatch.setattr(registry, "fetch", lambda name, *a, **k: fetched.append(name) or tmp_path)
+    monkeypatch.setattr(registry, "fetch", lambda name, *a, **k: fetched.append(name) or folder)
     code, out, _ = _run(capsys, "model", "info", "smollm2-135m-instruct")
-    assert code == 0 and fetched == []  # not fetched: its architecture's preset, no download
-    assert out.startswith("smollm2-135m-instruct: llama, 30 layers, 9 heads (3 key/value heads)")
+    assert code == 0 and fetched == ["smollm2-135m-instruct"]  # fetched (or found cached), weights not loaded
+    assert out.startswith("smollm2-135m-instruct: llama, 2 layers, 4 heads (2 key/value heads)")
     assert "neither a preset" in _error(capsys, "model", "info", "no-such-model")
 
 
