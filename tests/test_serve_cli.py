@@ -45,7 +45,7 @@ def serve(args: list[str], env: dict | None = None) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=env)
 
 
-def wait_ready(url: str, proc: subprocess.Popen, seconds: float = 90) -> None:
+def wait_ready(url: str, proc: subprocess.Popen, seconds: float = 300) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         assert proc.poll() is None, proc.communicate()[1]
