@@ -363,31 +363,63 @@ def stream_text(
 ) -> Iterator[str]:
     """Yield text increments of one generation. Never splits a multi-byte character; stops before a stop string
     and at the tokenizer's EOS."""
-    cfg = _with_eos(cfg, tokenizer)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    cfg = with_eos(cfg, tokenizer)
+    text = TextStream(tokenizer, cfg.stop_strings)
     stop_ids = set(cfg.stop_ids)
-    pending = ""  # text held back: it may be the start of a stop string
-    hold = max((len(s) for s in cfg.stop_strings), default=1) - 1
     for nxt in generate_steps(model, [prompt_ids], cfg, use_cache, stats):
         t = int(nxt[0])
         if t in stop_ids:
             break
-        pending += decoder.decode(tokenizer.token_bytes(t))
-        if cfg.stop_strings:
-            cut = _stop_index(pending, cfg.stop_strings)
-            if cut >= 0:
-                if pending[:cut]:
-                    yield pending[:cut]
-                return
-            keep = _held_suffix(pending, cfg.stop_strings, hold)
-            emit, pending = pending[: len(pending) - keep], pending[len(pending) - keep :]
-        else:
-            emit, pending = pending, ""
-        if emit:
-            yield emit
-    pending += decoder.decode(b"", final=True)
-    if pending:
-        yield pending
+        piece = text.feed(t)
+        if piece:
+            yield piece
+        if text.stopped:
+            return
+    rest = text.finish()
+    if rest:
+        yield rest
+
+
+class TextStream:
+    """Text of one generated sequence, token by token: `feed(id)` returns the text that is safe to show now.
+
+    Increments never split a multi-byte character. Text that may be the start of a stop string is held back;
+    once a stop string appears, `stopped` is True and the text ends where it starts. `finish()` returns what is
+    still held back when generation ends. (What `stream_text` and the server's streams are built on.)
+    """
+
+    def __init__(self, tokenizer, stop_strings: Sequence[str] = ()):
+        self.tokenizer = tokenizer
+        self.stop_strings = tuple(stop_strings)
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.pending = ""  # text held back: it may be the start of a stop string
+        self.hold = max((len(s) for s in self.stop_strings), default=1) - 1
+        self.stopped = False
+
+    def feed(self, token_id: int) -> str:
+        """The text that `token_id` makes safe to show ("" once a stop string was hit)."""
+        if self.stopped:
+            return ""
+        self.pending += self.decoder.decode(self.tokenizer.token_bytes(token_id))
+        if not self.stop_strings:
+            emit, self.pending = self.pending, ""
+            return emit
+        cut = _stop_index(self.pending, self.stop_strings)
+        if cut >= 0:
+            self.stopped = True
+            emit, self.pending = self.pending[:cut], ""
+            return emit
+        keep = _held_suffix(self.pending, self.stop_strings, self.hold)
+        emit, self.pending = self.pending[: len(self.pending) - keep], self.pending[len(self.pending) - keep :]
+        return emit
+
+    def finish(self) -> str:
+        """The text still held back, at the end of generation ("" after a stop string)."""
+        if self.stopped:
+            return ""
+        rest = self.pending + self.decoder.decode(b"", final=True)
+        self.pending = ""
+        return rest
 
 
 def _held_suffix(text: str, stop_strings: Sequence[str], hold: int) -> int:
@@ -413,14 +445,14 @@ def generate_text(
     if any(not p for p in prompts):
         raise UserError("the prompt is empty; give some text to continue")
     encoded = [encode_prompt(tokenizer, p) for p in prompts]  # BOS first for models that expect it (Gemma)
-    rows = _generate_rows(model, encoded, _with_eos(cfg, tokenizer), use_cache, tokenizer, stats)
+    rows = _generate_rows(model, encoded, with_eos(cfg, tokenizer), use_cache, tokenizer, stats)
     texts = [tokenizer.decode(kept + completing) for kept, completing in rows]
     if cfg.stop_strings:  # the text ends where the stop string starts, inside a token or not
         texts = [t[:i] if (i := _stop_index(t, cfg.stop_strings)) >= 0 else t for t in texts]
     return texts
 
 
-def _with_eos(cfg: SamplingConfig, tokenizer) -> SamplingConfig:
+def with_eos(cfg: SamplingConfig, tokenizer) -> SamplingConfig:
     """`cfg` with the tokenizer's end-of-sequence id added to its stop ids (when it has one)."""
     eos = getattr(tokenizer, "eos_id", None)
     if eos is None or eos in cfg.stop_ids:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from llmscratch.tokenizer import encode_prompt
 from llmscratch.utils import UserError
 
 SMS_SPAM_LABELS = ("ham", "spam")
@@ -318,6 +319,15 @@ def load_classification_splits(
 # ---------------------------------------------------------------------------------------------------------
 
 
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Ids of one text to classify: special-token strings refused (ValueError), the BOS token first for models
+    that expect it (Gemma); [] when the text itself has no tokens."""
+    ids = encode_prompt(tokenizer, text, allowed_special=frozenset())
+    if getattr(tokenizer, "add_bos", False) and ids == [tokenizer.bos_id]:
+        return []
+    return ids
+
+
 class ClassificationDataset(Dataset):
     """Each item: (token ids LongTensor (T_i,), label id). Texts are encoded once, truncated to their first
     `max_length` tokens when `max_length` is given."""
@@ -330,7 +340,7 @@ class ClassificationDataset(Dataset):
         self.encoded = []
         for i, text in enumerate(data.texts):
             try:
-                ids = list(tokenizer.encode(text))
+                ids = encode_text(tokenizer, text)
             except ValueError as e:
                 raise UserError(f"row {i}: cannot encode the text {text[:60]!r}: {e}") from None
             if not ids:

@@ -24,12 +24,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmscratch.chat import chat_prompt_ids, end_of_turn_ids
-from llmscratch.generate import _with_eos, check_fits
+from llmscratch.generate import check_fits, with_eos
 from llmscratch.serve import protocol
 from llmscratch.serve.config import ServeConfig
 from llmscratch.serve.errors import TYPES, APIError, bad_request
 from llmscratch.serve.protocol import SSE_DONE, Choice, Job, sse
 from llmscratch.serve.text import Generation
+from llmscratch.tokenizer import encode_prompt
 from llmscratch.utils import UserError
 
 STATIC = Path(__file__).parent / "static"
@@ -287,7 +288,8 @@ def prepare(state: ServerState, job: Job) -> tuple[list[list[int]], list[str], i
         ids = [chat_prompt_ids(tok, state.template, job.prompts[0])]
         texts = [tok.decode(ids[0])]
     else:
-        ids = [list(p) if isinstance(p, list) else tok.encode(p, allowed_special="all") for p in job.prompts]
+        # text prompts get BOS first for models that expect it (Gemma); id prompts are taken as given
+        ids = [list(p) if isinstance(p, list) else encode_prompt(tok, p) for p in job.prompts]
         texts = [p if isinstance(p, str) else tok.decode(p) for p in job.prompts]
     longest = max(len(p) for p in ids)
     ctx = _ctx(state)
@@ -309,7 +311,7 @@ def sampling_for(state: ServerState, job: Job, max_new: int, choice: int):
         return cfg
     if job.kind == "chat":
         return dataclasses.replace(cfg, stop_ids=tuple(end_of_turn_ids(tok)))
-    return _with_eos(cfg, tok)
+    return with_eos(cfg, tok)
 
 
 async def run_job(state: ServerState, job: Job, request: Request | None = None) -> Response:

@@ -1,55 +1,17 @@
 """From token ids to text: increments that never split a UTF-8 character and stop before a stop string, and the
-bridge from the engine's thread to the asyncio event loop."""
+bridge from the engine's thread to the asyncio event loop. The text logic is `llmscratch.generate.TextStream`
+(re-exported here), the one copy `stream_text` uses too."""
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from llmscratch.generate import _held_suffix, _stop_index
+from llmscratch.generate import TextStream
 from llmscratch.serve.errors import APIError
 
-
-class TextStream:
-    """Text of one generated sequence, token by token: `feed(id)` returns the text that is safe to show now.
-
-    Text that may be the start of a stop string is held back; once a stop string appears, `stopped` is True and
-    the text ends where it starts (as `llmscratch.generate.stream_text` does).
-    """
-
-    def __init__(self, tokenizer, stop_strings: Sequence[str] = ()):
-        self.tokenizer = tokenizer
-        self.stop_strings = tuple(stop_strings)
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.pending = ""  # text held back: it may be the start of a stop string
-        self.hold = max((len(s) for s in self.stop_strings), default=1) - 1
-        self.stopped = False
-
-    def feed(self, token_id: int) -> str:
-        if self.stopped:
-            return ""
-        self.pending += self.decoder.decode(self.tokenizer.token_bytes(token_id))
-        if not self.stop_strings:
-            emit, self.pending = self.pending, ""
-            return emit
-        cut = _stop_index(self.pending, self.stop_strings)
-        if cut >= 0:
-            self.stopped = True
-            emit, self.pending = self.pending[:cut], ""
-            return emit
-        keep = _held_suffix(self.pending, self.stop_strings, self.hold)
-        emit, self.pending = self.pending[: len(self.pending) - keep], self.pending[len(self.pending) - keep :]
-        return emit
-
-    def finish(self) -> str:
-        """The text still held back, at the end of generation."""
-        if self.stopped:
-            return ""
-        rest = self.pending + self.decoder.decode(b"", final=True)
-        self.pending = ""
-        return rest
+__all__ = ["Generation", "TextStream"]
 
 
 @dataclass

@@ -14,10 +14,11 @@ from llmscratch.tokenizer.sentencepiece import SentencePieceTokenizer
 from llmscratch.tokenizer.train import train
 
 
-def encode_prompt(tokenizer, text: str) -> list[int]:
-    """Ids of a prompt: special tokens in the text allowed, and the BOS token first when the tokenizer's model
-    expects one (`add_bos`, Gemma) and the text does not already start with it."""
-    ids = tokenizer.encode(text, allowed_special="all")
+def encode_prompt(tokenizer, text: str, allowed_special="all") -> list[int]:
+    """Ids of a prompt: special tokens in the text allowed (or only `allowed_special`, as `encode` takes it), and
+    the BOS token first when the tokenizer's model expects one (`add_bos`, Gemma) and the ids do not already start
+    with it."""
+    ids = list(tokenizer.encode(text, allowed_special=allowed_special))
     bos = getattr(tokenizer, "bos_id", None)
     if getattr(tokenizer, "add_bos", False) and bos is not None and ids[:1] != [bos]:
         ids = [bos, *ids]

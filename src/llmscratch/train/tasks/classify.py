@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from llmscratch.data.classification import ClassificationDataset, collate_classification
+from llmscratch.data.classification import ClassificationDataset, collate_classification, encode_text
 from llmscratch.data.pretrain import EpochSampler
 from llmscratch.train.evaluate import eval_outputs
 from llmscratch.train.tasks import BaseTask
@@ -137,7 +137,7 @@ def predict(
 def _encode(tokenizer, text: str, max_length: int) -> list[int]:
     if not text.strip():
         raise UserError("cannot classify an empty text")
-    ids = list(tokenizer.encode(text))[:max_length]
+    ids = encode_text(tokenizer, text)[:max_length]  # BOS first for models that expect it (Gemma)
     if not ids:
         raise UserError(f"the text {text!r} encodes to no tokens")
     return ids
