@@ -210,10 +210,11 @@ class ExportModels(Callback):
 def sample_text(model, tokenizer, prompt: str, max_tokens: int) -> str | None:
     """Greedy continuation of `prompt` (through the one generation loop), or None if it cannot run."""
     from llmscratch.generate import SamplingConfig, generate_text
+    from llmscratch.tokenizer import encode_prompt
 
     if not prompt or tokenizer is None or max_tokens == 0:
         return None
-    room = model.config.context_length - len(tokenizer.encode(prompt, allowed_special="all"))
+    room = model.config.context_length - len(encode_prompt(tokenizer, prompt))  # as generate_text encodes it
     if room <= 0:
         return None
     # generate_text stops at the tokenizer's end of text, and generates in eval mode (restoring the mode after)
