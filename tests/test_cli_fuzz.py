@@ -118,8 +118,6 @@ FIXED: dict[str, dict[str, str]] = {
 KNOWN_NAN: dict[tuple[str, str], str] = {}  # (command, flag): owner, while a float flag still accepts NaN
 # (command, flag): a traceback that value still causes, in a module another engineer owns (listed in the docs).
 KNOWN_CRASH: dict[tuple[str, str, str | None], str] = {  # value None: any value
-    ("evaluate judge", "--base-url", None): "evaluate/judge.py: a base URL without http(s):// ends in urllib's "
-    "ValueError (unknown url type)",
 }
 EXAMPLES = int(os.environ.get("LLMSCRATCH_FUZZ_EXAMPLES", "0"))
 SLOW = {"pretrain", "finetune classify", "finetune instruct", "finetune dpo", "demo", "bench generate",
