@@ -135,3 +135,13 @@ def test_resume_continues_the_run(setup):
                     eval_every=2, resume=True))
     assert again["train"]["steps"] == 4 and again["train"]["resumed_from"].endswith("step-00000002")
     assert again["samples"]["before"] == []  # a resumed run does not answer "before" again
+
+
+def test_a_preset_with_a_short_context_trains(setup, tmp_path):
+    """The sample answers shown at each evaluation only use instructions that fit the model's context (here 64
+    tokens: none of the book's alpaca prompts fit), so a small model still trains."""
+    _, _, data = setup
+    main(["finetune", "instruct", "--model", "gemma3-tiny", "--data", data, "--max-steps", "2",
+          "--out", str(tmp_path / "run"), "--no-progress"])
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["train"]["steps"] == 2

@@ -15,7 +15,9 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from llmscratch.data.instruction import IGNORE_INDEX, InstructionBatch, InstructionDataset, epoch_order
+from llmscratch.data.instruction import IGNORE_INDEX, InstructionBatch, InstructionDataset, epoch_order, format_prompt
+from llmscratch.tokenizer import encode_prompt
+from llmscratch.train.distributed import unwrap
 from llmscratch.train.tasks import BaseTask
 
 
@@ -80,7 +82,21 @@ class InstructionTask(BaseTask):
 
         if not self.samples or self.tokenizer is None:
             return []
-        texts = generate_responses(model, self.tokenizer, self.samples, self.train.fmt, self.chat_template,
-                                   max_new_tokens or self.sample_tokens, batch_size=len(self.samples))
+        samples, new_tokens = self._fitting_samples(model, max_new_tokens or self.sample_tokens)
+        if not samples:
+            return []
+        texts = generate_responses(model, self.tokenizer, samples, self.train.fmt, self.chat_template, new_tokens,
+                                   batch_size=len(samples))
         return [{"instruction": e["instruction"], "input": e.get("input", ""), "response": t}
-                for e, t in zip(self.samples, texts)]
+                for e, t in zip(samples, texts)]
+
+    def _fitting_samples(self, model, max_new_tokens: int) -> tuple[list[dict], int]:
+        """The sample entries whose prompt leaves room for an answer in the model's context (a small model may have
+        none), and the new tokens that fit after the longest of them (at most `max_new_tokens`)."""
+        context = unwrap(model).config.context_length
+        lengths = [len(encode_prompt(self.tokenizer, format_prompt(e, self.train.fmt, self.tokenizer,
+                                                                   self.chat_template)))
+                   for e in self.samples]
+        fitting = [e for e, n in zip(self.samples, lengths) if n < context]
+        longest = max((n for n in lengths if n < context), default=context)
+        return fitting, min(max_new_tokens, context - longest)
