@@ -204,6 +204,7 @@ def test_unknown_role(aws, archive, capsys):
 def test_missing_bucket(aws, archive, capsys):
     err = one_line_error(deploy_argv(archive, "--bucket", "no-such-bucket"), capsys)
     assert "S3 bucket no-such-bucket does not exist" in err
+    assert "leave out --bucket NAME to use sagemaker-" in err  # the library's bucket=NAME, as the CLI's flag
 
 
 def test_archive_without_a_model(aws, tmp_path, capsys):
@@ -216,7 +217,8 @@ def test_archive_without_a_model(aws, tmp_path, capsys):
 
 
 def test_bad_settings(aws, archive, capsys):
-    assert "autoscaling needs max_instances" in one_line_error(deploy_argv(archive, "--min-instances", "2"), capsys)
+    err = one_line_error(deploy_argv(archive, "--min-instances", "2"), capsys)
+    assert "autoscaling needs --max-instances; --min-instances and --target-invocations are optional" in err
     assert "not valid" in one_line_error(deploy_argv(archive, "--endpoint-name", "bad_name"), capsys)
 
 

@@ -28,8 +28,8 @@ def session(region: str | None = None):
     except botocore.exceptions.ProfileNotFound as e:
         raise UserError(f"AWS profile not found: {e}") from None
     if not s.region_name:
-        raise UserError("no AWS region: pass --region, set AWS_REGION (or AWS_DEFAULT_REGION), or put a region in "
-                        "~/.aws/config")
+        raise UserError("no AWS region: pass region=REGION, set AWS_REGION (or AWS_DEFAULT_REGION), or put a "
+                        "region in ~/.aws/config", params="region")
     if s.get_credentials() is None:
         raise UserError(f"no AWS credentials found: {CREDENTIALS_HELP}")
     return s
@@ -45,7 +45,7 @@ def aws_errors(action: str) -> Iterator[None]:
     except bx.NoCredentialsError:
         raise UserError(f"{action}: no AWS credentials found: {CREDENTIALS_HELP}") from None
     except bx.NoRegionError:
-        raise UserError(f"{action}: no AWS region: pass --region or set AWS_REGION") from None
+        raise UserError(f"{action}: no AWS region: pass region=REGION or set AWS_REGION", params="region") from None
     except bx.EndpointConnectionError as e:
         raise UserError(f"{action}: cannot reach AWS ({e}); check the network, the region and AWS_ENDPOINT_URL") \
             from None

@@ -104,11 +104,12 @@ class SageMakerConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         if self.max_instances is None and (self.min_instances is not None or self.target_invocations is not None):
-            raise UserError("autoscaling needs max_instances (--max-instances); min_instances and "
-                            "target_invocations are optional")
+            raise UserError("autoscaling needs max_instances; min_instances and target_invocations are optional",
+                            params=("max_instances", "min_instances", "target_invocations"))
         low = self.min_instances if self.min_instances is not None else 1
         if self.max_instances is not None and low > self.max_instances:
-            raise UserError(f"min_instances ({low}) must be <= max_instances ({self.max_instances})")
+            raise UserError(f"min_instances ({low}) must be <= max_instances ({self.max_instances})",
+                            params=("min_instances", "max_instances"))
 
     @property
     def autoscaling(self) -> bool:

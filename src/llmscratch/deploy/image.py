@@ -37,7 +37,8 @@ def build_args(cfg: BuildImageConfig, tag: str) -> list[str]:
     """The `docker build` arguments (after the executable)."""
     context = Path(cfg.context).expanduser()
     if not (context / "Dockerfile").is_file():
-        raise UserError(f"no Dockerfile in {context}: pass --context pointing at the llmscratch repository root")
+        raise UserError(f"no Dockerfile in {context}: pass context=DIR, the llmscratch repository root",
+                        params="context")
     args = ["build", "-t", tag]
     if cfg.base_image:
         args += ["--build-arg", f"BASE_IMAGE={cfg.base_image}"]

@@ -173,7 +173,7 @@ def _check_overwrite(out: Path, overwrite: bool) -> None:
         raise UserError(f"{out} is a folder: give the archive's file name, e.g. {out / 'model.tar.gz'}")
     if out.exists() and not overwrite and read_archive_manifest(out) is None:
         raise UserError(f"{out} exists and is not a model archive from llmscratch: choose another name or pass "
-                        "--overwrite to replace it")
+                        "overwrite=True to replace it", params="overwrite")
 
 
 def _write_tar(path: Path, small: list[tuple[str, bytes]], files: dict[str, Path], cfg: PackageConfig,

@@ -96,8 +96,9 @@ def ensure_bucket(sess, bucket: str | None) -> str:
             raise UserError(f"S3 bucket {name}: cannot use it ({error_code(e)}): check its name and your "
                             "s3:ListBucket permission") from None
     if bucket:
-        raise UserError(f"S3 bucket {bucket} does not exist: create it (aws s3 mb s3://{bucket} --region "
-                        f"{sess.region_name}) or leave out --bucket to use sagemaker-{sess.region_name}-ACCOUNT")
+        raise UserError(f"S3 bucket {bucket} does not exist: create it (`aws s3 mb s3://{bucket} --region "
+                        f"{sess.region_name}`) or leave out bucket=NAME to use sagemaker-{sess.region_name}-ACCOUNT",
+                        params="bucket")
     with aws_errors(f"creating the S3 bucket {name}"):
         where = {} if sess.region_name == "us-east-1" else {
             "CreateBucketConfiguration": {"LocationConstraint": sess.region_name}}
