@@ -210,3 +210,26 @@ def test_format_version_old_folders_resume_newer_ones_are_refused(tmp_path):
     model, task = make()
     with pytest.raises(UserError, match="checkpoint format 'llmscratch-checkpoint' version 2; this llmscratch reads"):
         train(model, task, config(tmp_path, max_steps=5), resume=True)
+
+
+def test_resuming_another_size_is_one_short_line(tmp_path):
+    model, task = make()
+    train(model, task, config(tmp_path, max_steps=3, save_every=3))
+    seed_everything(5)
+    bigger = build_model(get_config("gpt2-tiny", vocab_size=64, context_length=16, dropout=0.1, emb_dim=64))
+    with pytest.raises(UserError) as e:
+        train(bigger, task, config(tmp_path, max_steps=4), resume=True)
+    message = str(e.value)
+    assert "holds another model (emb_dim 32 there, 64 now)" in message
+    assert "\n" not in message and len(message) < 300
+    # without a model config to compare (weights alone), the weights say how they differ, briefly
+    folder = ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    with pytest.raises(ckpt.CheckpointError) as e:
+        ckpt.load_model_weights(bigger, folder / "model.safetensors")
+    message = str(e.value)
+    assert "holds weights of another model: shapes differ: " in message and "more" in message
+    assert "\n" not in message and len(message) < 400
+    assert ckpt.weights_difference(model.state_dict(), model.state_dict()) is None
+    less = {k: v for k, v in model.state_dict().items() if not k.startswith("blocks.1.")}
+    assert ckpt.weights_difference(less, model.state_dict()).startswith("not saved: blocks.1.")
+    assert ckpt.weights_difference(model.state_dict(), less).startswith("not in this model: blocks.1.")

@@ -81,9 +81,30 @@ def load_model_weights(model: nn.Module, path: str | Path) -> None:
     """Load a file written by `save_model_weights` into `model` (every tensor must match)."""
     try:
         tensors = read_weights(path)
-        model.load_state_dict(tensors, strict=True)
-    except (UserError, RuntimeError) as e:
+    except UserError as e:
         raise CheckpointError(f"{path}: {e}") from None
+    if (difference := weights_difference(tensors, model.state_dict())) is not None:
+        raise CheckpointError(f"{path} holds weights of another model: {difference}")
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: {str(e).splitlines()[0][:300]}") from None
+
+
+def weights_difference(saved: dict[str, torch.Tensor], now: dict[str, torch.Tensor]) -> str | None:
+    """A short line saying how two state dicts differ (the first few names and shapes), None when they fit."""
+    missing = [k for k in now if k not in saved]
+    extra = [k for k in saved if k not in now]
+    shapes = [f"{k} {tuple(saved[k].shape)} there, {tuple(now[k].shape)} now"
+              for k in now if k in saved and saved[k].shape != now[k].shape]
+
+    def few(what: str, items: list[str]) -> str:
+        more = f" and {len(items) - 2} more" if len(items) > 2 else ""
+        return f"{what} {', '.join(items[:2])}{more}"
+
+    parts = [few(what, items) for what, items in (("shapes differ:", shapes), ("not saved:", missing),
+                                                    ("not in this model:", extra)) if items]
+    return "; ".join(parts) if parts else None
 
 
 # ------------------------------------------------------------------------------------------------ optimizer
