@@ -283,8 +283,8 @@ def prepare(state: ServerState, job: Job) -> tuple[list[list[int]], list[str], i
     tok, model = state.loaded.tokenizer, state.loaded.model
     if job.kind == "chat":
         if not state.template:
-            raise bad_request("this model has no chat template: use /v1/completions, or start the server with "
-                              "--chat-template FILE", "messages", "no_chat_template")
+            raise bad_request("this model has no chat template: use /v1/completions, or start the server with one "
+                              "(`llmscratch serve --chat-template FILE`)", "messages", "no_chat_template")
         ids = [chat_prompt_ids(tok, state.template, job.prompts[0])]
         texts = [tok.decode(ids[0])]
     else:
