@@ -103,7 +103,8 @@ def test_cli(tmp_path, tiny_folder, capsys):
     with pytest.raises(SystemExit) as e:
         main(base + ["--max-steps", "1"])  # the folder holds a run
     assert e.value.code == 2
-    assert "already holds a run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "already holds a run; --resume continues it, --overwrite starts again there" in err  # flags, by the CLI
     with pytest.raises(SystemExit) as e:
         main(base + ["--beta", "0", "--overwrite"])
     assert e.value.code == 2 and "beta must be > 0" in capsys.readouterr().err

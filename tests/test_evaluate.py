@@ -55,11 +55,13 @@ def test_judge_prompt_is_the_books():
 
 class Judge:
     """Scores by the response it finds in the prompt: "good" 90, "bad" answered in words, "fail" HTTP 500 while
-    `failing`; the first request of all gets HTTP 503 (retried). Records every request body."""
+    `failing`; the first request of all gets HTTP 503 (retried), every request HTTP 401 while `refusing`. Records
+    every request body."""
 
     def __init__(self):
         self.requests: list[dict] = []
         self.failing = False
+        self.refusing = False
         self.lock = threading.Lock()
         judge = self
 
@@ -70,6 +72,10 @@ class Judge:
                     judge.requests.append({**body, "path": self.path, "auth": self.headers.get("Authorization")})
                     first = len(judge.requests) == 1
                 prompt = body["messages"][0]["content"]
+                if judge.refusing:
+                    self.send_response(401)
+                    self.end_headers()
+                    return
                 if first or (judge.failing and "fail" in prompt):
                     self.send_response(503 if first else 500)
                     self.end_headers()
@@ -251,3 +257,28 @@ def test_cli_judge_and_compare(tmp_path, judge, capsys):
         assert e.value.code == 2 and "--base-url must be an http:// or https:// URL" in capsys.readouterr().err
     main(["evaluate", "metrics", "--responses", str(a)])
     assert "ROUGE-L F1" in capsys.readouterr().out
+
+
+def test_judge_errors_name_parameters_and_the_cli_its_flags(tmp_path, judge, capsys):
+    """The base URL is checked where it enters (JudgeSpec, ChatClient); a refused key names api_key_env, which
+    the CLI writes as --api-key-env."""
+    from llmscratch.cli import main
+    from llmscratch.evaluate.judge import ChatClient
+    from llmscratch.utils import UserError
+
+    responses = write_responses(tmp_path / "a.jsonl", ["good"])
+    for url in ("localhost:11434/v1", "ftp://x/v1", "http://"):
+        with pytest.raises(UserError, match="^base_url must be an http:// or https:// URL") as e:
+            JudgeSpec(str(responses), url, "j")
+        assert e.value.params == ("base_url",)
+        with pytest.raises(UserError, match="^base_url must be"):
+            ChatClient(url, "j")
+    judge.refusing = True
+    with pytest.raises(UserError) as e:
+        ChatClient(judge.url, "j", retries=0).complete("hi")
+    assert str(e.value).endswith("(check the API key: api_key_env)") and "--" not in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", "judge", "--responses", str(responses), "--base-url", judge.url, "--model", "j",
+              "--retries", "0", "--no-progress"])
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert e.value.code == 2 and "answered HTTP 401" in err and "(check the API key: --api-key-env). 0 of 1" in err

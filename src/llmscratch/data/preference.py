@@ -74,7 +74,8 @@ def load_preference_entries(data: str, fields: PreferenceFields = PreferenceFiel
 
         return read_preference_file(fetch(REGISTRY_NAME), PreferenceFields())
     if not Path(data).exists():
-        raise UserError(f"--data must be {REGISTRY_NAME} or a .json/.jsonl file, got {data!r} (no such file)")
+        raise UserError(f"data must be {REGISTRY_NAME} or a .json/.jsonl file, got {data!r} (no such file)",
+                        params="data")
     return read_preference_file(data, fields)
 
 
@@ -123,7 +124,8 @@ class PreferenceDataset:
 
     def __init__(self, entries: Sequence[dict], encode: EncodeExample, max_length: int, end_id: int | None = None):
         if max_length < 2:
-            raise UserError(f"max_length must be >= 2 (a prompt token and an answer token), got {max_length}")
+            raise UserError(f"max_length must be >= 2 (a prompt token and an answer token), got {max_length}",
+                            params="max_length")
         self.max_length = max_length
         self.entries: list[dict] = []
         self.pairs: list[EncodedPair] = []

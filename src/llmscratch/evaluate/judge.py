@@ -73,6 +73,13 @@ def parse_choice(answer: str) -> int | None:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def check_base_url(base_url: str) -> None:
+    """UserError unless `base_url` is an http:// or https:// URL with a host (urllib sends to nothing else)."""
+    if not re.match(r"https?://[^/\s]+", base_url or ""):
+        raise UserError(f"base_url must be an http:// or https:// URL such as http://localhost:11434/v1, got "
+                        f"{base_url!r}", params="base_url")
+
+
 class JudgeUnreachable(UserError):
     """The endpoint did not answer after every retry."""
 
@@ -90,6 +97,9 @@ class ChatClient:
     temperature: float = 0.0
     seed: int = 123
     max_tokens: int | None = 16
+
+    def __post_init__(self) -> None:
+        check_base_url(self.base_url)
 
     @property
     def url(self) -> str:
@@ -121,7 +131,8 @@ class ChatClient:
                     last = f"HTTP {e.code} {detail}"
                     continue
                 raise UserError(f"the judge endpoint {self.url} answered HTTP {e.code}: {detail}"
-                                + (" (check the API key: --api-key-env)" if e.code in (401, 403) else "")) from None
+                                + (" (check the API key: api_key_env)" if e.code in (401, 403) else ""),
+                                params="api_key_env") from None
             except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
                 last = str(getattr(e, "reason", None) or e) or type(e).__name__
             except json.JSONDecodeError:
@@ -200,16 +211,16 @@ class JudgeSpec:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.base_url is not None:
+            check_base_url(self.base_url)
 
     def client(self) -> ChatClient:
-        if not re.match(r"https?://[^/\s]+", self.base_url or ""):
-            raise UserError(f"base_url must be an http:// or https:// URL such as http://localhost:11434/v1, got "
-                            f"{self.base_url!r}", params="base_url")
         key = None
         if self.api_key_env:
             key = os.environ.get(self.api_key_env)
             if not key:
-                raise UserError(f"the environment variable {self.api_key_env} (the judge's API key) is not set")
+                raise UserError(f"the environment variable {self.api_key_env} (the judge's API key, api_key_env) is "
+                                "not set", params="api_key_env")
         return ChatClient(self.base_url, self.model, key, self.timeout, self.retries, self.retry_wait, seed=self.seed)
 
 
@@ -268,7 +279,7 @@ def run_judge(spec: JudgeSpec) -> dict:
         run_concurrently(todo, lambda rec: client.complete(judge_prompt(rec)), done, spec.concurrency)
     except UserError as e:
         raise UserError(f"{e}. {len(scored)} of {len(records)} scores are saved in {out}; run the same command "
-                        "again to score the rest") from None
+                        "again to score the rest", params=e.params) from None
     finally:
         bar.close()
     scores = [scored[i]["score"] for i in sorted(scored)]
@@ -359,7 +370,7 @@ def run_compare(spec: JudgeSpec, a_path: str, b_path: str) -> dict:
         run_concurrently(todo, ask, done, spec.concurrency)
     except UserError as e:
         raise UserError(f"{e}. {len(done_rows)} of {len(pairs)} verdicts are saved in {out}; run the same command "
-                        "again for the rest") from None
+                        "again for the rest", params=e.params) from None
     finally:
         bar.close()
     winners = [r["winner"] for r in done_rows.values()]

@@ -70,7 +70,7 @@ class DPOConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         if self.resume and self.overwrite:
-            raise UserError("resume and overwrite exclude each other")
+            raise UserError("resume=True and overwrite=True exclude each other", params=("resume", "overwrite"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -180,8 +180,8 @@ def run(cfg: DPOConfig, command: str | None = None, echo=print, base=None) -> di
     started = time.perf_counter()
     out = Path(cfg.train.out_dir)
     if (out / "checkpoints").exists() and not (cfg.resume or cfg.overwrite):
-        raise UserError(f"{out} already holds a run; pass --resume to continue it, --overwrite to start again there, "
-                        "or choose another --out")
+        raise UserError(f"{out} already holds a run; resume=True continues it, overwrite=True starts again there, "
+                        "or choose another output folder", params=("resume", "overwrite"))
     loaded = base or load_start(cfg)
     device = next(loaded.model.parameters()).device
     model, tokenizer = loaded.model, loaded.tokenizer
