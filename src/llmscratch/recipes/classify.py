@@ -200,7 +200,7 @@ def classifier_info(model, cfg: ClassifyConfig, spec, datasets: dict, pad_id: in
         base_fingerprint=base_fingerprint(model, trainable), pad_id=pad_id, tokenizer=base_ref,
         dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
     )
-    for key in ("base_model", "base_fingerprint", "trainable", "max_length"):
+    for key in ("base_model", "trainable", "max_length", "base_fingerprint"):  # the setting a user changed first
         if previous is not None and getattr(previous, key) != getattr(info, key):
             raise UserError(f"cannot resume {cfg.train.out_dir}: its {key} was {getattr(previous, key)!r}, now "
                             f"{getattr(info, key)!r}")
