@@ -24,6 +24,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from llmscratch.bench.generate import agreement  # noqa: E402
 from llmscratch.data.registry import fetch  # noqa: E402
 from llmscratch.generate import SamplingConfig, generate  # noqa: E402
 from llmscratch.model import quant_kernel  # noqa: E402
@@ -44,15 +45,6 @@ def perplexity(model, ids: list[int], window: int) -> float:
         total += F.cross_entropy(logits[0], chunk[1:], reduction="sum").item()
         count += len(chunk) - 1
     return math.exp(total / count)
-
-
-def agreement(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def main() -> None:

@@ -184,7 +184,7 @@ def _bench_model(spec: str, cfg: GenerateBenchConfig, echo: Callable[[str], None
         outputs[v.name] = v.run(check_n)
     agree = len({tuple(o) for k, o in outputs.items() if not k.endswith(cfg.quantize or ("\0",))}) == 1
     for fmt in cfg.quantize:
-        same = _agreement(outputs["ours, KV cache"], outputs[f"ours, KV cache, {fmt}"])
+        same = agreement(outputs["ours, KV cache"], outputs[f"ours, KV cache, {fmt}"])
         echo(f"{fmt}: greedy agreement with float32 over {check_n} tokens: {same}/{check_n} "
              "(quantized weights change the numbers; not counted in 'identical' below)")
     echo(f"greedy outputs of all variants for {check_n} tokens: {'identical' if agree else 'DIFFERENT'}")
@@ -250,7 +250,7 @@ def _quantized_copies(model, formats) -> dict:
     return {fmt: quantize_loaded(copy.deepcopy(model), fmt) for fmt in formats}
 
 
-def _agreement(a: list[int], b: list[int]) -> int:
+def agreement(a: list[int], b: list[int]) -> int:
     """Tokens generated alike before the first difference."""
     n = 0
     for x, y in zip(a, b):

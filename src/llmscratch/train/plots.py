@@ -76,13 +76,7 @@ def plot_metrics(records: list[dict], out_png: str | Path, title: str | None = N
         ax2.grid(alpha=0.3)
         ax2.legend()
     fig.tight_layout()
-    out_png = Path(out_png)
-    try:
-        with atomic_path(out_png) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-    finally:
-        plt.close(fig)
-    return out_png
+    return _save(fig, out_png)
 
 
 def plot_panels(
@@ -119,6 +113,13 @@ def plot_panels(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def _save(fig, out_png: str | Path) -> Path:
+    """Write `fig` to `out_png` atomically and free it."""
+    import matplotlib.pyplot as plt
+
     out_png = Path(out_png)
     try:
         with atomic_path(out_png) as tmp:
