@@ -146,3 +146,15 @@ def test_requests_joining_together_share_a_prefill_per_prompt_length():
             batch.step()
     alone = [generate(model, [p], c)[0] for p, c in zip(ps, cfgs)]
     assert [r.tokens for r in reqs] == alone and reqs[3].tokens == [] and reqs[3].finish == "length"
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma3"])
+def test_selected_positions_give_those_rows_of_the_full_logits(family):
+    model = varied_tiny_model(family)
+    ids = torch.randint(0, model.config.vocab_size, (2, 7))
+    select = torch.zeros(2, 7, dtype=torch.bool)
+    select[0, 2:5], select[1, 6] = True, True
+    with torch.no_grad():
+        full, picked = model(ids), model(ids, select=select)
+    assert picked.shape == (4, model.config.vocab_size)
+    torch.testing.assert_close(picked, full[select])

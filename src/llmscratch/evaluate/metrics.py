@@ -69,11 +69,11 @@ def reference_loss(model, tokenizer, entries: Sequence[Mapping], fmt: str, chat_
     response tokens and the end token count, which makes models tuned with and without prompt masking
     comparable."""
     import torch  # lazily: building the CLI's flags must not load torch
-    import torch.nn.functional as F
     from tqdm.auto import tqdm
 
     from llmscratch.data.classification import pad_id_of
     from llmscratch.data.instruction import IGNORE_INDEX, InstructionDataset, end_id_of
+    from llmscratch.train.tasks.instruct import instruction_loss
 
     max_length = max_length or model.config.context_length
     ds = InstructionDataset(entries, tokenizer, fmt, chat_template, max_length=max_length)
@@ -85,11 +85,9 @@ def reference_loss(model, tokenizer, entries: Sequence[Mapping], fmt: str, chat_
     for s in tqdm(range(0, len(order), batch_size), desc="reference loss", unit="batch", disable=not progress):
         inputs, targets = ds.collate(order[s : s + batch_size], pad_id_of(tokenizer), end_id_of(tokenizer),
                                      mask_prompt)
-        with torch.no_grad():
-            logits = model(inputs.to(device)).float()  # (B, T, vocab)
         targets = targets.to(device)
-        total += float(F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
-                                       reduction="sum"))
+        with torch.no_grad():
+            total += float(instruction_loss(model, inputs.to(device), targets, reduction="sum"))
         count += int((targets != IGNORE_INDEX).sum())
     model.train(was_training)
     if count == 0:

@@ -22,6 +22,9 @@ class LanguageModel(nn.Module):
       one batch at different positions; needs a cache). Required with a cache.
     - pad_mask (B, S) bool, True for real tokens, over slots 0..S-1 with S >= the last position + 1 (left padding).
     - last_only: logits of the last position only, (B, vocab), instead of (B, T, vocab).
+    - select (B, T) bool: logits of the selected positions only, (N, vocab) in row-major order (a loss over some
+      tokens, e.g. the answers, skips the vocabulary head elsewhere: for a 262k-token vocabulary that is most of
+      the work).
     Subclasses implement `hidden_states` (final-normed activations, (B, T, emb_dim)) with the `StepContext` of
     `_prepare`, and own `self.head`.
     """
@@ -36,8 +39,11 @@ class LanguageModel(nn.Module):
         positions: torch.Tensor | None = None,
         pad_mask: torch.Tensor | None = None,
         last_only: bool = False,
+        select: torch.Tensor | None = None,
     ) -> torch.Tensor:
         h = self.hidden_states(ids, cache, positions, pad_mask)  # (B, T, emb)
+        if select is not None:
+            return self.head(h[select])  # (N, vocab)
         return self.head(h[:, -1] if last_only else h)  # (B, vocab) or (B, T, vocab)
 
     def hidden_states(self, ids, cache=None, positions=None, pad_mask=None) -> torch.Tensor:

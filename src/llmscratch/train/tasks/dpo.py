@@ -42,12 +42,21 @@ def sequence_logprobs(
     predicted, so its mask value is ignored. Only the answer positions go through the softmax.
     """
     predicted = answer_mask[:, 1:]  # (B, T-1): which predicted tokens count
-    rows = predicted.nonzero()[:, 0]  # (N,) the row of each counted token
-    chosen_logits = logits[:, :-1][predicted].float()  # (N, vocab)
-    targets = ids[:, 1:][predicted]  # (N,)
-    logp = chosen_logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(chosen_logits, dim=-1)  # (N,)
-    sums = torch.zeros(ids.shape[0], dtype=torch.float32, device=ids.device).index_add(0, rows, logp)
-    return sums, predicted.sum(-1).to(torch.float32)
+    return answer_logprobs(logits[:, :-1][predicted], ids[:, 1:][predicted], predicted, ids.shape[0])
+
+
+def answer_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, where: torch.Tensor, batch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-row sums of log p(target) (B,) float32, counts (B,)) from the logits of the counted positions only.
+
+    logits (N, vocab) and targets (N,) of the N positions where `where` (B, T') is True, in row-major order.
+    """
+    rows = where.nonzero()[:, 0]  # (N,) the row of each counted token
+    logits = logits.float()
+    logp = logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (N,)
+    sums = torch.zeros(batch, dtype=torch.float32, device=targets.device).index_add(0, rows, logp)
+    return sums, where.sum(-1).to(torch.float32)
 
 
 def pair_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -57,7 +66,9 @@ def pair_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch
     """
     ids = torch.cat([batch["chosen"], batch["rejected"]])  # (2B, T)
     mask = torch.cat([batch["chosen_mask"], batch["rejected_mask"]])  # (2B, T)
-    sums, counts = sequence_logprobs(model(ids), ids, mask)
+    predicts = torch.zeros_like(mask)
+    predicts[:, :-1] = mask[:, 1:]  # position t predicts token t + 1: the head runs where that is an answer token
+    sums, counts = answer_logprobs(model(ids, select=predicts), ids[:, 1:][mask[:, 1:]], predicts, ids.shape[0])
     B = batch["chosen"].shape[0]
     return sums[:B], counts[:B], sums[B:], counts[B:]
 

@@ -21,9 +21,14 @@ from llmscratch.train.distributed import unwrap
 from llmscratch.train.tasks import BaseTask
 
 
-def instruction_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the targets that are not -100; logits (B, T, vocab), targets (B, T)."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+def instruction_loss(model, inputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of `model` on inputs (B, T) over the targets (B, T) that are not -100 (mean or sum).
+
+    The vocabulary head runs only at the counted positions (`select`): masked prompts and padding cost no logits.
+    """
+    counted = targets != IGNORE_INDEX  # (B, T)
+    logits = model(inputs, select=counted).float()  # (N, vocab)
+    return F.cross_entropy(logits, targets[counted], reduction=reduction)
 
 
 class InstructionTask(BaseTask):
@@ -71,7 +76,7 @@ class InstructionTask(BaseTask):
 
     def loss(self, model, batch: InstructionBatch) -> torch.Tensor:
         inputs, targets = batch
-        return instruction_loss(model(inputs), targets)  # model(inputs): (B, T, vocab)
+        return instruction_loss(model, inputs, targets)
 
     def batch_tokens(self, batch: InstructionBatch) -> int:
         return int((batch[1] != IGNORE_INDEX).sum())  # tokens that carry a loss
