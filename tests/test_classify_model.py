@@ -55,7 +55,7 @@ def test_trainable_counts(flag, classes, expected):
 
 
 def test_llama_counts_by_hand():
-    # llama-tiny: RMSNorm weights only, no biases; qkv 32 -> 64, proj 32 -> 32, gate/up 32 -> 64, down 64 -> 32.
+    # llama-tiny: RMSNorm weights only, no biases; qkv 32 -> 64, proj 32 -> 32, gate_up 32 -> 128, down 64 -> 32.
     block = 32 + 32 * 64 + 32 * 32 + 32 + 3 * 32 * 64
     torch.manual_seed(0)
     model = build_model(get_config("llama-tiny"))
@@ -63,7 +63,7 @@ def test_llama_counts_by_hand():
     torch.manual_seed(0)
     model = build_model(get_config("llama-tiny"))
     spec = parse_trainable("lora", lora_rank=2, lora_alpha=2)
-    expected = 2 * 2 * ((32 + 64) + (32 + 32) + 3 * (32 + 64)) + head(2)
+    expected = 2 * 2 * ((32 + 64) + (32 + 32) + (32 + 128) + (64 + 32)) + head(2)  # one adapter on gate_up
     assert build_classifier(model, 2, spec)["trainable_params"] == expected
 
 

@@ -121,16 +121,17 @@ class RotaryEmbedding(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    """down(silu(gate(x)) * up(x)), no biases."""
+    """down(silu(gate(x)) * up(x)), no biases. gate and up are one Linear `gate_up` (rows [gate | up]): one
+    matrix product per step instead of two (checkpoints that store them apart are concatenated at load)."""
 
     def __init__(self, emb_dim: int, hidden_dim: int):
         super().__init__()
-        self.gate = nn.Linear(emb_dim, hidden_dim, bias=False)
-        self.up = nn.Linear(emb_dim, hidden_dim, bias=False)
+        self.gate_up = nn.Linear(emb_dim, 2 * hidden_dim, bias=False)
         self.down = nn.Linear(hidden_dim, emb_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        gate, up = self.gate_up(x).chunk(2, dim=-1)  # 2 x (B, T, hidden)
+        return self.down(F.silu(gate) * up)
 
 
 class LlamaBlock(nn.Module):

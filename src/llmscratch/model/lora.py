@@ -79,12 +79,20 @@ class LoRALinear(nn.Module):
         )
 
 
+# A fused layer also answers to the names of the layers it replaced, so older targets keep working: "ffn.gate"
+# or "ffn.up" selects Llama's and Gemma's ffn.gate_up (the whole layer: gate and up rows both).
+FUSED_ALIASES: dict[str, tuple[str, ...]] = {"gate_up": ("gate", "up")}
+
+
 def name_matches(name: str, patterns: Iterable[str]) -> bool:
     """Whether module `name` matches a pattern: the whole dotted name or a dotted suffix of it (glob syntax).
 
-    "qkv" matches "blocks.3.attn.qkv"; "attn.*" matches every attention linear; "blocks.11.*" one block.
+    "qkv" matches "blocks.3.attn.qkv"; "attn.*" matches every attention linear; "blocks.11.*" one block;
+    "ffn.gate" matches "blocks.3.ffn.gate_up" (`FUSED_ALIASES`).
     """
-    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, "*." + p) for p in patterns)
+    parent, _, last = name.rpartition(".")
+    names = [name, *(f"{parent}.{alias}" if parent else alias for alias in FUSED_ALIASES.get(last, ()))]
+    return any(fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase(n, "*." + p) for n in names for p in patterns)
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

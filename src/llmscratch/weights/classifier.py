@@ -25,6 +25,7 @@ from llmscratch.model.heads import TrainableSpec, add_classifier_head, set_train
 from llmscratch.model.lora import DEFAULT_TARGETS, merge_lora
 from llmscratch.utils import UserError, atomic_path, atomic_write_text, pick_device
 from llmscratch.weights import load_model
+from llmscratch.weights.ours import FUSED_LAYERS, upgrade_state_dict
 
 CLASSIFIER_FORMAT = "llmscratch-classifier"
 CLASSIFIER_VERSION = 1
@@ -74,15 +75,28 @@ def base_fingerprint(model: nn.Module, exclude: Sequence[str]) -> str:
     Cheap (a few thousand values per tensor) and enough to tell one base model's weights from another's.
     """
     skip = set(exclude)
+    kept = [(n, p) for n, p in model.named_parameters() if n not in skip and not n.endswith((".lora_A", ".lora_B"))]
     h = hashlib.sha256()
-    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-        if name in skip or name.endswith((".lora_A", ".lora_B")):
-            continue
+    for name, p in sorted(stored_apart(kept), key=lambda kv: kv[0]):
         flat = p.detach().reshape(-1)
         sample = flat[:: max(1, flat.numel() // 4096)].to("cpu", torch.float32)
         h.update(f"{name}:{tuple(p.shape)}".encode())
         h.update(sample.numpy().tobytes())
     return h.hexdigest()
+
+
+def stored_apart(named: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+    """Fused layers' tensors split back into the parts they were before fusing (blocks.0.ffn.gate_up.weight ->
+    blocks.0.ffn.gate.weight, blocks.0.ffn.up.weight), so that a fingerprint stays what it was then."""
+    out = []
+    for name, p in named:
+        fused = next((f for f in FUSED_LAYERS if f".{f}." in name), None)
+        if fused is None:
+            out.append((name, p))
+            continue
+        parts = FUSED_LAYERS[fused]
+        out += [(name.replace(f".{fused}.", f".{part}."), t) for part, t in zip(parts, p.chunk(len(parts)))]
+    return out
 
 
 def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -135,7 +149,7 @@ def restore_trained(model: nn.Module, folder: str | Path, info: ClassifierInfo) 
     path = Path(folder) / WEIGHTS_FILE
     if not path.is_file():
         raise UserError(f"{folder} has {CONFIG_FILE} but no {WEIGHTS_FILE}")
-    tensors = load_file(str(path))
+    tensors = upgrade_state_dict(load_file(str(path)))  # a classifier saved before gate and up were fused
     params = dict(model.named_parameters())
     expected = {n for n, p in params.items() if p.requires_grad}
     if set(tensors) != expected:

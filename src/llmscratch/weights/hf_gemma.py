@@ -4,7 +4,8 @@ Names on the Hugging Face side, per layer i (`model.layers.{i}.`): input_layerno
 self_attn.{q,k}_norm, post_attention_layernorm, pre_feedforward_layernorm, post_feedforward_layernorm,
 mlp.{gate,up,down}_proj; plus model.embed_tokens and model.norm (the head is tied). Our side: tok_emb,
 blocks.{i}.norm1, .attn.qkv (rows [q | k | v]), .attn.{q,k}_norm, .attn.proj, .post_attn_norm, .norm2,
-.ffn.{gate,up,down}, .post_ffn_norm, final_norm, head. Norm weights mean the same on both sides (scale 1 + w).
+.ffn.gate_up (rows [gate | up]), .ffn.down, .post_ffn_norm, final_norm, head. Norm weights mean the same on both
+sides (scale 1 + w).
 """
 
 from __future__ import annotations
@@ -25,12 +26,11 @@ _LAYER_MAP = {
     "attn.proj.weight": "self_attn.o_proj.weight",
     "post_attn_norm.weight": "post_attention_layernorm.weight",
     "norm2.weight": "pre_feedforward_layernorm.weight",
-    "ffn.gate.weight": "mlp.gate_proj.weight",
-    "ffn.up.weight": "mlp.up_proj.weight",
     "ffn.down.weight": "mlp.down_proj.weight",
     "post_ffn_norm.weight": "post_feedforward_layernorm.weight",
 }
 _QKV = ("q_proj", "k_proj", "v_proj")
+_GATE_UP = ("gate_proj", "up_proj")  # rows of our ffn.gate_up, in this order
 GLOBAL, LOCAL = "full_attention", "sliding_attention"
 
 
@@ -151,7 +151,8 @@ def expected_shapes(c: GemmaConfig) -> dict[str, tuple[int, ...]]:
 
 
 def state_dict_from_hf(tensors: Mapping[str, torch.Tensor], c: GemmaConfig, source: str = "checkpoint") -> dict:
-    """Our Gemma state dict from Hugging Face tensors (q, k, v rows concatenated into attn.qkv)."""
+    """Our Gemma state dict from Hugging Face tensors (q, k, v rows concatenated into attn.qkv, gate and
+    up rows into ffn.gate_up)."""
     shapes = expected_shapes(c)
     tied_copy = {"lm_head.weight": shapes["model.embed_tokens.weight"]}
     shapes_check(tensors, shapes, source, "Gemma 3", may_add=tied_copy)
@@ -161,6 +162,7 @@ def state_dict_from_hf(tensors: Mapping[str, torch.Tensor], c: GemmaConfig, sour
         for mine, theirs in _LAYER_MAP.items():
             sd[ours + mine] = tensors[hf + theirs]
         sd[ours + "attn.qkv.weight"] = torch.cat([tensors[f"{hf}self_attn.{n}.weight"] for n in _QKV], dim=0)
+        sd[ours + "ffn.gate_up.weight"] = torch.cat([tensors[f"{hf}mlp.{n}.weight"] for n in _GATE_UP], dim=0)
     sd["head.weight"] = sd["tok_emb.weight"]
     return sd
 
@@ -176,4 +178,6 @@ def state_dict_to_hf(model) -> dict[str, torch.Tensor]:
             out[hf + theirs] = sd[ours + mine]
         for n, w in zip(_QKV, sd[ours + "attn.qkv.weight"].split([q, kv, kv], dim=0)):
             out[f"{hf}self_attn.{n}.weight"] = w
+        for n, w in zip(_GATE_UP, sd[ours + "ffn.gate_up.weight"].chunk(2, dim=0)):
+            out[f"{hf}mlp.{n}.weight"] = w
     return {k: v.detach().clone().contiguous() for k, v in out.items()}

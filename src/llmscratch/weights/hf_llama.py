@@ -2,8 +2,9 @@
 
 Names on the Hugging Face side, per layer i (`model.layers.{i}.`): input_layernorm, self_attn.{q,k,v,o}_proj,
 post_attention_layernorm, mlp.{gate,up,down}_proj; plus model.embed_tokens, model.norm and lm_head (absent when
-tied). Our side: tok_emb, blocks.{i}.norm1, .attn.qkv (rows [q | k | v]), .attn.proj, .norm2, .ffn.{gate,up,down},
-final_norm, head. Both use the rotate-half rotary layout, so no row permutation is needed here (GGUF needs one).
+tied). Our side: tok_emb, blocks.{i}.norm1, .attn.qkv (rows [q | k | v]), .attn.proj, .norm2, .ffn.gate_up (rows
+[gate | up]), .ffn.down, final_norm, head. Both use the rotate-half rotary layout, so no row permutation is needed
+here (GGUF needs one).
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ _LAYER_MAP = {
     "norm1.weight": "input_layernorm.weight",
     "attn.proj.weight": "self_attn.o_proj.weight",
     "norm2.weight": "post_attention_layernorm.weight",
-    "ffn.gate.weight": "mlp.gate_proj.weight",
-    "ffn.up.weight": "mlp.up_proj.weight",
     "ffn.down.weight": "mlp.down_proj.weight",
 }
 _QKV = ("q_proj", "k_proj", "v_proj")
+_GATE_UP = ("gate_proj", "up_proj")  # rows of our ffn.gate_up, in this order
 # Tensors some checkpoints carry that hold nothing we need (older exports saved the rotary frequencies).
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -122,7 +122,8 @@ def check_tensors(tensors: Mapping[str, torch.Tensor], c: LlamaConfig, source: s
 
 
 def state_dict_from_hf(tensors: Mapping[str, torch.Tensor], c: LlamaConfig, source: str = "checkpoint") -> dict:
-    """Our Llama state dict from Hugging Face tensors (q, k, v rows concatenated into attn.qkv)."""
+    """Our Llama state dict from Hugging Face tensors (q, k, v rows concatenated into attn.qkv, gate and
+    up rows into ffn.gate_up)."""
     check_tensors(tensors, c, source)
     sd = {"tok_emb.weight": tensors["model.embed_tokens.weight"], "final_norm.weight": tensors["model.norm.weight"]}
     for i in range(c.n_layers):
@@ -130,6 +131,7 @@ def state_dict_from_hf(tensors: Mapping[str, torch.Tensor], c: LlamaConfig, sour
         for mine, theirs in _LAYER_MAP.items():
             sd[ours + mine] = tensors[hf + theirs]
         sd[ours + "attn.qkv.weight"] = torch.cat([tensors[f"{hf}self_attn.{n}.weight"] for n in _QKV], dim=0)
+        sd[ours + "ffn.gate_up.weight"] = torch.cat([tensors[f"{hf}mlp.{n}.weight"] for n in _GATE_UP], dim=0)
     sd["head.weight"] = sd["tok_emb.weight"] if c.tie_embeddings else tensors["lm_head.weight"]
     return sd
 
@@ -145,6 +147,8 @@ def state_dict_to_hf(model: Llama) -> dict[str, torch.Tensor]:
             out[hf + theirs] = sd[ours + mine]
         for n, w in zip(_QKV, sd[ours + "attn.qkv.weight"].split([q, kv, kv], dim=0)):
             out[f"{hf}self_attn.{n}.weight"] = w
+        for n, w in zip(_GATE_UP, sd[ours + "ffn.gate_up.weight"].chunk(2, dim=0)):
+            out[f"{hf}mlp.{n}.weight"] = w
     if not c.tie_embeddings:
         out["lm_head.weight"] = sd["head.weight"]
     return {k: v.detach().clone().contiguous() for k, v in out.items()}

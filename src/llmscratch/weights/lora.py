@@ -42,6 +42,10 @@ def load_lora(model: nn.Module, path: str | Path) -> list[str]:
     if _META_KEY not in meta:
         raise UserError(f"{path} is not a LoRA adapter file written by llmscratch (no {_META_KEY} metadata)")
     cfg = json.loads(meta[_META_KEY])
+    if any(".ffn.gate.lora_" in n or ".ffn.up.lora_" in n for n in tensors):
+        raise UserError(f"{path} holds adapters of separate ffn.gate and ffn.up layers, written before they were "
+                        "fused into ffn.gate_up; train the adapter again (or merge it with the llmscratch that "
+                        "wrote it)")
     if not lora_layers(model):
         apply_lora(model, cfg["rank"], cfg["alpha"], targets=[_glob_escape(n) for n in cfg["layers"]])
     params = dict(model.named_parameters())

@@ -95,6 +95,41 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return tensors
 
 
+# Layers that older checkpoints stored apart and models now hold fused: fused name -> the parts, in row order.
+FUSED_LAYERS = {"ffn.gate_up": ("ffn.gate", "ffn.up")}  # Llama's and Gemma's gate and up (before 2026-12)
+
+
+def upgrade_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` in today's layout: the tensors of layers an older layout stored apart (`FUSED_LAYERS`, e.g.
+    blocks.0.ffn.gate.weight and blocks.0.ffn.up.weight) concatenated row-wise under the fused name
+    (blocks.0.ffn.gate_up.weight). Works for float weights and quantized buffers (qweight, scales, mins: one row
+    per output); other tensors pass unchanged."""
+    out = dict(state)
+    for name in state:
+        for fused, parts in FUSED_LAYERS.items():
+            prefix, marker, suffix = name.rpartition(f".{parts[0]}.")
+            if not marker or suffix.startswith("lora_"):
+                continue
+            names = [f"{prefix}.{part}.{suffix}" for part in parts]
+            if all(n in out for n in names):
+                out[f"{prefix}.{fused}.{suffix}"] = torch.cat([out.pop(n) for n in names], dim=0)
+    return out
+
+
+def upgrade_layer_names(layers: list[str]) -> list[str]:
+    """Layer names (a saved quantization's list) in today's layout: the parts of a fused layer become its name."""
+    have, out = set(layers), []
+    for name in layers:
+        for fused, parts in FUSED_LAYERS.items():
+            part = next((p for p in parts if name.endswith("." + p)), None)
+            prefix = name[: -len(part) - 1] if part else ""
+            if part and all(f"{prefix}.{p}" in have for p in parts):
+                name = f"{prefix}.{fused}" if part == parts[0] else ""  # the other parts fold into the first
+        if name:
+            out.append(name)
+    return out
+
+
 def model_from_state_dict(
     config,
     state: Mapping[str, torch.Tensor],
@@ -109,6 +144,7 @@ def model_from_state_dict(
     UserError naming it. The tied head may be absent from `state`.
     """
     check_config(config, source)
+    state = upgrade_state_dict(state)
     model = empty_model(config)
     tied = tied_names(model)
     expected = model.state_dict()
@@ -131,6 +167,7 @@ def quantized_from_state_dict(config, spec, state: Mapping[str, torch.Tensor], s
         fmt = spec.get("format") if isinstance(spec, dict) else spec
         raise UserError(f"{source}: unknown quantization {fmt!r} (known: {', '.join(FORMATS)})")
     check_config(config, source)
+    spec, state = {**spec, "layers": upgrade_layer_names(spec["layers"])}, upgrade_state_dict(state)
     model = quantized_skeleton(empty_model(config), spec)
     tied = tied_names(model)
     expected = model.state_dict()
