@@ -237,6 +237,27 @@ def test_metrics_reference_loss(tmp_path):
     assert json.loads((tmp_path / "r.metrics.json").read_text())["reference_masked_prompt"] is False
 
 
+def test_preference_answers_are_recorded_and_metrics_compare_with_them(tmp_path):
+    folder = tiny_model_folder(tmp_path)
+    data = tmp_path / "pairs.json"
+    data.write_text(json.dumps([{"instruction": f"Greet {i}.", "input": "", "output": "hi", "chosen": "Hello!",
+                                 "rejected": "What?"} for i in range(3)]))
+    out = tmp_path / "responses.jsonl"
+    run_generate(GenerateSpec(model=str(folder), data=str(data), split="all", out=str(out), max_new_tokens=3,
+                              progress=False))
+    rows = read_jsonl(out)[0]
+    assert all((r["chosen"], r["rejected"]) == ("Hello!", "What?") for r in rows)
+    rows = [{**r, "response": "Hello!"} for r in rows]
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    chosen = run_metrics(MetricsSpec(str(out), model=str(folder), reference="chosen", progress=False))
+    assert (chosen["reference"], chosen["exact_match"], chosen["rouge_l_f1"]) == ("chosen", 1.0, 1.0)
+    assert chosen["reference_tokens"] == 3 * (len("Hello!") + 1)  # the chosen answers are scored, not "hi"
+    assert run_metrics(MetricsSpec(str(out), reference="rejected"))["exact_match"] == 0.0
+    out.write_text(json.dumps({k: v for k, v in rows[0].items() if k != "chosen"}) + "\n")
+    with pytest.raises(UserError, match="no 'chosen' answer"):
+        run_metrics(MetricsSpec(str(out), reference="chosen"))
+
+
 def test_cli_judge_and_compare(tmp_path, judge, capsys):
     from llmscratch.cli import main
 

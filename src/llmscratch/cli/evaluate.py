@@ -81,10 +81,11 @@ def _metrics(spec: MetricsSpec) -> None:
     from llmscratch.evaluate.metrics import run_metrics
 
     r = run_metrics(spec)
-    print(f"{r['count']} responses: ROUGE-L F1 {r['rouge_l_f1']:.4f}, exact match {100 * r['exact_match']:.1f}%, "
-          f"{r['empty_responses']} empty")
+    against = "" if r["reference"] == "output" else f" (against the {r['reference']} answers)"
+    print(f"{r['count']} responses{against}: ROUGE-L F1 {r['rouge_l_f1']:.4f}, exact match "
+          f"{100 * r['exact_match']:.1f}%, {r['empty_responses']} empty")
     if "reference_loss" in r:
         what = "response tokens" if r["reference_masked_prompt"] else "prompt and response tokens"
         print(f"reference loss {r['reference_loss']:.4f} (perplexity {r['reference_perplexity']:.2f}) over "
-              f"{r['reference_tokens']:,} {what}, prompt format {r['prompt_format']}")
+              f"{r['reference_tokens']:,} {what}{against}, prompt format {r['prompt_format']}")
     print(f"written to {r['file']}")

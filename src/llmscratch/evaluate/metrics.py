@@ -109,6 +109,9 @@ class MetricsSpec:
     include_prompt: bool = setting(False, "let the prompt tokens count in the reference loss too (as training "
                                    "without --mask-prompt); by default only the response tokens and the end token "
                                    "count, so models tuned with and without --mask-prompt compare fairly")
+    reference: str = setting("output", "the field holding the reference answer: output, or chosen or rejected "
+                             "for answers to preference data (`evaluate generate --data "
+                             "instruction-data-preference` records both)", choices=("output", "chosen", "rejected"))
     batch_size: int = setting(8, "entries per forward pass", ge=1)
     device: str = setting("auto", "cpu, cuda, mps or auto")
     out: str | None = setting(None, "metrics file (default: RESPONSES.metrics.json)", flag="--out", aliases=("-o",))
@@ -125,7 +128,14 @@ def run_metrics(spec: MetricsSpec) -> dict:
     from llmscratch.utils import atomic_write_text, pick_device
 
     records = read_responses(spec.responses)
-    result: dict = {"responses": spec.responses, **text_metrics(records)}
+    if spec.reference != "output":
+        lacking = sum(not isinstance(r.get(spec.reference), str) for r in records)
+        if lacking:
+            raise UserError(f"{lacking} of {len(records)} records in {spec.responses} have no {spec.reference!r} "
+                            "answer: generate them from preference data (--data instruction-data-preference)",
+                            params="reference")
+        records = [{**r, "output": r[spec.reference]} for r in records]  # the reference loss scores "output"
+    result: dict = {"responses": spec.responses, "reference": spec.reference, **text_metrics(records)}
     if spec.model:
         from llmscratch.weights import load_model
 

@@ -22,6 +22,7 @@ from llmscratch.config import check_fields, setting
 from llmscratch.utils import UserError
 
 RECORD_FIELDS = ("instruction", "input", "output", "response")
+OTHER_REFERENCES = ("chosen", "rejected")  # kept too when the entries have them (preference data), for metrics
 
 
 def response_sampling(tokenizer, fmt: str, max_new_tokens: int, temperature: float = 0.0, seed: int | None = None):
@@ -202,6 +203,7 @@ def run_generate(spec: GenerateSpec) -> dict:
 
     def save(chunk: list[int], texts: list[str]) -> None:
         rows = [{"index": todo[c], **{k: entries[todo[c]].get(k, "") for k in RECORD_FIELDS[:3]}, "response": t,
+                 **{k: v for k in OTHER_REFERENCES if isinstance(v := entries[todo[c]].get(k), str)},
                  **meta} for c, t in zip(chunk, texts)]
         append_jsonl(out, sorted(rows, key=lambda r: r["index"]))
         bar.update(len(rows))
