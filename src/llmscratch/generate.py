@@ -125,6 +125,11 @@ class Request:
         return len(self.prompt) + len(self.tokens)
 
 
+def decode_step(model, ids: torch.Tensor, cache, positions: torch.Tensor) -> torch.Tensor:
+    """One decode step: the last logits (B, vocab) of tokens ids (B, 1) fed at slots positions (B, 1) of `cache`."""
+    return model(ids, cache, positions, last_only=True)
+
+
 class DecodeBatch:
     """The step machinery of the one generation loop, rows at their own positions.
 
@@ -198,7 +203,7 @@ class DecodeBatch:
         else:
             ids = torch.tensor([[r.tokens[-1]] for r in reqs], dtype=torch.long)  # (n, 1)
             pos = torch.tensor([[r.length - 1] for r in reqs], dtype=torch.long)  # (n, 1) each row's own slot
-            logits = self.model(ids.to(self.device), self._rows(len(reqs)), pos.to(self.device), last_only=True)
+            logits = decode_step(self.model, ids.to(self.device), self._rows(len(reqs)), pos.to(self.device))
         for req, t in zip(reqs, self._sample(reqs, logits)):
             self._accept(req, t)
         return reqs

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmscratch.model.attention import StepContext, apply_rotary, attention_fused, attention_manual
+from llmscratch.model.attention import StepContext, attend, rotate
 from llmscratch.model.base import LanguageModel
 from llmscratch.model.kv_cache import KVCache
 from llmscratch.model.llama import RotaryEmbedding
@@ -93,10 +93,16 @@ class GemmaRMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.zeros(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The norm written out (what the fused call is tested against)."""
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return (x32 * (1.0 + self.weight.float())).type_as(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.weight.dtype == torch.float32:  # one fused call (equal to the written-out form: tests)
+            return F.rms_norm(x, self.weight.shape, 1.0 + self.weight, self.eps)
+        return self.reference_forward(x)
 
 
 class GemmaEmbedding(nn.Embedding):
@@ -154,13 +160,12 @@ class GemmaAttention(nn.Module):
         q = self.q_norm(q.view(B, T, nh, hd)).transpose(1, 2)  # (B, nh, T, hd)
         k = self.k_norm(k.view(B, T, nkv, hd)).transpose(1, 2)  # (B, nkv, T, hd)
         v = v.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
-        q, k = apply_rotary(q, *ctx.rotary), apply_rotary(k, *ctx.rotary)
+        q, k = rotate(q, *ctx.rotary), rotate(k, *ctx.rotary)
         if self.q_scale != 1.0:
             q = q * self.q_scale
         if ctx.cache is not None:
             k, v = ctx.cache.update(layer, ctx.positions, ctx.end, k, v)  # (B, nkv, end, hd)
-        attend = attention_fused if self.fused else attention_manual
-        y = attend(q, k, v, ctx.mask, ctx.is_causal, self.dropout if self.training else 0.0)  # (B, nh, T, hd)
+        y = attend(self, q, k, v, ctx)  # (B, nh, T, hd)
         return self.proj(y.transpose(1, 2).reshape(B, T, nh * hd))  # (B, T, emb)
 
 
@@ -178,8 +183,10 @@ class GemmaBlock(nn.Module):
         self.drop = nn.Dropout(c.dropout)
 
     def forward(self, x: torch.Tensor, ctx: StepContext, layer: int) -> torch.Tensor:
-        x = x + self.drop(self.post_attn_norm(self.attn(self.norm1(x), ctx, layer)))
-        return x + self.drop(self.post_ffn_norm(self.ffn(self.norm2(x))))
+        a = self.post_attn_norm(self.attn(self.norm1(x), ctx, layer))
+        x = x + (self.drop(a) if self.training else a)  # dropout is the identity in eval: skip the call
+        f = self.post_ffn_norm(self.ffn(self.norm2(x)))
+        return x + (self.drop(f) if self.training else f)
 
 
 class Gemma(LanguageModel):
@@ -216,7 +223,9 @@ class Gemma(LanguageModel):
     ) -> torch.Tensor:
         c = self.config
         ctx = self._prepare(ids, cache, positions, pad_mask)
-        x = self.drop(self.tok_emb(ids))  # (B, T, emb)
+        x = self.tok_emb(ids)  # (B, T, emb)
+        if self.training:  # dropout is the identity in eval: skip the call
+            x = self.drop(x)
         global_ctx = dataclasses.replace(ctx, rotary=self.rope_global(ctx.position_ids, x.dtype))  # 2 x (B|1, 1, T, hd)
         local_ctx = dataclasses.replace(
             ctx.with_window(c.sliding_window), rotary=self.rope_local(ctx.position_ids, x.dtype)

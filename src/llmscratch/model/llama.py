@@ -72,10 +72,16 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The norm written out (what the fused call is tested against)."""
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.weight.dtype == torch.float32:  # one fused call instead of six (equal: a test checks)
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        return self.reference_forward(x)
 
 
 def rotary_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,7 +97,8 @@ def rotary_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tenso
 
 
 class RotaryEmbedding(nn.Module):
-    """Precomputed cos/sin tables for every position of the context, looked up by position id.
+    """Precomputed cos and signed sin tables (`signed_sin`) for every position of the context, looked up by
+    position id.
 
     The tables stay float32 whatever dtype the model is moved to (only the device follows the model); the
     looked-up rows are cast to the activations' dtype.
@@ -102,12 +109,12 @@ class RotaryEmbedding(nn.Module):
         self.head_dim, self.context_length, self.theta = head_dim, context_length, theta
         cos, sin = rotary_tables(head_dim, context_length, theta)
         self.register_buffer("cos", cos, persistent=False)
-        self.register_buffer("sin", sin, persistent=False)
+        self.register_buffer("signed_sin", signed_sin(sin), persistent=False)
 
     def reset_tables(self) -> None:
         """Recompute the tables in float32 on the current device."""
         cos, sin = rotary_tables(self.head_dim, self.context_length, self.theta)
-        self.cos, self.sin = cos.to(self.cos.device), sin.to(self.sin.device)
+        self.cos, self.signed_sin = cos.to(self.cos.device), signed_sin(sin).to(self.signed_sin.device)
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
@@ -116,8 +123,14 @@ class RotaryEmbedding(nn.Module):
         return self
 
     def forward(self, pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin for position ids pos (B|1, T), each (B|1, 1, T, head_dim) in `dtype`."""
-        return self.cos[pos][:, None].to(dtype), self.sin[pos][:, None].to(dtype)
+        """cos and signed sin (see `rotate`) for position ids pos (B|1, T), each (B|1, 1, T, head_dim) in `dtype`."""
+        return self.cos[pos][:, None].to(dtype), self.signed_sin[pos][:, None].to(dtype)
+
+
+def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """The sin table with its first half negated: the sign of rotate-half folded in (see `attention.rotate`)."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
 
 
 class SwiGLU(nn.Module):
@@ -148,8 +161,10 @@ class LlamaBlock(nn.Module):
         self.drop = nn.Dropout(c.dropout)
 
     def forward(self, x: torch.Tensor, ctx: StepContext, layer: int) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), ctx, layer))
-        return x + self.drop(self.ffn(self.norm2(x)))
+        a = self.attn(self.norm1(x), ctx, layer)
+        x = x + (self.drop(a) if self.training else a)  # dropout is the identity in eval: skip the call
+        f = self.ffn(self.norm2(x))
+        return x + (self.drop(f) if self.training else f)
 
 
 class Llama(LanguageModel):
@@ -182,8 +197,10 @@ class Llama(LanguageModel):
         pad_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         ctx = self._prepare(ids, cache, positions, pad_mask)
-        x = self.drop(self.tok_emb(ids))  # (B, T, emb)
-        ctx.rotary = self.rope(ctx.position_ids, x.dtype)  # 2 x (B|1, 1, T, hd)
+        x = self.tok_emb(ids)  # (B, T, emb)
+        if self.training:  # dropout is the identity in eval: skip the call
+            x = self.drop(x)
+        ctx.rotary = self.rope(ctx.position_ids, x.dtype)  # cos, signed sin: 2 x (B|1, 1, T, hd)
         for i, block in enumerate(self.blocks):
             x = block(x, ctx, i)
         return self.final_norm(x)  # (B, T, emb)

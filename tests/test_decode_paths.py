@@ -1,0 +1,64 @@
+"""The decode step's shortcuts equal their written-out references: one-query attention, rotary by roll, fused
+RMSNorm; and a model decodes the same tokens through either path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmscratch.model import build_model, get_config
+from llmscratch.model.attention import apply_rotary, attention_manual, attention_mask, attention_one_query, rotate
+from llmscratch.model.gemma import GemmaRMSNorm
+from llmscratch.model.llama import RMSNorm, rotary_tables, signed_sin
+
+
+@pytest.mark.parametrize("nh, nkv", [(4, 4), (6, 2), (4, 1)])
+def test_one_query_attention_equals_the_written_out_one(nh, nkv):
+    torch.manual_seed(0)
+    B, S, hd = 3, 9, 8
+    q, k, v = torch.randn(B, nh, 1, hd), torch.randn(B, nkv, S, hd), torch.randn(B, nkv, S, hd)
+    pad = torch.ones(B, S, dtype=torch.bool)
+    pad[1, :4] = False  # a left-padded row
+    per_row = torch.tensor([[S - 1], [S - 3], [S - 2]])  # each row at its own slot (keys after it masked)
+    masks = [None, attention_mask(torch.tensor([S - 1]), S, pad)[0], attention_mask(per_row, S, None)[0]]
+    for mask in masks:
+        want = attention_manual(q, k, v, mask, is_causal=False)
+        torch.testing.assert_close(attention_one_query(q, k, v, mask), want, atol=1e-6, rtol=1e-5)
+
+
+def test_rotate_with_the_signed_table_equals_rotate_half():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 7, 16)
+    cos, sin = rotary_tables(16, 7, 10000.0)
+    want = apply_rotary(x, cos[None, None], sin[None, None])
+    assert torch.equal(rotate(x, cos[None, None], signed_sin(sin)[None, None]), want)
+
+
+@pytest.mark.parametrize("norm_class", [RMSNorm, GemmaRMSNorm])
+def test_fused_rmsnorm_equals_the_written_out_form(norm_class):
+    torch.manual_seed(0)
+    norm = norm_class(48, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = torch.randn(2, 5, 48) * 3
+    torch.testing.assert_close(norm(x), norm.reference_forward(x), atol=1e-6, rtol=1e-6)
+    half = x.bfloat16()  # other dtypes take the written-out form
+    assert torch.equal(norm.to(torch.bfloat16)(half), norm.reference_forward(half))
+
+
+@pytest.mark.parametrize("preset", ["llama-tiny", "gemma3-tiny", "gpt2-tiny"])
+def test_decode_steps_equal_a_full_forward_on_every_path(preset):
+    """Prefill then single-token steps (the one-query path) give the logits of one full forward (the fused
+    path), and of the written-out attention."""
+    torch.manual_seed(0)
+    model = build_model(get_config(preset)).eval()
+    ids = torch.randint(0, 512, (2, 12))
+    with torch.no_grad():
+        full = model(ids)
+        for fused in (True, False):
+            for block in model.blocks:
+                block.attn.fused = fused
+            cache = model.new_cache(2, 16)
+            steps = [model(ids[:, :6], cache, torch.arange(6))]
+            steps += [model(ids[:, t : t + 1], cache, torch.tensor([t])) for t in range(6, 12)]
+            torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
