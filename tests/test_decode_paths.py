@@ -62,3 +62,24 @@ def test_decode_steps_equal_a_full_forward_on_every_path(preset):
             steps = [model(ids[:, :6], cache, torch.arange(6))]
             steps += [model(ids[:, t : t + 1], cache, torch.tensor([t])) for t in range(6, 12)]
             torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["llama-tiny", "gemma3-tiny", "gpt2-tiny"])
+@pytest.mark.parametrize("per_row", [False, True])
+def test_the_whole_cache_step_of_compiled_decoding_equals_the_eager_step(monkeypatch, preset, per_row):
+    """What torch.compile traces (every cache slot read, later ones masked), run eagerly: the same logits as the
+    usual step, for shared and per-row positions and Gemma's sliding windows (window 8 < 20 slots)."""
+    torch.manual_seed(0)
+    model = build_model(get_config(preset)).eval()
+    ids = torch.randint(0, 512, (2, 20))
+    with torch.no_grad():
+        caches = [model.new_cache(2, 24), model.new_cache(2, 24)]
+        for cache in caches:
+            model(ids[:, :12], cache, torch.arange(12))
+        for t in range(12, 20):
+            pos = torch.tensor([[t], [t]]) if per_row else torch.tensor([t])
+            want = model(ids[:, t : t + 1], caches[0], pos)
+            monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+            got = model(ids[:, t : t + 1], caches[1], pos)
+            monkeypatch.undo()
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -130,6 +130,16 @@ def decode_step(model, ids: torch.Tensor, cache, positions: torch.Tensor) -> tor
     return model(ids, cache, positions, last_only=True)
 
 
+def compiled_decode_step(model):
+    """`decode_step` for `model` through torch.compile (inductor; on a CPU its C++ backend), made once per model
+    and kept on it. The compiled step reads the whole cache with a mask (`LanguageModel._prepare_whole_cache`),
+    so one graph serves every position; the first call compiles (seconds to minutes)."""
+    step = model.__dict__.get("_compiled_decode_step")
+    if step is None:
+        step = model.__dict__["_compiled_decode_step"] = torch.compile(decode_step, dynamic=False)
+    return step
+
+
 class DecodeBatch:
     """The step machinery of the one generation loop, rows at their own positions.
 

@@ -73,7 +73,8 @@ def attention_one_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
 
 
 def attention_mask(
-    positions: torch.Tensor, end: int, pad_mask: torch.Tensor | None, window: int | None = None
+    positions: torch.Tensor, end: int, pad_mask: torch.Tensor | None, window: int | None = None,
+    shortcuts: bool = True,
 ) -> tuple[torch.Tensor | None, bool]:
     """The mask for queries at slots `positions` over key slots [0, end): (mask, is_causal).
 
@@ -82,14 +83,15 @@ def attention_mask(
     pad_mask (B, >= end) marks real tokens True and padding False.
     Returns (None, True) for a plain causal prefill from slot 0, (None, False) when every key may be seen
     (one shared decode step without padding), else a bool mask (B|1, 1, T, end), True where attending is allowed.
+    shortcuts=False: always the mask (keys past the queries may exist: a compiled step reads the whole cache).
     """
     shared = positions.dim() == 1
     T = positions.shape[-1]
     plain = pad_mask is None or bool(pad_mask[:, :end].all())
     windowed = window is not None and end > window  # else no key can fall out of the window
-    if plain and shared and not windowed and T == end:
+    if shortcuts and plain and shared and not windowed and T == end:
         return None, True
-    if plain and shared and not windowed and T == 1:
+    if shortcuts and plain and shared and not windowed and T == 1:
         return None, False
     keys = torch.arange(end, device=positions.device)
     query = positions[..., None]  # (T, 1) or (B, T, 1)
@@ -126,10 +128,11 @@ class StepContext:
     cache: KVCache | None = None
     position_ids: torch.Tensor | None = None  # (B|1, T) positions in each row's own sequence
     rotary: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, signed sin (B|1, 1, T, hd): see `rotate`
+    whole_cache: bool = False  # end is the cache length, slots past each query masked (a compiled step)
 
     def with_window(self, window: int) -> StepContext:
         """The same step for sliding-window layers: keys more than window - 1 slots behind a query are masked."""
-        mask, is_causal = attention_mask(self.positions, self.end, self.pad_mask, window)
+        mask, is_causal = attention_mask(self.positions, self.end, self.pad_mask, window, not self.whole_cache)
         return dataclasses.replace(self, mask=mask, is_causal=is_causal)
 
 

@@ -67,6 +67,8 @@ class LanguageModel(nn.Module):
     ) -> StepContext:
         """Check the arguments; return the step's context for the blocks (rotary tables left to the family)."""
         T = ids.shape[1]
+        if cache is not None and positions is not None and torch.compiler.is_compiling():
+            return self._prepare_whole_cache(positions, cache, pad_mask)
         if positions is None:
             if cache is not None:
                 raise ValueError("positions are required with a cache: the slots to write these tokens at")
@@ -88,6 +90,17 @@ class LanguageModel(nn.Module):
             raise ValueError("without a cache, positions must be 0..T-1")
         mask, is_causal = attention_mask(positions, end, pad_mask)
         return StepContext(positions, end, mask, is_causal, pad_mask, cache, position_ids(positions, pad_mask))
+
+    def _prepare_whole_cache(self, positions: torch.Tensor, cache: KVCache, pad_mask) -> StepContext:
+        """The step's context under torch.compile (gpt-fast's way): read every slot of the cache, masking those
+        past each query, so that no length depends on the positions' values (no host read, no graph break, one
+        graph for every step). The caller has checked the positions."""
+        if positions.dim() == 2 and positions.shape[0] == 1:
+            positions = positions[0]
+        end = cache.max_len
+        mask, _ = attention_mask(positions, end, pad_mask, shortcuts=False)
+        ids_pos = position_ids(positions, pad_mask)
+        return StepContext(positions, end, mask, False, pad_mask, cache, ids_pos, whole_cache=True)
 
     def num_params(self, trainable_only: bool = False) -> int:
         """Number of parameters (shared tensors counted once)."""
