@@ -3,9 +3,12 @@ RMSNorm; and a model decodes the same tokens through either path."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
+from llmscratch.generate import SamplingConfig, compile_decoding, generate
 from llmscratch.model import build_model, get_config
 from llmscratch.model.attention import apply_rotary, attention_manual, attention_mask, attention_one_query, rotate
 from llmscratch.model.gemma import GemmaRMSNorm
@@ -83,3 +86,31 @@ def test_the_whole_cache_step_of_compiled_decoding_equals_the_eager_step(monkeyp
             got = model(ids[:, t : t + 1], caches[1], pos)
             monkeypatch.undo()
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not os.environ.get("LLMSCRATCH_SLOW"), reason="slow (a minute of compiling): set LLMSCRATCH_SLOW=1")
+def test_compiled_decoding_generates_the_eager_tokens():
+    torch.manual_seed(0)
+    model = build_model(get_config("llama-tiny")).eval()
+    prompt, cfg = list(range(3, 12)), SamplingConfig(max_new_tokens=12)
+    eager = generate(model, [prompt], cfg)
+    compile_decoding(model)
+    assert generate(model, [prompt], cfg) == eager
+    compile_decoding(model, enabled=False)
+    assert "_compiled_decode_step" not in model.__dict__
+
+
+@pytest.mark.skipif(not os.environ.get("LLMSCRATCH_SLOW"), reason="slow (a minute of compiling): set LLMSCRATCH_SLOW=1")
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_compiled_quantized_decoding_generates_the_eager_tokens(fmt):
+    from llmscratch.model import quant_kernel
+    from llmscratch.model.quant import quantize_model
+
+    if quant_kernel.kernel() is None:
+        pytest.skip(f"no quantization kernel here: {quant_kernel.status()}")
+    torch.manual_seed(0)
+    model = quantize_model(build_model(get_config("llama-tiny")).eval(), fmt, group=32, head=True)
+    prompt, cfg = list(range(3, 12)), SamplingConfig(max_new_tokens=12)
+    eager = generate(model, [prompt], cfg)
+    compile_decoding(model)
+    assert generate(model, [prompt], cfg) == eager

@@ -130,14 +130,28 @@ def decode_step(model, ids: torch.Tensor, cache, positions: torch.Tensor) -> tor
     return model(ids, cache, positions, last_only=True)
 
 
+def compile_decoding(model, enabled: bool = True):
+    """Decode steps of `model` through torch.compile from now on (`enabled=False`: eager again); returns the model.
+
+    The compiled step (`decode_step` under inductor, on a CPU its C++ backend) reads the whole cache with a mask
+    (`LanguageModel._prepare_whole_cache`), so one graph serves every position. The first step compiles (about
+    2 minutes for SmolLM2 on a busy 2-core machine) and each later one saves the per-op overhead (see
+    docs/engine.md, "Per-step overhead"). Used by `DecodeBatch` for steps over all its rows (a batch of another
+    size would compile again); the serving engine stays eager.
+    """
+    if not enabled:
+        model.__dict__.pop("_compiled_decode_step", None)
+    elif "_compiled_decode_step" not in model.__dict__:
+        from llmscratch.model.quant_compile import use_compiled_ops
+
+        use_compiled_ops(model)  # quantized layers: our kernel as custom ops, inside the compiled graph
+        model.__dict__["_compiled_decode_step"] = torch.compile(decode_step, dynamic=False)
+    return model
+
+
 def compiled_decode_step(model):
-    """`decode_step` for `model` through torch.compile (inductor; on a CPU its C++ backend), made once per model
-    and kept on it. The compiled step reads the whole cache with a mask (`LanguageModel._prepare_whole_cache`),
-    so one graph serves every position; the first call compiles (seconds to minutes)."""
-    step = model.__dict__.get("_compiled_decode_step")
-    if step is None:
-        step = model.__dict__["_compiled_decode_step"] = torch.compile(decode_step, dynamic=False)
-    return step
+    """The compiled `decode_step` of `model` (turning `compile_decoding` on if it is not)."""
+    return compile_decoding(model).__dict__["_compiled_decode_step"]
 
 
 class DecodeBatch:
@@ -213,7 +227,9 @@ class DecodeBatch:
         else:
             ids = torch.tensor([[r.tokens[-1]] for r in reqs], dtype=torch.long)  # (n, 1)
             pos = torch.tensor([[r.length - 1] for r in reqs], dtype=torch.long)  # (n, 1) each row's own slot
-            logits = decode_step(self.model, ids.to(self.device), self._rows(len(reqs)), pos.to(self.device))
+            whole = len(reqs) == self.max_batch  # the compiled step (if any) is made for the whole cache
+            step = self.model.__dict__.get("_compiled_decode_step", decode_step) if whole else decode_step
+            logits = step(self.model, ids.to(self.device), self._rows(len(reqs)), pos.to(self.device))
         for req, t in zip(reqs, self._sample(reqs, logits)):
             self._accept(req, t)
         return reqs

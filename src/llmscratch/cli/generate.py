@@ -35,13 +35,16 @@ def register(subparsers) -> None:
     p.add_argument("--quantize", choices=["int8", "int4"], default=None,
                    help="int8 or int4 weights for every block Linear and the head, multiplied by our kernel "
                    "(faster CPU decoding; see docs/quant.md)")
+    p.add_argument("--compile", action="store_true",
+                   help="run decode steps through torch.compile: the first step compiles (a minute or more), later "
+                   "ones are faster (see docs/engine.md, per-step overhead)")
     p.set_defaults(func=_generate)
 
 
 def _generate(args: argparse.Namespace) -> None:
     import torch
 
-    from llmscratch.generate import GenerationStats, SamplingConfig, generate_text, stream_text
+    from llmscratch.generate import GenerationStats, SamplingConfig, compile_decoding, generate_text, stream_text
     from llmscratch.model.base import set_weight_layout
     from llmscratch.tokenizer import encode_prompt
     from llmscratch.utils import UserError, pick_device
@@ -58,6 +61,8 @@ def _generate(args: argparse.Namespace) -> None:
     loaded = load_model(args.model, device=device, dtype=getattr(torch, args.dtype), quantize=args.quantize)
     if device.type == "cpu":
         set_weight_layout(loaded.model)  # faster batch-1 decoding on CPUs (see `llmscratch bench generate`)
+    if args.compile:
+        compile_decoding(loaded.model)
     if loaded.random_weights:
         print(f"warning: {loaded.name} is a preset with random weights (not trained): expect gibberish",
               file=sys.stderr)
