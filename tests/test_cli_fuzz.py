@@ -108,6 +108,7 @@ FIXED: dict[str, dict[str, str]] = {
                  "--tensorboard": "an optional package"},
     "bench train": {"--compile": "compiling takes minutes", "--quick": "the full benchmark takes minutes"},
     "bench generate": {"--quick": "the full benchmark takes minutes"},
+    "generate": {"--compile": "compiling takes minutes"},
     "demo": {"--quick": "the full demo takes minutes"},
     "evaluate judge": {"--retries": "bounds the run", "--retry-wait": "bounds the run", "--timeout": "bounds the run"},
     "deploy sagemaker": {"--wait": "waits for AWS", "--wait-timeout": "bounds the wait",
