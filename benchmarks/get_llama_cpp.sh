@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Build llama.cpp's CPU tools (llama-bench, llama-cli, llama-quantize) from the llama.cpp source vendored
+# in llama-cpp-python's sdist on PyPI, for `llmscratch bench generate --llama-cpp PATH`.
+# llama.cpp stays your own binary: nothing here is a dependency of llmscratch and nothing lands in the repo.
+#
+#   benchmarks/get_llama_cpp.sh [PREFIX]      # default PREFIX: /work/tools/llama.cpp
+#   -> PREFIX/bin/llama-bench, PREFIX/bin/llama-cli, PREFIX/bin/llama-quantize
+#
+# Environment: PYTHON (default: python3, needs pip), JOBS (default 2), LLAMA_CPP_PYTHON_VERSION (pinned below).
+# Needs cmake >= 3.14, a C/C++ compiler and ninja or make; cmake/ninja also come from PyPI (pip install cmake ninja).
+set -euo pipefail
+
+PREFIX="${1:-/work/tools/llama.cpp}"
+PYTHON="${PYTHON:-python3}"
+JOBS="${JOBS:-2}"
+VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+SRC="$PREFIX/src"
+BUILD="$PREFIX/build"
+
+mkdir -p "$SRC" "$PREFIX/bin"
+SDIST="$SRC/llama_cpp_python-$VERSION.tar.gz"
+if [ ! -f "$SDIST" ]; then
+  "$PYTHON" -m pip download --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$SRC"
+fi
+if [ ! -d "$SRC/llama_cpp_python-$VERSION" ]; then
+  tar -xzf "$SDIST" -C "$SRC"
+fi
+LLAMA="$SRC/llama_cpp_python-$VERSION/vendor/llama.cpp"
+[ -f "$LLAMA/CMakeLists.txt" ] || { echo "no vendor/llama.cpp in $SDIST" >&2; exit 1; }
+
+GENERATOR=()
+command -v ninja >/dev/null && GENERATOR=(-G Ninja)
+cmake -S "$LLAMA" -B "$BUILD" "${GENERATOR[@]}" \
+  -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF \
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_OPENMP=ON
+
+for target in llama-bench llama-cli llama-quantize; do
+  nice -n 15 cmake --build "$BUILD" --config Release -j "$JOBS" --target "$target"
+  cp "$BUILD/bin/$target" "$PREFIX/bin/$target"
+done
+echo "built: $(ls "$PREFIX/bin")  ->  llmscratch bench generate --llama-cpp $PREFIX/bin/llama-bench"
