@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Build llama.cpp's CPU tools (llama-bench, llama-cli, llama-quantize) from the llama.cpp source vendored
+# Build llama.cpp's CPU tools (llama-bench, llama-quantize, llama-simple) from the llama.cpp source vendored
 # in llama-cpp-python's sdist on PyPI, for `llmscratch bench generate --llama-cpp PATH`.
 # llama.cpp stays your own binary: nothing here is a dependency of llmscratch and nothing lands in the repo.
 #
 #   benchmarks/get_llama_cpp.sh [PREFIX]      # default PREFIX: /work/tools/llama.cpp
-#   -> PREFIX/bin/llama-bench, PREFIX/bin/llama-cli, PREFIX/bin/llama-quantize
+#   -> PREFIX/bin/llama-bench, PREFIX/bin/llama-quantize (F32/F16/Q8_0 copies), PREFIX/bin/llama-simple (start-up)
 #
 # Environment: PYTHON (default: python3, needs pip), JOBS (default 2), LLAMA_CPP_PYTHON_VERSION (pinned below).
-# Needs cmake >= 3.14, a C/C++ compiler and ninja or make; cmake/ninja also come from PyPI (pip install cmake ninja).
+# Needs a C/C++ compiler; cmake (and ninja) from PATH, else installed from PyPI into PREFIX/buildenv.
 set -euo pipefail
 
 PREFIX="${1:-/work/tools/llama.cpp}"
@@ -28,13 +28,18 @@ fi
 LLAMA="$SRC/llama_cpp_python-$VERSION/vendor/llama.cpp"
 [ -f "$LLAMA/CMakeLists.txt" ] || { echo "no vendor/llama.cpp in $SDIST" >&2; exit 1; }
 
+if ! command -v cmake >/dev/null; then  # cmake and ninja from PyPI, in a build-only venv
+  "$PYTHON" -m venv "$PREFIX/buildenv"
+  "$PREFIX/buildenv/bin/pip" install cmake ninja
+  export PATH="$PREFIX/buildenv/bin:$PATH"
+fi
 GENERATOR=()
 command -v ninja >/dev/null && GENERATOR=(-G Ninja)
 cmake -S "$LLAMA" -B "$BUILD" "${GENERATOR[@]}" \
   -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_OPENMP=ON
 
-for target in llama-bench llama-cli llama-quantize; do
+for target in llama-bench llama-quantize llama-simple; do
   nice -n 15 cmake --build "$BUILD" --config Release -j "$JOBS" --target "$target"
   cp "$BUILD/bin/$target" "$PREFIX/bin/$target"
 done
