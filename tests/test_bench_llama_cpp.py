@@ -121,6 +121,17 @@ def test_run_child_reports_its_own_maxrss(tmp_path):
     assert big.maxrss_mb > small.maxrss_mb + 150  # per child, not the largest child so far
 
 
+def test_run_child_timeout_kills_the_command_too(tmp_path):
+    marker = tmp_path / "still-running"
+    slow = _script(tmp_path / "slow", f"#!/bin/sh\nsleep 3\ntouch {marker}\n")
+    with pytest.raises(TimeoutError, match="ran longer than"):
+        run_child([str(slow)], 0.5)
+    import time
+
+    time.sleep(3.5)
+    assert not marker.exists()
+
+
 def test_bench_generate_with_llama_cpp_peer(fake_llama_cpp, tiny_gguf, tmp_path, monkeypatch):
     monkeypatch.setenv("LLMSCRATCH_CACHE", str(tmp_path / "cache"))
     lines: list[str] = []

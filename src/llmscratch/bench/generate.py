@@ -290,8 +290,8 @@ def _startups(spec: str, cfg: GenerateBenchConfig, peer: dict, echo: Callable[[s
     for name, s in out.items():
         split = (f" (import {s['import_s']:.2f} s, load {s['load_s']:.2f} s, first token {s['first_token_s']:.2f} s)"
                  if s.get("import_s") is not None else "")
-        echo(f"start-up to the first token, {name}: {s['wall_s']:.2f} s whole process{split}, peak memory "
-             f"{s['maxrss_mb']:.0f} MB" + (f"; {s['error']}" if s.get("error") else ""))
+        echo(f"start-up to the first token, {name}: {_fmt(s['wall_s'], 2)} s whole process{split}, peak memory "
+             f"{_fmt(s['maxrss_mb'], 0)} MB" + (f"; {s['error']}" if s.get("error") else ""))
     return out
 
 
@@ -555,14 +555,14 @@ def _peer_lines(sec: _Section, cfg, rate: dict, prefill: dict, peer: dict, peer_
         if v.impl == "ours" and v.cache:
             s = sec.startup.get(v.fmt) if v.name != "ours, KV cache, (out, in) weights" else None
             rows.append([v.name, *(_fmt(rate.get((v.name, n))) for n in cfg.tokens), _fmt(prefill.get(v.name)),
-                         f"{s['maxrss_mb']:.0f} MB" if s else "-", f"{s['wall_s']:.2f} s" if s else "-"])
+                         f"{_fmt(s['maxrss_mb'], 0)} MB" if s else "-", f"{_fmt(s['wall_s'], 2)} s" if s else "-"])
     for f in peer["files"]:
         s = sec.startup.get(f"llama.cpp {f['label']}")
         if f["error"]:
             lines.append(f"llama.cpp {f['label']}: {f['error']}")
         rows.append([f"llama.cpp, {f['label']}", *(_fmt(f["decode_tokens_per_s"].get(n)) for n in cfg.tokens),
                      _fmt(f["prefill_tokens_per_s"]), f"{f['peak_memory_mb']:.0f} MB",
-                     f"{s['wall_s']:.2f} s" if s else "-"])
+                     f"{_fmt(s['wall_s'], 2)} s" if s else "-"])
     lines.append(common.format_table(headers, rows))
     for r in peer_ratios:
         shown = ", ".join(f"{r['decode'][n]:.2f}x at {n}" for n in cfg.tokens if n in r["decode"])
@@ -571,8 +571,8 @@ def _peer_lines(sec: _Section, cfg, rate: dict, prefill: dict, peer: dict, peer_
     return lines
 
 
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1f}"
+def _fmt(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
 
 
 def _ratios(rate: dict, tokens, with_hf: bool) -> dict[str, dict[int, float]]:

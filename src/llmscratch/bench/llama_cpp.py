@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -94,11 +95,14 @@ def run_child(cmd: list[str], timeout: float, env: dict | None = None) -> Child:
     with tempfile.TemporaryDirectory() as tmp:
         rss_file = Path(tmp) / "maxrss"
         start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _REPORTER, str(rss_file), *cmd], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                                start_new_session=True)  # its own process group: a timeout kills the command too
         try:
-            run = subprocess.run([sys.executable, "-I", "-S", "-c", _REPORTER, str(rss_file), *cmd], env=env,
-                                 capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                                 start_new_session=True)
+            stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired as e:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
             raise TimeoutError(f"{cmd[0]} ran longer than {timeout:.0f} s") from e
         seconds = time.perf_counter() - start
         try:
@@ -106,7 +110,7 @@ def run_child(cmd: list[str], timeout: float, env: dict | None = None) -> Child:
         except (OSError, ValueError):  # the command could not be started
             rss = 0
         mb = rss / 1e6 if sys.platform == "darwin" else rss * 1024 / 1e6  # bytes on macOS, KiB on Linux
-        return Child(run.returncode, run.stdout, run.stderr, seconds, mb)
+        return Child(proc.returncode, stdout, stderr, seconds, mb)
 
 
 @dataclass
@@ -173,7 +177,11 @@ def make_copy(tools: Tools, gguf: Path, kind: str, folder: Path, timeout: float 
         raise RuntimeError(f"no {QUANTIZE} beside {tools.bench} to make a {kind} copy")
     folder.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
-    child = run_child([str(tools.quantize), "--allow-requantize", str(gguf), str(tmp), kind], timeout)
+    try:
+        child = run_child([str(tools.quantize), "--allow-requantize", str(gguf), str(tmp), kind], timeout)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"{QUANTIZE} {kind} failed: {e}") from e
     if child.returncode != 0 or not tmp.is_file():
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"{QUANTIZE} {kind} failed (exit {child.returncode}): {child.stderr.strip()[-300:]}")

@@ -37,8 +37,8 @@ class Startup:
     """One whole `generate` process: wall seconds to its exit after one new token, peak memory, the split."""
 
     command: list[str]
-    wall_s: float
-    maxrss_mb: float
+    wall_s: float | None  # None: it did not finish (see error)
+    maxrss_mb: float | None
     import_s: float | None = None
     load_s: float | None = None
     first_token_s: float | None = None
@@ -62,23 +62,29 @@ def measure_startup(model: str, quantize: str | None = None, threads: int | None
     cmd = [sys.executable, "-m", "llmscratch", "generate", "--model", model, "--prompt", PROMPT,
            "--max-new-tokens", "1", *(["--quantize", quantize] if quantize else [])]
     env = child_env(threads)
-    whole = run_child(cmd, timeout, env)
+    try:
+        whole = run_child(cmd, timeout, env)
+    except OSError as e:  # a timeout, or no Python to start
+        return Startup(cmd, None, None, error=str(e))
     result = Startup(cmd, whole.seconds, whole.maxrss_mb)
     if whole.returncode != 0:
         result.error = f"exit code {whole.returncode}: {whole.stderr.strip()[-300:]}"
         return result
-    split = run_child([sys.executable, "-c", SPLIT_SCRIPT, model, quantize or "", PROMPT], timeout, env)
     try:
+        split = run_child([sys.executable, "-c", SPLIT_SCRIPT, model, quantize or "", PROMPT], timeout, env)
         parts = json.loads(split.stdout.strip().splitlines()[-1])
         result.import_s, result.load_s, result.first_token_s = (parts[k] for k in ("import_s", "load_s",
                                                                                     "first_token_s"))
-    except (IndexError, ValueError, KeyError):
-        result.error = f"the split run failed (exit {split.returncode}): {split.stderr.strip()[-300:]}"
+    except (OSError, IndexError, ValueError, KeyError):
+        result.error = "the split run (import / load / first token) failed"
     return result
 
 
 def llama_cpp_startup(cmd: list[str], timeout: float = 120) -> Startup:
     """A llama.cpp command generating one token, timed as a whole process."""
-    child = run_child(cmd, timeout)
+    try:
+        child = run_child(cmd, timeout)
+    except OSError as e:
+        return Startup(cmd, None, None, error=str(e))
     error = None if child.returncode == 0 else f"exit code {child.returncode}: {child.stderr.strip()[-300:]}"
     return Startup(cmd, child.seconds, child.maxrss_mb, error=error)
