@@ -33,10 +33,23 @@ if ! command -v cmake >/dev/null; then  # cmake and ninja from PyPI, in a build-
   "$PREFIX/buildenv/bin/pip" install cmake ninja
   export PATH="$PREFIX/buildenv/bin:$PATH"
 fi
+# CPU features. GGML_NATIVE=ON compiles for -march=native, AMX included when the CPU advertises it, but many VMs
+# advertise amx_tile without granting its tile state: llama-bench then dies with SIGSEGV in
+# ggml_backend_amx_mul_mat (seen on this project's machine). So on Linux the default is this CPU's own features
+# read from /proc/cpuinfo with AMX off; LLAMA_CPP_NATIVE=1 builds with plain -march=native instead.
+CPU_FLAGS=(-DGGML_NATIVE=ON)
+if [ "${LLAMA_CPP_NATIVE:-0}" != 1 ] && [ -r /proc/cpuinfo ] && grep -qw avx2 /proc/cpuinfo; then
+  have() { grep -m1 '^flags' /proc/cpuinfo | grep -qw "$1" && echo ON || echo OFF; }
+  CPU_FLAGS=(-DGGML_NATIVE=OFF -DGGML_SSE42="$(have sse4_2)" -DGGML_F16C="$(have f16c)" -DGGML_FMA="$(have fma)"
+             -DGGML_BMI2="$(have bmi2)" -DGGML_AVX="$(have avx)" -DGGML_AVX2="$(have avx2)"
+             -DGGML_AVX_VNNI="$(have avx_vnni)" -DGGML_AVX512="$(have avx512f)"
+             -DGGML_AVX512_VBMI="$(have avx512vbmi)" -DGGML_AVX512_VNNI="$(have avx512_vnni)"
+             -DGGML_AVX512_BF16="$(have avx512_bf16)" -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)
+fi
 GENERATOR=()
 command -v ninja >/dev/null && GENERATOR=(-G Ninja)
-cmake -S "$LLAMA" -B "$BUILD" "${GENERATOR[@]}" \
-  -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF \
+cmake -S "$LLAMA" -B "$BUILD" "${GENERATOR[@]}" "${CPU_FLAGS[@]}" \
+  -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_OPENMP=ON
 
 for target in llama-bench llama-quantize llama-simple; do
