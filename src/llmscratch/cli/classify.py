@@ -25,6 +25,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="texts per batch (default: 16)")
     p.add_argument("--json", action="store_true", help="one JSON object per text instead of a table")
     p.add_argument("--device", default=None, help="cpu, cuda, mps or auto (default: auto)")
+    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                   help="int8 or int4 weights for every block Linear and the head (see docs/quant.md)")
     p.set_defaults(func=_run)
 
 
@@ -51,7 +53,7 @@ def _run(args: argparse.Namespace) -> None:
             raise UserError(f"{path} holds no text")
     else:
         texts = args.text
-    clf = load_classifier(args.model, device=args.device)
+    clf = load_classifier(args.model, device=args.device, quantize=args.quantize)
     info = clf.info
     for pred in predict(clf.model, clf.tokenizer, texts, info.label_names, info.max_length, info.pad_id,
                         args.batch_size):

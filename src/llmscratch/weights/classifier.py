@@ -163,8 +163,10 @@ def restore_trained(model: nn.Module, folder: str | Path, info: ClassifierInfo) 
             params[name].copy_(t)
 
 
-def load_classifier(folder: str | Path, device=None) -> LoadedClassifier:
-    """Rebuild a classifier saved by `save_classifier` (its base model is loaded through `load_model`)."""
+def load_classifier(folder: str | Path, device=None, quantize: str | None = None) -> LoadedClassifier:
+    """Rebuild a classifier saved by `save_classifier` (its base model is loaded through `load_model`);
+    `quantize`: "int8" or "int4" weights afterwards, as `--quantize` does (model/quant.quantize_loaded: every
+    block Linear with the trained ones, and the class head)."""
     info = read_classifier_info(folder)
     loaded = load_model(info.base_model, device=pick_device(device), dtype=getattr(torch, info.dtype))
     model = loaded.model
@@ -178,4 +180,8 @@ def load_classifier(folder: str | Path, device=None) -> LoadedClassifier:
         )
     restore_trained(model, folder, info)
     merge_lora(model)  # inference only: fold the adapters into the weights (no extra matmuls)
+    if quantize:
+        from llmscratch.model.quant import quantize_loaded
+
+        quantize_loaded(model, quantize)
     return LoadedClassifier(model.eval(), loaded.tokenizer, info)
