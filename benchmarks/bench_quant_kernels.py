@@ -86,7 +86,7 @@ def main() -> None:
                     times[name].append(timed(fns, x, args.inner))
             print(f"\n{shape} x{count}   {'us':>8s} {'GB/s':>7s} {'vs MKL':>7s}")
             base = statistics.median(times["float32 F.linear (MKL)"])
-            for name, (fns, size) in vs.items():
+            for name, (_fns, size) in vs.items():
                 t = statistics.median(times[name])
                 step[name] = step.get(name, 0.0) + t * count
                 print(f"  {name:24s} {t * 1e6:8.1f} {size / t / 1e9:7.1f} {base / t:6.2f}x")

@@ -395,7 +395,7 @@ def quantized_bytes(model: nn.Module) -> int:
 
 
 __all__ = [
-    "FORMATS", "GROUPS", "QuantEmbedding", "QuantLinear", "check_spec", "tie_embedding", "dequantize_int4", "dequantize_int8", "pack_int4",
-    "quantize_int4", "quantize_int8", "quantize_loaded", "quantize_model", "quantized_skeleton", "quantizable_layers",
-    "unpack_int4",
+    "FORMATS", "GROUPS", "QuantEmbedding", "QuantLinear", "check_spec", "dequantize_int4", "dequantize_int8",
+    "pack_int4", "quantize_int4", "quantize_int8", "quantize_loaded", "quantize_model", "quantized_skeleton",
+    "quantizable_layers", "tie_embedding", "unpack_int4",
 ]

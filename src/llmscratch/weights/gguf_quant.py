@@ -6,8 +6,10 @@ straight from its blocks, without a float32 copy of the model (`--quantize gguf`
 | Q4_0 | int4, group 32, symmetric | a re-layout: the 16 bytes of nibbles as they are, d (float16) as the scale |
 | Q4_1 | int4, group 32 | the same, and m (float16) as the minimum |
 | Q8_0 | int8, group 32 | the 32 int8 values as they are, d as the group's scale |
-| Q4_K | int4, group 32 | each 32-value sub-block: scale d * sc, minimum -dmin * m (rounded to float16); the nibbles reordered |
-| other quantized (Q5_0, Q5_1, Q6_K, Q2_K, Q3_K, Q5_K) | int8, group 32 | dequantized one tensor at a time, then requantized |
+| Q4_K | int4, group 32 | per 32-value sub-block: scale d * sc, minimum -dmin * m (as float16); nibbles reordered |
+| Q5_0 | int8, group 32 | exact: the integer q - 16 as int8, d as the scale |
+| Q6_K | int8, group 16 | each 16-value sub-block's integer as int8, scale d * sc rounded to float16 |
+| other quantized (Q5_1, Q2_K, Q3_K, Q5_K) | int8, group 32 | dequantized one tensor at a time, then requantized |
 | F32, F16, BF16 | float32 | as `load_gguf` does |
 
 Llama's attn_q/attn_k rows are un-permuted (a row permutation of the quantized rows), q/k/v are concatenated into
@@ -36,8 +38,9 @@ _LINEAR_PARTS = {"attn.qkv": ("attn_q", "attn_k", "attn_v"), "attn.proj": ("attn
                  "ffn.gate_up": ("ffn_gate", "ffn_up"), "ffn.gate": ("ffn_gate",), "ffn.up": ("ffn_up",),
                  "ffn.down": ("ffn_down",)}
 # our float parameters inside a block -> GGUF tensor (Llama and Gemma 3)
-_BLOCK_FLOATS = {"norm1.weight": "attn_norm", "norm2.weight": "ffn_norm", "post_attn_norm.weight": "post_attention_norm",
-                 "post_ffn_norm.weight": "post_ffw_norm", "attn.q_norm.weight": "attn_q_norm",
+_BLOCK_FLOATS = {"norm1.weight": "attn_norm", "norm2.weight": "ffn_norm",
+                 "post_attn_norm.weight": "post_attention_norm", "post_ffn_norm.weight": "post_ffw_norm",
+                 "attn.q_norm.weight": "attn_q_norm",
                  "attn.k_norm.weight": "attn_k_norm"}
 
 
@@ -75,13 +78,37 @@ def quant_tensors(tensor) -> tuple[str, int, torch.Tensor, torch.Tensor, torch.T
         return "int4", 32, q, _f16(b[..., 0:2]), _f16(b[..., 2:4])
     if kind == "Q8_0":
         b = _blocks(tensor, 34)  # d, 32 int8
-        return "int8", 32, torch.from_numpy(b[..., 2:].reshape(b.shape[0], -1).view(np.int8).copy()), _f16(b[..., 0:2]), None
+        q = torch.from_numpy(b[..., 2:].reshape(b.shape[0], -1).view(np.int8).copy())
+        return "int8", 32, q, _f16(b[..., 0:2]), None
     if kind == "Q4_K":
         return ("int4", 32, *_q4_k(_blocks(tensor, 144)))
+    if kind == "Q5_0":
+        b = _blocks(tensor, 22)  # d, 4 bytes of high bits, 16 bytes of low nibbles: (q5 - 16) * d, exact in int8
+        qh = b[..., 2:6].copy().view(np.uint32)  # (rows, n, 1)
+        high = ((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8) << 4  # (rows, n, 32)
+        low = np.concatenate([b[..., 6:] & 0x0F, b[..., 6:] >> 4], axis=-1)
+        q = ((low | high).astype(np.int16) - 16).astype(np.int8).reshape(b.shape[0], -1)
+        return "int8", 32, torch.from_numpy(q), _f16(b[..., 0:2]), None
+    if kind == "Q6_K":
+        return ("int8", 16, *_q6_k(tensor), None)
     from llmscratch.weights.gguf import dequantize  # any other quantized type: requantize, one tensor at a time
 
     q, s = quantize_int8(dequantize(tensor), 32)
     return "int8", 32, q, s, None
+
+
+def _q6_k(tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q6_K -> int8 group 16: each 16-value sub-block's integers (-32..31) as they are, scale d * sc rounded to
+    float16 (the only change). The integers are recovered from llama.cpp's own dequantization."""
+    from llmscratch.weights.gguf import dequantize
+
+    b = _blocks(tensor, 210)  # 128 + 64 bytes of values, 16 int8 sub-block scales, d (f16)
+    sc = _f16(b[..., 208:210]).float()[..., None] * torch.from_numpy(b[..., 192:208].copy().view(np.int8)).float()
+    sc = sc.reshape(b.shape[0], -1)  # (rows, sub-blocks)
+    w = dequantize(tensor).reshape(b.shape[0], -1, 16)  # (rows, sub-blocks, 16)
+    safe = torch.where(sc != 0, sc, torch.ones_like(sc))
+    q = torch.round(w / safe[..., None]).clamp_(-127, 127).to(torch.int8).reshape(b.shape[0], -1)
+    return q, sc.half()
 
 
 def _q4_k(b: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -130,7 +157,7 @@ def load_quantized_model(reader, config):
     blocks (see the module docstring); float tensors as `load_gguf` makes them."""
     from gguf import GGMLQuantizationType
 
-    from llmscratch.weights.gguf import GEMMA_NORM_SHIFT, dequantize
+    from llmscratch.weights.gguf import GEMMA_NORM_SHIFT, dequantize, unpermute_qk
 
     gemma = config.family == "gemma3"
     tensors = {t.name: t for t in reader.tensors}
@@ -143,11 +170,14 @@ def load_quantized_model(reader, config):
         gg = [f"blk.{i}.{p}.weight" for p in _LINEAR_PARTS.get(local, ())]
         if not gg or any(g not in tensors for g in gg):
             raise UserError(f"GGUF file lacks the tensors of {name} ({', '.join(gg) or 'unknown layer'})")
-        if any(kind[g] in FLOAT_TYPES for g in gg):
-            continue  # a float weight stays float (filled below)
         heads = {"attn_q": config.n_heads, "attn_k": config.n_kv_heads}
-        parts = [_quant_part(tensors[g], None if gemma else heads.get(g.split(".")[2])) for g in gg]
-        _set_submodule(model, name, quant_linear(parts))
+        perm = [None if gemma else heads.get(g.split(".")[2]) for g in gg]
+        if any(kind[g] in FLOAT_TYPES for g in gg):  # a float part: the layer stays float32
+            ws = [dequantize(tensors[g]) for g in gg]
+            mod.weight = nn.Parameter(torch.cat([unpermute_qk(w, h) if h else w for w, h in zip(ws, perm)]),
+                                      requires_grad=False)
+            continue
+        _set_submodule(model, name, quant_linear([_quant_part(tensors[g], h) for g, h in zip(gg, perm)]))
     head_name = "output.weight" if "output.weight" in tensors else "token_embd.weight"
     if kind[head_name] not in FLOAT_TYPES and getattr(model.head, "cap", None) is None:
         model.head = quant_linear([_quant_part(tensors[head_name], None)])

@@ -164,7 +164,8 @@ def quantized_from_state_dict(config, spec, state: Mapping[str, torch.Tensor], s
     from llmscratch.model.quant import FORMATS, quantized_skeleton
 
     known = (*FORMATS, "gguf")
-    if not isinstance(spec, dict) or spec.get("format") not in known or not isinstance(spec.get("layers"), (list, dict)):
+    layers = spec.get("layers") if isinstance(spec, dict) else None
+    if not isinstance(spec, dict) or spec.get("format") not in known or not isinstance(layers, (list, dict)):
         fmt = spec.get("format") if isinstance(spec, dict) else spec
         raise UserError(f"{source}: unknown quantization {fmt!r} (known: {', '.join(known)})")
     check_config(config, source)
