@@ -150,6 +150,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("scales", scales)
         self.register_buffer("mins", mins)
         self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
+        self.int8_activations: bool | None = None  # whether the kernel quantizes x (quant_kernel.int8_activations)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, fmt: str, group: int | None = DEFAULT_GROUP,
@@ -208,8 +209,11 @@ class QuantLinear(nn.Module):
                                 self.group)
         return w.reshape(*ids.shape, self.in_features)
 
-    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The pure-PyTorch product: dequantize, then F.linear (what the kernel is tested against)."""
+    def reference_forward(self, x: torch.Tensor, int8_activations: bool = False) -> torch.Tensor:
+        """The pure-PyTorch product: dequantize, then F.linear (what the kernel is tested against); with
+        `int8_activations`, x rounded per block of 32 first as the kernel's int8-dot path does."""
+        if int8_activations:
+            x = quant_kernel.quantize_activations(x)
         w = self.dequantized_weight().to(x.dtype)
         return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
 

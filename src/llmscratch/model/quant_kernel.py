@@ -9,8 +9,14 @@ so a change to the products rebuilds in seconds. For more than `MAX_ROWS` input 
 a quantized weight is dequantized in C++ and F.linear multiplies. When no C++ compiler is found, callers fall back
 to the pure-PyTorch reference (dequantize, then F.linear) and `status()` says why.
 
-LLMSCRATCH_QUANT_KERNEL=0 uses the reference only; =avx2 or =plain builds that path instead of the native one
-(to test the fallbacks on an AVX-512 machine).
+Int8 activations: where the CPU has AVX-512 VNNI, a batch-1..8 product with an int8 weight (one scale per row or
+per 32 inputs) or an int4 group-32 weight quantizes x to int8 per block of 32 (scale max|x| / 127, as llama.cpp's
+Q8 activations) and multiplies 32 bytes by 32 bytes with one `vpdpbusd` instead of converting every weight to
+float. Products of more rows then quantize x the same way (`quantize_activations`), so a prefill and the decode
+steps after it compute the same function. LLMSCRATCH_INT8_ACTIVATIONS=0 keeps x in float32 everywhere.
+
+LLMSCRATCH_QUANT_KERNEL=0 uses the reference only; =avx2, =plain or =novnni builds that path instead of the native
+one (to test the fallbacks on an AVX-512 machine).
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import torch
 
 MAX_ROWS = 8  # above this many input rows, dequantize + F.linear (a float matmul) is faster
 SOURCES = Path(__file__).with_name("csrc")
-_FLAGS = {"native": ["-march=native"], "avx2": ["-mavx2", "-mfma", "-mf16c"], "plain": []}
+_FLAGS = {"native": ["-march=native"], "avx2": ["-mavx2", "-mfma", "-mf16c"], "plain": [],
+          "novnni": ["-march=native", "-mno-avx512vnni", "-mno-avxvnni"]}
 _lock = threading.Lock()
 _module = None
 _status = "not built yet"
@@ -41,7 +48,7 @@ def _build():
         from torch.utils.cpp_extension import load
 
         _module = load(
-            name=f"llmscratch_kernels_v3_{isa}", sources=[str(SOURCES / "quant_bind.cpp"),
+            name=f"llmscratch_kernels_v4_{isa}", sources=[str(SOURCES / "quant_bind.cpp"),
                                                        str(SOURCES / "quant_kernels.cpp")],
             extra_include_paths=[str(SOURCES)], extra_cflags=["-O3", "-std=c++17", *_FLAGS[isa]], verbose=False,
         )
@@ -69,6 +76,24 @@ def status() -> str:
     return _status
 
 
+def int8_activations(layer) -> bool:
+    """True when `layer` (a QuantLinear) multiplies int8-quantized activations (see the module docstring)."""
+    mod = _module if _module is not None else kernel()
+    if mod is None or not mod.has_vnni() or os.environ.get("LLMSCRATCH_INT8_ACTIVATIONS", "1") == "0":
+        return False
+    if layer.in_features % 32:
+        return False
+    return layer.group == 32 or layer.fmt == "int8" and layer.int8_group is None
+
+
+def quantize_activations(x: torch.Tensor) -> torch.Tensor:
+    """x (..., K) rounded as the int8-dot path sees it: per block of 32, round(x / d) * d with d = max|x| / 127."""
+    b = x.reshape(*x.shape[:-1], x.shape[-1] // 32, 32)  # (..., blocks, 32)
+    d = b.abs().amax(dim=-1, keepdim=True) / 127.0
+    q = torch.where(d > 0, torch.round(b / torch.where(d > 0, d, torch.ones_like(d))), torch.zeros_like(b))
+    return (q * d).reshape(x.shape)
+
+
 def dequantize(layer) -> torch.Tensor:
     """The float32 weight (out, in) of `layer` (a QuantLinear), made in C++."""
     mod = kernel()
@@ -85,15 +110,18 @@ def linear(x: torch.Tensor, layer) -> torch.Tensor | None:
         return None
     k = x.shape[-1]
     rows = x.numel() // k
+    int8_x = layer.int8_activations
+    if int8_x is None:
+        int8_x = layer.int8_activations = int8_activations(layer)
     if rows > MAX_ROWS:  # compute-bound: make the float weight (fast, in C++) and let F.linear multiply
-        return torch.nn.functional.linear(x, dequantize(layer), layer.bias)
+        return torch.nn.functional.linear(quantize_activations(x) if int8_x else x, dequantize(layer), layer.bias)
     x2 = x.reshape(rows, k)  # (rows, in)
     if not x2.is_contiguous():
         x2 = x2.contiguous()
     if layer.fmt == "int8":
-        y = mod.q8_linear(x2, layer.qweight, layer.scales, layer.group)
+        y = mod.q8_linear(x2, layer.qweight, layer.scales, layer.group, int8_x)
     else:
-        y = mod.q4_linear(x2, layer.qweight, layer.scales, layer.mins, layer.group)
+        y = mod.q4_linear(x2, layer.qweight, layer.scales, layer.mins, layer.group, int8_x)
     if layer.bias is not None:
         y += layer.bias
     return y.view(*x.shape[:-1], layer.out_features)  # (..., out)

@@ -34,12 +34,36 @@ torch::Tensor f32_linear(torch::Tensor x, torch::Tensor w) {
     return y;
 }
 
-torch::Tensor q8_linear(torch::Tensor x, torch::Tensor w, torch::Tensor s, int64_t G) {
+// int8-dot path (x quantized per block of 32): the caller checked has_vnni() and the layout (K % 32 == 0; int4
+// group 32; int8 group 32 or one scale per row)
+torch::Tensor vnni_linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& s,
+                          const std::optional<torch::Tensor>& mn, bool q4, bool per_row, int64_t K, int64_t N) {
+    const int64_t M = x.size(0), Kp = (K + 255) / 256 * 256, Bp = Kp / 32;
+    TORCH_CHECK(K % 32 == 0, "the int8-dot path needs K % 32 == 0");
+    std::vector<int8_t> q(M * Kp);
+    std::vector<float> dx(M * Bp), xs(M * Bp);
+    std::vector<int32_t> c(M * Bp);
+    llms::XQ X;
+    llms::quantize_x(x.data_ptr<float>(), M, K, X, q.data(), dx.data(), xs.data(), c.data());
+    auto y = torch::empty({M, N}, x.options());
+    const uint8_t* wp = (const uint8_t*)w.data_ptr();
+    const void* sp = s.data_ptr();
+    const void* mp = mn ? mn->data_ptr() : nullptr;
+    const bool half = s.scalar_type() == torch::kHalf;
+    float* yp = y.data_ptr<float>();
+    at::parallel_for(0, N, grain(q4 ? K / 2 : K), [&](int64_t n0, int64_t n1) {
+        llms::vnni_rows(X, M, K, q4, wp, sp, mp, half, per_row, yp, N, n0, n1);
+    });
+    return y;
+}
+
+torch::Tensor q8_linear(torch::Tensor x, torch::Tensor w, torch::Tensor s, int64_t G, bool vnni) {
     const int64_t M = x.size(0), K = w.size(1), N = w.size(0);
     check_x(x, K);
     TORCH_CHECK(w.scalar_type() == torch::kChar && w.is_contiguous(), "w must be (N, K) int8");
     TORCH_CHECK(G % 16 == 0 && K % G == 0 && s.numel() == N * (K / G), "bad int8 group or scales");
     const bool half = is_half(s);
+    if (vnni && llms::has_vnni() && K % 32 == 0 && (G == 32 || G == K)) return vnni_linear(x, w, s, {}, false, G == K, K, N);
     auto y = torch::empty({M, N}, x.options());
     const float* xp = x.data_ptr<float>();
     const int8_t* wp = w.data_ptr<int8_t>();
@@ -51,13 +75,15 @@ torch::Tensor q8_linear(torch::Tensor x, torch::Tensor w, torch::Tensor s, int64
     return y;
 }
 
-torch::Tensor q4_linear(torch::Tensor x, torch::Tensor w, torch::Tensor s, std::optional<torch::Tensor> mn, int64_t G) {
+torch::Tensor q4_linear(torch::Tensor x, torch::Tensor w, torch::Tensor s, std::optional<torch::Tensor> mn, int64_t G,
+                        bool vnni) {
     const int64_t M = x.size(0), K = w.size(1) * 2, N = w.size(0), groups = K / G;
     check_x(x, K);
     TORCH_CHECK(w.scalar_type() == torch::kByte && w.is_contiguous(), "w must be (N, K / 2) uint8");
     TORCH_CHECK(G >= 32 && G % 32 == 0 && K % G == 0 && s.numel() == N * groups, "bad int4 group or scales");
     const bool half = is_half(s);
     if (mn) TORCH_CHECK(mn->scalar_type() == s.scalar_type() && mn->is_contiguous() && mn->numel() == s.numel(), "bad mins");
+    if (vnni && llms::has_vnni() && G == 32) return vnni_linear(x, w, s, mn, true, false, K, N);
     const float* xp = x.data_ptr<float>();
     std::vector<float> xs(M * groups);  // sums of x over each group, for the minimum term
     for (int64_t m = 0; m < M; ++m)
@@ -102,7 +128,8 @@ torch::Tensor q4_dequant(torch::Tensor w, torch::Tensor s, std::optional<torch::
     return out;
 }
 
-std::string simd() { return llms::simd(); }
+std::string simd() { return std::string(llms::simd()) + (llms::has_vnni() ? " + VNNI int8 dot" : ""); }
+bool has_vnni() { return llms::has_vnni(); }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("f32_linear", &f32_linear, "y = x @ w.T, float32, 1..8 rows");
@@ -111,4 +138,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("q8_dequant", &q8_dequant, "float32 weight of int8 w");
     m.def("q4_dequant", &q4_dequant, "float32 weight of int4 w");
     m.def("simd", &simd, "the compiled SIMD path");
+    m.def("has_vnni", &has_vnni, "whether the int8-dot (VNNI) path is compiled");
 }

@@ -8,6 +8,8 @@
 //         scales and mins (N, K / G) float32 or float16; w = n * s + m, or (n - 8) * s when mins is null
 // x is (M, K) float32, y is (M, N) float32. K is a multiple of 16 (float32, int8) or of G (int4, G >= 32).
 #include <cstdint>
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include "quant_kernels.h"
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__F16C__)
@@ -234,6 +236,134 @@ void q4_range(const float* x, const float* xs, int64_t K, int64_t G, const uint8
 }
 
 }  // namespace
+
+#if defined(LLMS_AVX512) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define LLMS_VNNI 1
+// int8 activations (llama.cpp's Q8 idea): x quantized per block of 32 (scale dx = max|x| / 127), then 32 weights
+// times 32 activations are one vpdpbusd (u8 x s8 -> int32) instead of conversions and float FMAs. 8 blocks at a
+// time, their 8 int32 sums gathered into one vector by a tree of horizontal adds.
+namespace {
+
+inline __m256i sum8(const __m256i* d) {  // (8 vectors of 8 int32) -> their 8 sums
+    const __m256i ab = _mm256_hadd_epi32(_mm256_hadd_epi32(d[0], d[1]), _mm256_hadd_epi32(d[2], d[3]));
+    const __m256i cd = _mm256_hadd_epi32(_mm256_hadd_epi32(d[4], d[5]), _mm256_hadd_epi32(d[6], d[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(ab, cd, 0x20), _mm256_permute2x128_si256(ab, cd, 0x31));
+}
+
+inline __m256 load8(const float* p, __mmask8 k) { return _mm256_maskz_loadu_ps(k, p); }
+inline __m256 load8(const uint16_t* p, __mmask8 k) { return _mm256_cvtph_ps(_mm_maskz_loadu_epi16(k, p)); }
+inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+}
+
+// one output row n; int4 group 32 (scales/mins per block) or int8 (grouped 32, or one scale per row)
+template <int M, bool Q4, typename S>
+void vnni_row(const llms::XQ& X, int64_t K, const uint8_t* w, const S* s, const S* mn, bool per_row, float* y,
+              int64_t N, int64_t n) {
+    const int64_t B = K / 32, bw = Q4 ? 16 : 32;
+    const uint8_t* wr = w + n * B * bw;
+    const S* sr = per_row ? s : s + n * B;
+    const S* mr = mn ? mn + n * B : nullptr;
+    __m256 acc[M];
+    for (int m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps();
+    const __m128i low = _mm_set1_epi8(0x0F);
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    for (int64_t b0 = 0; b0 < B; b0 += 8) {
+        const int nb = (int)(B - b0 < 8 ? B - b0 : 8);
+        const __mmask8 k = (__mmask8)((1u << nb) - 1);
+        __m256i u[8];
+        for (int j = 0; j < 8; ++j) {
+            if (j >= nb) { u[j] = _mm256_setzero_si256(); continue; }
+            if (Q4) {  // 16 bytes -> 32 nibbles as u8: elements 0..15 (low), 16..31 (high)
+                const __m128i q = _mm_loadu_si128((const __m128i*)(wr + (b0 + j) * 16));
+                u[j] = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), low), _mm_and_si128(q, low));
+            } else {  // int8 w + 128 as u8 (the 128 * sum(xq) it adds is taken off below)
+                u[j] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(wr + (b0 + j) * 32)), flip);
+            }
+        }
+        __m256 sw = _mm256_setzero_ps(), mw = _mm256_setzero_ps();
+        if (!per_row) sw = load8(sr + b0, k);
+        if (Q4) mw = mr ? load8(mr + b0, k) : _mm256_mul_ps(sw, _mm256_set1_ps(-8.f));
+        for (int m = 0; m < M; ++m) {
+            const int8_t* xq = X.q + m * X.Kp + b0 * 32;
+            __m256i d[8];
+            for (int j = 0; j < 8; ++j)
+                d[j] = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u[j], _mm256_loadu_si256((const __m256i*)(xq + j * 32)));
+            __m256i t = sum8(d);
+            if (!Q4) t = _mm256_sub_epi32(t, _mm256_loadu_si256((const __m256i*)(X.c + m * X.Bp + b0)));
+            const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(t), _mm256_loadu_ps(X.dx + m * X.Bp + b0));
+            acc[m] = per_row ? _mm256_add_ps(f, acc[m]) : _mm256_fmadd_ps(f, sw, acc[m]);
+            if (Q4) acc[m] = _mm256_fmadd_ps(mw, _mm256_loadu_ps(X.xs + m * X.Bp + b0), acc[m]);
+        }
+    }
+    const float rs = per_row ? scale_at(s, n) : 1.f;
+    for (int m = 0; m < M; ++m) y[m * N + n] = rs * hsum8(acc[m]);
+}
+
+template <int M, bool Q4, typename S>
+void vnni_range(const llms::XQ& X, int64_t K, const uint8_t* w, const S* s, const S* mn, bool per_row, float* y,
+                int64_t N, int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) vnni_row<M, Q4, S>(X, K, w, s, mn, per_row, y, N, n);
+}
+
+}  // namespace
+#endif
+
+namespace llms {
+
+bool has_vnni() {
+#if defined(LLMS_VNNI)
+    return true;
+#else
+    return false;
+#endif
+}
+
+void quantize_x(const float* x, int64_t M, int64_t K, XQ& X, int8_t* q, float* dx, float* xs, int32_t* c) {
+    X.Kp = (K + 255) / 256 * 256;
+    X.Bp = X.Kp / 32;
+    X.q = q, X.dx = dx, X.xs = xs, X.c = c;
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t b = 0; b < X.Bp; ++b) {
+            int8_t* qb = q + m * X.Kp + b * 32;
+            const int64_t i = m * X.Bp + b;
+            if (b * 32 >= K) {
+                std::memset(qb, 0, 32);
+                dx[i] = 0.f, xs[i] = 0.f, c[i] = 0;
+                continue;
+            }
+            const float* xb = x + m * K + b * 32;
+            float amax = 0.f;
+            for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xb[j]));
+            const float d = amax / 127.f;
+            int32_t qs = 0;
+            for (int j = 0; j < 32; ++j) {
+                qb[j] = d > 0.f ? (int8_t)std::nearbyint(xb[j] / d) : 0;
+                qs += qb[j];
+            }
+            dx[i] = d, xs[i] = d * (float)qs, c[i] = 128 * qs;  // xs: the sum of the rounded x, as the weights see it
+        }
+}
+
+void vnni_rows(const XQ& X, int64_t M, int64_t K, bool q4, const uint8_t* w, const void* s, const void* mn,
+               bool half, bool per_row, float* y, int64_t N, int64_t n0, int64_t n1) {
+#if defined(LLMS_VNNI)
+#define LLMS_V(m, Q, T) vnni_range<m, Q, T>(X, K, w, (const T*)s, (const T*)mn, per_row, y, N, n0, n1)
+#define LLMS_CALL(m) \
+    if (q4 && half) LLMS_V(m, true, uint16_t); else if (q4) LLMS_V(m, true, float); \
+    else if (half) LLMS_V(m, false, uint16_t); else LLMS_V(m, false, float)
+    LLMS_DISPATCH_M(M, LLMS_CALL)
+#undef LLMS_CALL
+#undef LLMS_V
+#else
+    (void)X, (void)M, (void)K, (void)q4, (void)w, (void)s, (void)mn, (void)half, (void)per_row, (void)y, (void)N;
+    (void)n0, (void)n1;
+#endif
+}
+
+}  // namespace llms
 
 namespace llms {
 
