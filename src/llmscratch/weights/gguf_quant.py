@@ -20,6 +20,8 @@ A tied head is quantized once and the embedding reads its rows (`QuantEmbedding`
 
 from __future__ import annotations
 
+import mmap as mmap_module
+
 import numpy as np
 import torch
 from torch import nn
@@ -50,6 +52,11 @@ def _blocks(tensor, block_bytes: int) -> np.ndarray:
     return np.asarray(tensor.data, dtype=np.uint8).reshape(rows, -1, block_bytes)
 
 
+def _bytes(b: np.ndarray) -> torch.Tensor:
+    """(rows, n, k) block bytes -> one uint8 tensor (rows, n * k), copied once out of the memory map."""
+    return torch.from_numpy(np.ascontiguousarray(b).reshape(b.shape[0], -1))
+
+
 def _f16(b: np.ndarray) -> torch.Tensor:
     """float16 values from (..., 2) little-endian bytes."""
     return torch.from_numpy(np.ascontiguousarray(b).view(np.float16)[..., 0].copy())
@@ -71,15 +78,13 @@ def quant_tensors(tensor) -> tuple[str, int, torch.Tensor, torch.Tensor, torch.T
     kind = GGMLQuantizationType(tensor.tensor_type).name
     if kind == "Q4_0":
         b = _blocks(tensor, 18)  # d (f16), 16 bytes: element j low nibble, j + 16 high
-        return "int4", 32, torch.from_numpy(b[..., 2:].reshape(b.shape[0], -1).copy()), _f16(b[..., 0:2]), None
+        return "int4", 32, _bytes(b[..., 2:]), _f16(b[..., 0:2]), None
     if kind == "Q4_1":
         b = _blocks(tensor, 20)  # d, m (f16), 16 bytes of nibbles
-        q = torch.from_numpy(b[..., 4:].reshape(b.shape[0], -1).copy())
-        return "int4", 32, q, _f16(b[..., 0:2]), _f16(b[..., 2:4])
+        return "int4", 32, _bytes(b[..., 4:]), _f16(b[..., 0:2]), _f16(b[..., 2:4])
     if kind == "Q8_0":
         b = _blocks(tensor, 34)  # d, 32 int8
-        q = torch.from_numpy(b[..., 2:].reshape(b.shape[0], -1).view(np.int8).copy())
-        return "int8", 32, q, _f16(b[..., 0:2]), None
+        return "int8", 32, _bytes(b[..., 2:]).view(torch.int8), _f16(b[..., 0:2]), None
     if kind == "Q4_K":
         return ("int4", 32, *_q4_k(_blocks(tensor, 144)))
     if kind == "Q5_0":
@@ -129,6 +134,21 @@ def _q4_k(b: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return torch.from_numpy(packed.reshape(rows, -1).copy()), scales, mins
 
 
+def release(reader, tensor) -> None:
+    """Tell the OS we are done with `tensor`'s pages of the file's memory map: they stop counting as this
+    process's memory (the file stays in the page cache). A no-op where the reader or the OS cannot."""
+    mm = getattr(getattr(reader, "data", None), "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap_module, "MADV_DONTNEED"):
+        return
+    page = mmap_module.PAGESIZE
+    start = tensor.data_offset // page * page
+    end = tensor.data_offset + tensor.n_bytes
+    try:
+        mm.madvise(mmap_module.MADV_DONTNEED, start, end - start)
+    except (OSError, ValueError):
+        pass
+
+
 def _quant_part(tensor, permute_heads: int | None) -> tuple[str, int, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """`quant_tensors`, Llama's q/k rows un-permuted when `permute_heads` (the projection's head count) is given."""
     from llmscratch.weights.gguf import unpermute_qk
@@ -148,7 +168,8 @@ def quant_linear(parts: list) -> QuantLinear:
         parts = [p if p[0] == "int8" else
                  ("int8", 32, *quantize_int8(dequantize_int4(p[2], p[3], p[4], p[1]), 32), None) for p in parts]
     fmt, group = parts[0][0], parts[0][1]
-    cat = [torch.cat([p[i] for p in parts]) if parts[0][i] is not None else None for i in (2, 3, 4)]
+    cat = [None if parts[0][i] is None else parts[0][i] if len(parts) == 1 else torch.cat([p[i] for p in parts])
+           for i in (2, 3, 4)]
     return QuantLinear.from_tensors(*cat, fmt, group)
 
 
@@ -178,9 +199,12 @@ def load_quantized_model(reader, config):
                                       requires_grad=False)
             continue
         _set_submodule(model, name, quant_linear([_quant_part(tensors[g], h) for g, h in zip(gg, perm)]))
+        for g in gg:
+            release(reader, tensors[g])
     head_name = "output.weight" if "output.weight" in tensors else "token_embd.weight"
     if kind[head_name] not in FLOAT_TYPES and getattr(model.head, "cap", None) is None:
         model.head = quant_linear([_quant_part(tensors[head_name], None)])
+        release(reader, tensors[head_name])
         if config.tie_embeddings:
             tie_embedding(model)
     _fill_floats(model, tensors, dequantize, GEMMA_NORM_SHIFT if gemma else 0.0)
