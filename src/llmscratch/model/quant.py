@@ -145,7 +145,7 @@ class QuantLinear(nn.Module):
             self.group = group
             qweight = torch.zeros(out_features, in_features // 2, dtype=torch.uint8, device=device)
             scales = torch.ones(out_features, in_features // group, dtype=torch.float16, device=device)
-            mins = None if symmetric else torch.zeros_like(scales)
+            mins = None if symmetric else torch.zeros(scales.shape, dtype=torch.float16, device=device)
         self.register_buffer("qweight", qweight)
         self.register_buffer("scales", scales)
         self.register_buffer("mins", mins)
