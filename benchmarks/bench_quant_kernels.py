@@ -5,7 +5,9 @@ multiplying we have: GB/s of weights read per variant.
 
 Shapes (in -> out) as one decode step meets them, 30 layers each (distinct matrices, so the weights do not stay in
 the core caches): 576 -> 960 (q, k, v fused), 576 -> 576 (attention output), 576 -> 1536 (gate, up), 1536 -> 576
-(down), and the head 576 -> 49152 once. Variants: float32 `F.linear` (MKL), our float32 kernel, our int8 per row,
+(down), and the head 576 -> 49152 once. GB/s: bytes of weights per wall second; GB/cpu-s: per second of this
+process's CPU time (all its threads), which a busy machine disturbs less.
+Variants: float32 `F.linear` (MKL), our float32 kernel, our int8 per row,
 int8 in groups of 32 (GGUF Q8_0), int4 group 32 asymmetric (Q4_1) and symmetric (Q4_0), all from
 model/quant_kernel.py. Interleaved rounds, medians; the machine's load is printed first (on a shared machine
 figures move: read the ratios).
@@ -54,13 +56,15 @@ def layers(k: int, n: int, count: int) -> dict:
     return out
 
 
-def timed(fns, x, inner: int) -> float:
-    """Seconds per product, running every callable of `fns` in turn, `inner` times."""
-    t = time.perf_counter()
+def timed(fns, x, inner: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) per product, running every callable of `fns` in turn, `inner`
+    times. CPU time leaves out the time other processes had the cores: on a busy machine it is the steadier one."""
+    t, c = time.perf_counter(), time.process_time()
     for _ in range(inner):
         for f in fns:
             f(x)
-    return (time.perf_counter() - t) / inner / len(fns)
+    n = inner * len(fns)
+    return (time.perf_counter() - t) / n, (time.process_time() - c) / n
 
 
 def main() -> None:
@@ -79,17 +83,21 @@ def main() -> None:
             vs = layers(k, n, count)
             x = torch.randn(args.rows, k)
             times = {name: [] for name in vs}
+            cpu = {name: [] for name in vs}
             for fns, _ in vs.values():
                 timed(fns, x, 1)  # warm-up
             for _ in range(args.repeats):
                 for name, (fns, _) in vs.items():
-                    times[name].append(timed(fns, x, args.inner))
-            print(f"\n{shape} x{count}   {'us':>8s} {'GB/s':>7s} {'vs MKL':>7s}")
+                    wall, c = timed(fns, x, args.inner)
+                    times[name].append(wall), cpu[name].append(c)
+            print(f"\n{shape} x{count}   {'us':>8s} {'GB/s':>7s} {'vs MKL':>7s} {'GB/cpu-s':>9s} {'vs MKL':>7s}")
             base = statistics.median(times["float32 F.linear (MKL)"])
+            cbase = statistics.median(cpu["float32 F.linear (MKL)"])
             for name, (_fns, size) in vs.items():
-                t = statistics.median(times[name])
+                t, c = statistics.median(times[name]), statistics.median(cpu[name])
                 step[name] = step.get(name, 0.0) + t * count
-                print(f"  {name:24s} {t * 1e6:8.1f} {size / t / 1e9:7.1f} {base / t:6.2f}x")
+                print(f"  {name:24s} {t * 1e6:8.1f} {size / t / 1e9:7.1f} {base / t:6.2f}x {size / c / 1e9:9.1f} "
+                      f"{cbase / c:6.2f}x")
             del vs
     print(f"\nall products of one SmolLM2 decode step (210 block products + head), ms (load "
           f"{os.getloadavg()[0]:.2f} at the end):")
