@@ -8,7 +8,8 @@
   its activations kept float32 (where the kernel would round them to int8 per block of 32: VNNI CPUs);
 - greedy agreement: tokens generated alike before the first difference, over --agree-tokens from one prompt;
 - decode tokens/s at batch 1 (--decode-tokens new tokens after a --prompt-tokens prompt), every variant once per
-  round for --repeats interleaved rounds, medians; and the kernel the quantized layers used.
+  round for --repeats interleaved rounds, medians; and the kernel the quantized layers used. Also tokens per second
+  of this process's CPU time (all threads): steadier than wall time on a busy machine.
 Prints the machine's load first: on a shared machine figures move.
 """
 
@@ -86,20 +87,21 @@ def main() -> None:
     ppl = {k: perplexity(m, ids, args.window) for k, m in models.items()}
     cfg = SamplingConfig(max_new_tokens=args.agree_tokens)
     outs = {k: generate(m, [prompt], cfg)[0] for k, m in models.items()}
-    times = {k: [] for k in models}
+    times, cpu = {k: [] for k in models}, {k: [] for k in models}
     dcfg = SamplingConfig(max_new_tokens=args.decode_tokens)
     for _ in range(args.repeats):
         for k, m in models.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             n = len(generate(m, [prompt], dcfg)[0])
             times[k].append(n / (time.perf_counter() - t))
-    f32 = statistics.median(times["float32"])
+            cpu[k].append(n / (time.process_time() - c))
+    f32, c32 = statistics.median(times["float32"]), statistics.median(cpu["float32"])
     print(f"{'variant':10s} {'MiB':>6s} {'perplexity':>10s} {'vs f32':>7s} {'agree/' + str(args.agree_tokens):>10s} "
-          f"{'tokens/s':>9s} {'vs f32':>7s}")
+          f"{'tokens/s':>9s} {'vs f32':>7s} {'tok/cpu-s':>9s} {'vs f32':>7s}")
     for k, m in models.items():
-        tps = statistics.median(times[k])
+        tps, cps = statistics.median(times[k]), statistics.median(cpu[k])
         print(f"{k:10s} {quantized_bytes(m) / 2**20:6.0f} {ppl[k]:10.3f} {ppl[k] / ppl['float32'] - 1:+7.2%} "
-              f"{agreement(outs['float32'], outs[k]):10d} {tps:9.1f} {tps / f32:6.2f}x")
+              f"{agreement(outs['float32'], outs[k]):10d} {tps:9.1f} {tps / f32:6.2f}x {cps:9.1f} {cps / c32:6.2f}x")
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
