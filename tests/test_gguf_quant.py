@@ -77,8 +77,10 @@ def test_synthetic_file_kept_quantized_matches_the_float_load(tmp_path, tied):
     assert qm.quantization["format"] == "gguf"
     layers = dict(qm.named_modules())
     assert type(layers["blocks.0.attn.qkv"]) is torch.nn.Linear  # attn_q is F16: the layer stays float
-    kinds = {n: (layers[f"blocks.0.ffn.{n}"].fmt, layers[f"blocks.0.ffn.{n}"].group) for n in ("gate", "up", "down")}
-    assert kinds == {"gate": ("int4", 32), "up": ("int8", 16), "down": ("int8", 32)}  # Q4_K, Q6_K, Q5_0
+    kinds = {n: (layers[f"blocks.{n}"].fmt, layers[f"blocks.{n}"].group) for n in ("0.ffn.gate_up", "0.ffn.down")}
+    assert kinds == {"0.ffn.gate_up": ("int8", 32), "0.ffn.down": ("int8", 32)}  # Q4_K + Q6_K: mixed; Q5_0
+    assert type(layers["blocks.1.ffn.gate_up"]) is torch.nn.Linear  # F32 gate + Q4_K up: float
+    assert (qm.head.fmt, qm.head.group) == (("int8", 32) if tied else ("int8", 16))  # Q8_0 embedding; Q6_K output
     for name, mod in layers.items():
         want = flt.get_submodule(name).weight.detach() if isinstance(mod, QuantLinear) else None
         if want is not None:
@@ -89,6 +91,20 @@ def test_synthetic_file_kept_quantized_matches_the_float_load(tmp_path, tied):
         a, b = qm(ids), flt(ids)
         assert (a - b).abs().max() < 0.02 * b.abs().max()
         assert torch.equal(qm.tok_emb(ids), flt.tok_emb(ids))  # Q8_0 rows: the same numbers
+
+
+def test_a_model_kept_quantized_saves_and_loads_back(tmp_path):
+    from llmscratch.weights.ours import load_checkpoint, save_pretrained
+
+    rng = np.random.default_rng(0)
+    write_gguf(tmp_path / "tiny.gguf", random_hf_weights(CONFIG, rng), TYPES, cfg=CONFIG, rng=rng)
+    qm = load_gguf(tmp_path / "tiny.gguf", progress=False, keep_quantized=True).model
+    save_pretrained(qm, None, tmp_path / "saved")
+    back, _, _ = load_checkpoint(tmp_path / "saved")
+    assert back.quantization["format"] == "gguf" and back.quantization["layers"] == qm.quantization["layers"]
+    ids = torch.randint(0, CONFIG.vocab_size, (1, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(back(ids), qm(ids))
 
 
 def test_quantize_gguf_on_another_source_is_refused():

@@ -163,10 +163,15 @@ def _quant_part(tensor, permute_heads: int | None) -> tuple[str, int, torch.Tens
 def quant_linear(parts: list) -> QuantLinear:
     """One QuantLinear whose rows are the parts' rows in order; parts are `_quant_part` results."""
     if len({(f, g, m is None) for f, g, _, _, m in parts}) > 1:  # mixed formats: all int8 group 32
-        from llmscratch.model.quant import dequantize_int4
+        from llmscratch.model.quant import dequantize_int4, dequantize_int8
 
-        parts = [p if p[0] == "int8" else
-                 ("int8", 32, *quantize_int8(dequantize_int4(p[2], p[3], p[4], p[1]), 32), None) for p in parts]
+        def int8_32(p):
+            if p[:2] == ("int8", 32):
+                return p
+            w = dequantize_int8(p[2], p[3]) if p[0] == "int8" else dequantize_int4(p[2], p[3], p[4], p[1])
+            return ("int8", 32, *quantize_int8(w, 32), None)
+
+        parts = [int8_32(p) for p in parts]
     fmt, group = parts[0][0], parts[0][1]
     cat = [None if parts[0][i] is None else parts[0][i] if len(parts) == 1 else torch.cat([p[i] for p in parts])
            for i in (2, 3, 4)]

@@ -169,7 +169,9 @@ def quantized_from_state_dict(config, spec, state: Mapping[str, torch.Tensor], s
         fmt = spec.get("format") if isinstance(spec, dict) else spec
         raise UserError(f"{source}: unknown quantization {fmt!r} (known: {', '.join(known)})")
     check_config(config, source)
-    spec, state = {**spec, "layers": upgrade_layer_names(spec["layers"])}, upgrade_state_dict(state)
+    if isinstance(layers, list):  # format "gguf" lists each layer's own format under today's names already
+        spec = {**spec, "layers": upgrade_layer_names(layers)}
+    state = upgrade_state_dict(state)
     model = quantized_skeleton(empty_model(config), spec)
     tied = tied_names(model)
     expected = model.state_dict()
