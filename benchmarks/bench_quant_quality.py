@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--formats", default="int8,int4,gguf")
+    ap.add_argument("--speed-only", action="store_true", help="decode speed only (no perplexity, no agreement)")
     ap.add_argument("--float-activations", action="store_true",
                     help="add each quantized variant with float32 activations (the int8-dot path off)")
     args = ap.parse_args()
@@ -84,8 +85,8 @@ def main() -> None:
     ids = loaded.tokenizer.encode(text)
     prompt = ids[:args.prompt_tokens]
     print(f"{loaded.name}: the-verdict {len(ids)} tokens; windows of {args.window}")
-    ppl = {k: perplexity(m, ids, args.window) for k, m in models.items()}
-    cfg = SamplingConfig(max_new_tokens=args.agree_tokens)
+    ppl = {k: math.nan if args.speed_only else perplexity(m, ids, args.window) for k, m in models.items()}
+    cfg = SamplingConfig(max_new_tokens=0 if args.speed_only else args.agree_tokens)
     outs = {k: generate(m, [prompt], cfg)[0] for k, m in models.items()}
     times, cpu = {k: [] for k in models}, {k: [] for k in models}
     dcfg = SamplingConfig(max_new_tokens=args.decode_tokens)
