@@ -113,3 +113,20 @@ def test_quantize_gguf_on_another_source_is_refused():
 
     with pytest.raises(UserError, match="give a .gguf file"):
         load_model("llama-tiny", quantize="gguf")
+
+
+def test_generate_and_serve_take_quantize_gguf(tmp_path, capsys):
+    from llmscratch.cli import main
+    from llmscratch.cli.serve import _loader
+    from llmscratch.serve.config import ServeConfig
+
+    rng = np.random.default_rng(0)
+    write_gguf(tmp_path / "tiny.gguf", random_hf_weights(CONFIG, rng), TYPES, cfg=CONFIG, rng=rng)
+    main(["generate", "--model", str(tmp_path / "tiny.gguf"), "--prompt", "hello", "--max-new-tokens", "3",
+          "--quantize", "gguf"])
+    assert capsys.readouterr().out.strip()
+    loaded = _loader(ServeConfig(model=str(tmp_path / "tiny.gguf"), quantize="gguf"))()
+    assert loaded.model.quantization["format"] == "gguf"
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--model", "llama-tiny", "--prompt", "hi", "--quantize", "gguf"])
+    assert e.value.code == 2 and "give a .gguf file" in capsys.readouterr().err
