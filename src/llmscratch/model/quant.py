@@ -343,8 +343,8 @@ def quantize_loaded(model: nn.Module, fmt: str) -> nn.Module:
             raise UserError(f"the model was saved quantized as {have['format']}; it cannot be turned into {fmt}")
         return model
     if fmt == "gguf":
-        raise UserError("--quantize gguf keeps a GGUF file's own quantized blocks: give a .gguf file (or a model "
-                        "registered as one)")
+        raise UserError("quantize=gguf keeps a GGUF file's own quantized blocks: give a .gguf file (or a model "
+                        "registered as one)", params="quantize")
     check_spec(fmt)
     return quantize_model(model, fmt, head=True, head_format=HEAD_FORMAT[fmt])
 

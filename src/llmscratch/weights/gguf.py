@@ -353,7 +353,8 @@ def load_gguf(
         from llmscratch.weights.gguf_quant import load_quantized_model
 
         if dtype not in (None, torch.float32) or device not in (None, "cpu", torch.device("cpu")):
-            raise UserError("a GGUF model kept quantized runs on the CPU in float32 (drop --device/--dtype)")
+            raise UserError("a GGUF model kept quantized (quantize=gguf) runs on the CPU in float32: leave the "
+                            "device and dtype at their defaults", params="quantize")
         model = load_quantized_model(reader, config)
     else:
         tensors = hf_tensors_from_gguf(reader, config, progress)

@@ -260,7 +260,8 @@ def _float_source(name: str, tensors: dict) -> str:
     elif base in _LINEAR_PARTS and len(_LINEAR_PARTS[base]) == 1:
         gg = f"blk.{i}.{_LINEAR_PARTS[base][0]}.weight"
     else:
-        raise UserError(f"a float {name} made of several GGUF tensors is not supported with --quantize gguf")
+        raise UserError(f"a float {name} made of several GGUF tensors cannot be loaded with quantize=gguf",
+                        params="quantize")
     if gg not in tensors:
         raise UserError(f"GGUF file lacks {gg} (for {name})")
     return gg
