@@ -18,6 +18,7 @@ import torch
 from llmscratch.chat import ChatSession, render_chat
 from llmscratch.generate import SamplingConfig, generate
 from llmscratch.utils import UserError
+from llmscratch.weights.gguf import load_gguf
 
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
@@ -219,3 +220,19 @@ def test_matches_transformers_own_gguf_loader(smollm2_path, ours):
         assert render_chat(ours.chat_template, messages) == tok.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
+
+
+def test_file_kept_quantized_gives_the_float_load_logits(smollm2_path):
+    """`--quantize gguf`: Q4_1 blocks as int4 group 32, the Q8_0 embedding as the int8 head (weights/gguf_quant.py)."""
+    qm = load_gguf(smollm2_path, progress=False, keep_quantized=True).model
+    flt = load_gguf(smollm2_path, progress=False).model
+    assert qm.blocks[0].ffn.down.fmt == "int4" and qm.head.fmt == "int8" and qm.head.int8_group == 32
+    ids = torch.tensor([[1, 504, 3458, 282, 4649, 314]])
+    with torch.no_grad():
+        b, rounded = flt(ids), qm(ids)  # int8 activations where the CPU has VNNI (model/quant_kernel.py)
+        for m in qm.modules():
+            if hasattr(m, "int8_activations"):
+                m.int8_activations = False
+        a = qm(ids)
+    assert (a - b).abs().max() < 1e-3 * b.abs().max()  # the same numbers, summed in another order
+    assert (rounded - b).norm() < 0.08 * b.norm() and (rounded.argmax(-1) == b.argmax(-1)).sum() >= 5

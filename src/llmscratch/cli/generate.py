@@ -32,9 +32,10 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="weight precision (default float32)")
-    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
+    p.add_argument("--quantize", choices=["int8", "int4", "gguf"], default=None,
                    help="int8 or int4 weights for every block Linear and the head, multiplied by our kernel "
-                   "(faster CPU decoding; see docs/quant.md)")
+                   "(faster CPU decoding); gguf: a .gguf file's own quantized blocks kept as they are, no float "
+                   "copy (see docs/quant.md)")
     p.add_argument("--compile", action="store_true",
                    help="run decode steps through torch.compile: the first step compiles (a minute or more), later "
                    "ones are faster (see docs/engine.md, per-step overhead)")

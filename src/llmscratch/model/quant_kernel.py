@@ -1,226 +1,58 @@
-"""Our C++ kernel for quantized Linear layers at small batch (decode): y = x @ dequant(W)^T without making W float.
+"""Our C++ kernels for small-batch (decode) products: y = x @ W^T for int8, int4 and float32 weights W, without
+making a quantized W float.
 
-Built once with torch's C++ extension tools (`torch.utils.cpp_extension.load_inline`) at first use and cached
-by torch (under ~/.cache/torch_extensions or $TORCH_EXTENSIONS_DIR). The AVX2 + FMA path is compiled when the
-build machine has them (`-march=native`), a plain C++ loop otherwise; rows of the output are split over torch's
-threads; AVX-512 paths when the CPU has it. For more than `MAX_ROWS` input rows (a prefill, compute-bound) the
-kernel dequantizes the weight (in C++) and F.linear multiplies. When no C++ compiler is found, callers fall back
+The sources are `model/csrc/quant_kernels.cpp` (the products; plain C++ with x86 intrinsics: AVX-512, AVX2 + FMA,
+or a plain loop, chosen at compile time for the build machine) and `quant_bind.cpp` (Python bindings; output rows
+are split over torch's threads). They are built once at first use with `torch.utils.cpp_extension.load` (ninja)
+and cached by torch under ~/.cache/torch_extensions (or $TORCH_EXTENSIONS_DIR); the two files build separately,
+so a change to the products rebuilds in seconds. For more than `MAX_ROWS` input rows (a prefill, compute-bound)
+a quantized weight is dequantized in C++ and F.linear multiplies. When no C++ compiler is found, callers fall back
 to the pure-PyTorch reference (dequantize, then F.linear) and `status()` says why.
-Set LLMSCRATCH_QUANT_KERNEL=0 to use the reference only.
+
+Int8 activations: where the CPU has AVX-512 VNNI, a batch-1..8 product with an int8 weight in groups of 32
+(GGUF's Q8_0, Q5_0) or an int4 group-32 weight (Q4_0, Q4_1, Q4_K) quantizes x to int8 per block of 32 (scale
+max|x| / 127, as llama.cpp's Q8 activations) and multiplies 32 bytes by 32 bytes with one `vpdpbusd` instead of
+converting every weight to float. Products of more rows then quantize x the same way (`quantize_activations`), so
+a prefill and the decode steps after it compute the same function. LLMSCRATCH_INT8_ACTIVATIONS=0 keeps x float32.
+
+LLMSCRATCH_QUANT_KERNEL=0 uses the reference only; =avx2, =plain or =novnni builds that path instead of the native
+one (to test the fallbacks on an AVX-512 machine).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 
 import torch
 
 MAX_ROWS = 8  # above this many input rows, dequantize + F.linear (a float matmul) is faster
+SOURCES = Path(__file__).with_name("csrc")
+_FLAGS = {"native": ["-march=native"], "avx2": ["-mavx2", "-mfma", "-mf16c"], "plain": [],
+          "novnni": ["-march=native", "-mno-avx512vnni", "-mno-avxvnni"]}
 _lock = threading.Lock()
 _module = None
 _status = "not built yet"
-
-CPP = r"""
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
-#if defined(__AVX512F__)
-#define LLMS_AVX512 1
-#endif
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define LLMS_AVX2 1
-static inline float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    return _mm_cvtss_f32(s);
-}
-#endif
-
-// sum_k x[k] * w[k], w int8, K a multiple of 16
-static inline float dot_i8(const float* x, const int8_t* w, int64_t K) {
-#if defined(LLMS_AVX512)
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    int64_t k = 0;
-    for (; k + 32 <= K; k += 32) {
-        __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(w + k))));
-        __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(w + k + 16))));
-        a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + k), a0);
-        a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + k + 16), a1);
-    }
-    for (; k < K; k += 16) {
-        __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(w + k))));
-        a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + k), a0);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-#elif defined(LLMS_AVX2)
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    for (int64_t k = 0; k < K; k += 16) {
-        __m128i q = _mm_loadu_si128((const __m128i*)(w + k));
-        __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
-        __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8)));
-        a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + k), a0);
-        a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + k + 8), a1);
-    }
-    return hsum8(_mm256_add_ps(a0, a1));
-#else
-    float a = 0.f;
-    for (int64_t k = 0; k < K; ++k) a += x[k] * (float)w[k];
-    return a;
-#endif
-}
-
-// sum over groups g of scale[g] * sum_j n_j x_j + min[g] * xsum[g]; nibbles in GGUF block order
-static inline float dot_q4(const float* x, const float* xsum, const uint8_t* w, const float* s, const float* m,
-                           int64_t K, int64_t G) {
-    const int64_t half = G / 2, groups = K / G;
-    float tail = 0.f;
-    for (int64_t g = 0; g < groups; ++g) tail += m[g] * xsum[g];
-#if defined(LLMS_AVX512)
-    const __m128i low = _mm_set1_epi8(0x0F);
-    __m512 total = _mm512_setzero_ps();
-    for (int64_t g = 0; g < groups; ++g) {
-        const float* xg = x + g * G;
-        const uint8_t* wg = w + g * half;
-        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-        for (int64_t b = 0; b < half; b += 16) {
-            __m128i q = _mm_loadu_si128((const __m128i*)(wg + b));
-            __m128i lo = _mm_and_si128(q, low), hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
-            a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), _mm512_loadu_ps(xg + b), a0);
-            a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), _mm512_loadu_ps(xg + half + b), a1);
-        }
-        total = _mm512_fmadd_ps(_mm512_add_ps(a0, a1), _mm512_set1_ps(s[g]), total);
-    }
-    return _mm512_reduce_add_ps(total) + tail;
-#elif defined(LLMS_AVX2)
-    const __m128i low = _mm_set1_epi8(0x0F);
-    __m256 total = _mm256_setzero_ps();
-    for (int64_t g = 0; g < groups; ++g) {
-        const float* xg = x + g * G;
-        const uint8_t* wg = w + g * half;
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-        for (int64_t b = 0; b < half; b += 16) {
-            __m128i q = _mm_loadu_si128((const __m128i*)(wg + b));
-            __m128i lo = _mm_and_si128(q, low), hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
-            a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), _mm256_loadu_ps(xg + b), a0);
-            a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))),
-                                 _mm256_loadu_ps(xg + b + 8), a1);
-            a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), _mm256_loadu_ps(xg + half + b), a0);
-            a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))),
-                                 _mm256_loadu_ps(xg + half + b + 8), a1);
-        }
-        total = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), _mm256_set1_ps(s[g]), total);
-    }
-    return hsum8(total) + tail;
-#else
-    float a = 0.f;
-    for (int64_t g = 0; g < groups; ++g) {
-        float d = 0.f;
-        for (int64_t j = 0; j < half; ++j) {
-            uint8_t b = w[g * half + j];
-            d += (float)(b & 0x0F) * x[g * G + j] + (float)(b >> 4) * x[g * G + half + j];
-        }
-        a += s[g] * d;
-    }
-    return a + tail;
-#endif
-}
-
-torch::Tensor int8_linear(torch::Tensor x, torch::Tensor w, torch::Tensor s) {
-    const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
-    auto y = torch::empty({M, N}, x.options());
-    const float* xp = x.data_ptr<float>(); const int8_t* wp = w.data_ptr<int8_t>();
-    const float* sp = s.data_ptr<float>(); float* yp = y.data_ptr<float>();
-    at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
-        for (int64_t n = n0; n < n1; ++n)
-            for (int64_t r = 0; r < M; ++r) yp[r * N + n] = sp[n] * dot_i8(xp + r * K, wp + n * K, K);
-    });
-    return y;
-}
-
-torch::Tensor int4_linear(torch::Tensor x, torch::Tensor w, torch::Tensor s, torch::Tensor m, int64_t G) {
-    const int64_t M = x.size(0), K = x.size(1), N = w.size(0), groups = K / G;
-    auto y = torch::empty({M, N}, x.options());
-    auto xsum = x.reshape({M, groups, G}).sum(2).contiguous();  // (M, groups)
-    const float* xp = x.data_ptr<float>(); const uint8_t* wp = w.data_ptr<uint8_t>();
-    const float* sp = s.data_ptr<float>(); const float* mp = m.data_ptr<float>();
-    const float* xs = xsum.data_ptr<float>(); float* yp = y.data_ptr<float>();
-    at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
-        for (int64_t n = n0; n < n1; ++n)
-            for (int64_t r = 0; r < M; ++r)
-                yp[r * N + n] = dot_q4(xp + r * K, xs + r * groups, wp + n * (K / 2), sp + n * groups,
-                                       mp + n * groups, K, G);
-    });
-    return y;
-}
-
-// float32 (N, K) weights, for products of many rows (a prefill): then a float matmul is the fast way
-torch::Tensor int8_dequant(torch::Tensor w, torch::Tensor s) {
-    const int64_t N = w.size(0), K = w.size(1);
-    auto out = torch::empty({N, K}, s.options());
-    const int8_t* wp = w.data_ptr<int8_t>(); const float* sp = s.data_ptr<float>(); float* op = out.data_ptr<float>();
-    at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-        for (int64_t n = n0; n < n1; ++n)
-            for (int64_t k = 0; k < K; ++k) op[n * K + k] = sp[n] * (float)wp[n * K + k];
-    });
-    return out;
-}
-
-torch::Tensor int4_dequant(torch::Tensor w, torch::Tensor s, torch::Tensor m, int64_t G) {
-    const int64_t N = w.size(0), K = w.size(1) * 2, half = G / 2, groups = K / G;
-    auto out = torch::empty({N, K}, s.options());
-    const uint8_t* wp = w.data_ptr<uint8_t>(); const float* sp = s.data_ptr<float>();
-    const float* mp = m.data_ptr<float>(); float* op = out.data_ptr<float>();
-    at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-        for (int64_t n = n0; n < n1; ++n)
-            for (int64_t g = 0; g < groups; ++g) {
-                const float sc = sp[n * groups + g], mn = mp[n * groups + g];
-                const uint8_t* b = wp + n * (K / 2) + g * half;
-                float* o = op + n * K + g * G;
-                for (int64_t j = 0; j < half; ++j) {
-                    o[j] = (float)(b[j] & 0x0F) * sc + mn;
-                    o[half + j] = (float)(b[j] >> 4) * sc + mn;
-                }
-            }
-    });
-    return out;
-}
-
-bool has_avx512() {
-#ifdef LLMS_AVX512
-    return true;
-#else
-    return false;
-#endif
-}
-
-bool has_avx2() {
-#ifdef LLMS_AVX2
-    return true;
-#else
-    return false;
-#endif
-}
-"""
 
 
 def _build():
     """Compile (or load from torch's cache) the extension; None with `_status` set when that fails."""
     global _module, _status
-    if os.environ.get("LLMSCRATCH_QUANT_KERNEL", "1") == "0":
+    choice = os.environ.get("LLMSCRATCH_QUANT_KERNEL", "1")
+    if choice == "0":
         _status = "off (LLMSCRATCH_QUANT_KERNEL=0): pure-PyTorch reference"
         return None
+    isa = choice if choice in _FLAGS else "native"
     try:
-        from torch.utils.cpp_extension import load_inline
+        from torch.utils.cpp_extension import load
 
-        _module = load_inline(
-            name="llmscratch_quant_v2", cpp_sources=[CPP],
-            functions=["int8_linear", "int4_linear", "int8_dequant", "int4_dequant", "has_avx2", "has_avx512"],
-            extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
+        _module = load(
+            name=f"llmscratch_kernels_v4_{isa}", sources=[str(SOURCES / "quant_bind.cpp"),
+                                                       str(SOURCES / "quant_kernels.cpp")],
+            extra_include_paths=[str(SOURCES)], extra_cflags=["-O3", "-std=c++17", *_FLAGS[isa]], verbose=False,
         )
-        simd = "AVX-512" if _module.has_avx512() else "AVX2+FMA" if _module.has_avx2() else "plain C++ (no AVX2)"
-        _status = f"C++ kernel, {simd}"
+        _status = f"C++ kernel, {_module.simd()}"
     except Exception as e:  # no compiler, no headers, a failed build: the reference still works
         _module = None
         _status = f"pure-PyTorch reference (C++ kernel build failed: {str(e).splitlines()[0][:200]})"
@@ -244,24 +76,67 @@ def status() -> str:
     return _status
 
 
+def int8_activations(layer) -> bool:
+    """True when `layer` (a QuantLinear) multiplies int8-quantized activations (see the module docstring)."""
+    mod = _module if _module is not None else kernel()
+    if mod is None or not mod.has_vnni() or os.environ.get("LLMSCRATCH_INT8_ACTIVATIONS", "1") == "0":
+        return False
+    return layer.group == 32 and layer.in_features % 32 == 0  # int4 or int8 in groups of 32 (not int8 per row:
+    # measured no faster with int8 activations, so it keeps float ones)
+
+
+def quantize_activations(x: torch.Tensor) -> torch.Tensor:
+    """x (..., K) rounded as the int8-dot path sees it: per block of 32, round(x / d) * d with d = max|x| / 127."""
+    b = x.reshape(*x.shape[:-1], x.shape[-1] // 32, 32)  # (..., blocks, 32)
+    d = b.abs().amax(dim=-1, keepdim=True) / 127.0
+    q = torch.where(d > 0, torch.round(b / torch.where(d > 0, d, torch.ones_like(d))), torch.zeros_like(b))
+    return (q * d).reshape(x.shape)
+
+
+def dequantize(layer) -> torch.Tensor:
+    """The float32 weight (out, in) of `layer` (a QuantLinear), made in C++."""
+    mod = kernel()
+    if layer.fmt == "int8":
+        return mod.q8_dequant(layer.qweight, layer.scales, layer.group)
+    return mod.q4_dequant(layer.qweight, layer.scales, getattr(layer, "mins", None), layer.group)
+
+
 def linear(x: torch.Tensor, layer) -> torch.Tensor | None:
     """x (..., in) float32 CPU through `layer`'s (a QuantLinear) kernel; None when the caller must use the
-    reference (no kernel, or more than MAX_ROWS rows)."""
-    rows = x.numel() // x.shape[-1]
-    mod = kernel()
-    if mod is None or x.shape[-1] % 32:
+    reference (no kernel)."""
+    mod = _module if _module is not None else kernel()
+    if mod is None:
         return None
+    k = x.shape[-1]
+    rows = x.numel() // k
+    int8_x = layer.int8_activations
+    if int8_x is None:
+        int8_x = layer.int8_activations = int8_activations(layer)
     if rows > MAX_ROWS:  # compute-bound: make the float weight (fast, in C++) and let F.linear multiply
-        if layer.fmt == "int8":
-            w = mod.int8_dequant(layer.qweight, layer.scales)
-        else:
-            w = mod.int4_dequant(layer.qweight, layer.scales, layer._kernel_mins, layer.group)
-        return torch.nn.functional.linear(x, w, layer.bias)
-    x2 = x.reshape(rows, x.shape[-1]).contiguous()  # (rows, in)
+        return torch.nn.functional.linear(quantize_activations(x) if int8_x else x, dequantize(layer), layer.bias)
+    x2 = x.reshape(rows, k)  # (rows, in)
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
     if layer.fmt == "int8":
-        y = mod.int8_linear(x2, layer.qweight, layer.scales)
+        y = mod.q8_linear(x2, layer.qweight, layer.scales, layer.group, int8_x)
     else:
-        y = mod.int4_linear(x2, layer.qweight, layer.scales, layer._kernel_mins, layer.group)
+        y = mod.q4_linear(x2, layer.qweight, layer.scales, layer.mins, layer.group, int8_x)
     if layer.bias is not None:
         y += layer.bias
-    return y.reshape(*x.shape[:-1], layer.out_features)  # (..., out)
+    return y.view(*x.shape[:-1], layer.out_features)  # (..., out)
+
+
+def float_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
+    """x (..., in) @ weight (out, in)^T with our float32 kernel for 1..MAX_ROWS rows; None when it does not
+    apply (no kernel, more rows, another dtype or layout, gradients wanted)."""
+    k = x.shape[-1]
+    rows = x.numel() // k
+    mod = _module if _module is not None else kernel()
+    if (mod is None or rows > MAX_ROWS or k % 16 or x.dtype != torch.float32 or weight.dtype != torch.float32
+            or not weight.is_contiguous() or x.device.type != "cpu" or torch.is_grad_enabled()):
+        return None
+    x2 = x.reshape(rows, k)
+    y = mod.f32_linear(x2 if x2.is_contiguous() else x2.contiguous(), weight)
+    if bias is not None:
+        y += bias
+    return y.view(*x.shape[:-1], weight.shape[0])

@@ -220,7 +220,9 @@ def load_served_model(config: ServeConfig):
     from llmscratch.utils import pick_device
     from llmscratch.weights import load_model
 
-    return load_model(config.model, device=pick_device(config.device), dtype=getattr(torch, config.dtype))
+    gguf = "gguf" if getattr(config, "quantize", None) == "gguf" else None  # a GGUF file's blocks kept quantized
+    return load_model(config.model, device=pick_device(config.device), dtype=getattr(torch, config.dtype),
+                      quantize=gguf)
 
 
 def _ctx(state: ServerState) -> int:

@@ -40,7 +40,8 @@ class ServeConfig:
     device: str = setting("cpu", "cpu, cuda, mps or auto")
     dtype: str = setting("float32", "weight precision", choices=("float32", "bfloat16", "float16"))
     quantize: str | None = setting(None, "int8 or int4 weights for every block Linear and the head (faster CPU "
-                                   "decoding; docs/quant.md)", choices=("int8", "int4"))
+                                   "decoding; docs/quant.md); gguf: a .gguf file's own quantized blocks kept",
+                                   choices=("int8", "int4", "gguf"))
     drain_timeout: float = setting(60.0, "on SIGTERM: most seconds to wait for the requests in flight", gt=0)
     log_level: str = setting("info", "server log level",
                              choices=("critical", "error", "warning", "info", "debug"))

@@ -46,8 +46,9 @@ def load_model(
 ) -> LoadedModel:
     """Load the model `spec` names (see the module docstring) onto `device` (default CPU), float32 unless `dtype`;
     `progress`: bars while fetching and dequantizing; `quantize`: "int8" or "int4" weights for every block
-    Linear and the head (model/quant.py; a folder saved quantized loads as it was saved)."""
-    loaded = _load_model(spec, device, dtype, progress)
+    Linear and the head (model/quant.py; a folder saved quantized loads as it was saved), or "gguf": a GGUF
+    file's own quantized blocks kept as they are (weights/gguf_quant.py)."""
+    loaded = _load_model(spec, device, dtype, progress, quantize == "gguf")
     if quantize:
         from llmscratch.model.quant import quantize_loaded
 
@@ -55,16 +56,17 @@ def load_model(
     return loaded
 
 
-def _load_model(spec, device, dtype, progress: bool) -> LoadedModel:
+def _load_model(spec, device, dtype, progress: bool, gguf_blocks: bool = False) -> LoadedModel:
     from llmscratch.model import PRESETS
     from llmscratch.weights.registry import MODELS, fetch
 
     text = os.fspath(spec)
     path = Path(text).expanduser()
     if path.exists():
-        return load_path(path, path.resolve().name, device, dtype, progress=progress)
+        return load_path(path, path.resolve().name, device, dtype, progress=progress, gguf_blocks=gguf_blocks)
     if text in MODELS:
-        return load_path(fetch(text, progress=progress), text, device, dtype, f"registry:{text}", progress)
+        return load_path(fetch(text, progress=progress), text, device, dtype, f"registry:{text}", progress,
+                         gguf_blocks)
     if text in PRESETS:
         return load_preset(text, device, dtype)
     if _looks_like_hub_id(text):
@@ -78,9 +80,10 @@ def _load_model(spec, device, dtype, progress: bool) -> LoadedModel:
 
 
 def load_path(
-    path: str | os.PathLike, name: str, device=None, dtype=None, source: str | None = None, progress: bool = True
+    path: str | os.PathLike, name: str, device=None, dtype=None, source: str | None = None, progress: bool = True,
+    gguf_blocks: bool = False,
 ) -> LoadedModel:
-    """A model from a local folder (ours or Hugging Face) or .gguf file."""
+    """A model from a local folder (ours or Hugging Face) or .gguf file (`gguf_blocks`: its quantized blocks kept)."""
     from llmscratch.weights.hf import is_hf_folder, load_hf_folder
     from llmscratch.weights.ours import is_checkpoint, load_checkpoint
 
@@ -88,7 +91,7 @@ def load_path(
     if path.is_file() and path.suffix == ".gguf":
         from llmscratch.weights.gguf import load_gguf
 
-        g = load_gguf(path, device, dtype, progress=progress)
+        g = load_gguf(path, device, dtype, progress=progress, keep_quantized=gguf_blocks)
         return LoadedModel(g.model, g.tokenizer, g.name, g.chat_template, source or f"gguf:{path}")
     if path.is_dir() and is_checkpoint(path):
         model, tok, template = load_checkpoint(path, device, dtype)

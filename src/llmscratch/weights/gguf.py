@@ -337,18 +337,29 @@ def load_gguf(
     dtype: torch.dtype | None = None,
     reader=None,
     progress: bool = True,
+    keep_quantized: bool = False,
 ) -> GGUFModel:
     """Load a Llama or Gemma 3 GGUF file: model (eval mode, float32 unless `dtype`), tokenizer, chat template, metadata.
 
     `reader`: an already opened `GGUFReader` on `path` (opening one parses all metadata, which takes seconds).
+    `keep_quantized`: every block Linear and the head stay in the file's quantized blocks (weights/gguf_quant.py,
+    `--quantize gguf`; CPU, float32 activations).
     """
     path = Path(path)
     reader = reader if reader is not None else open_gguf(path)
     config = checked_config(lambda: config_from_gguf(reader), str(path))
     tokenizer = tokenizer_from_gguf(reader)
-    tensors = hf_tensors_from_gguf(reader, config, progress)
-    importer = hf_gemma if config.family == "gemma3" else hf_llama
-    state = importer.state_dict_from_hf(tensors, config, str(path))
-    model = model_from_state_dict(config, state, str(path), device, dtype)
+    if keep_quantized:
+        from llmscratch.weights.gguf_quant import load_quantized_model
+
+        if dtype not in (None, torch.float32) or device not in (None, "cpu", torch.device("cpu")):
+            raise UserError("a GGUF model kept quantized (quantize=gguf) runs on the CPU in float32: leave the "
+                            "device and dtype at their defaults", params="quantize")
+        model = load_quantized_model(reader, config)
+    else:
+        tensors = hf_tensors_from_gguf(reader, config, progress)
+        importer = hf_gemma if config.family == "gemma3" else hf_llama
+        state = importer.state_dict_from_hf(tensors, config, str(path))
+        model = model_from_state_dict(config, state, str(path), device, dtype)
     template = field_value(reader, "tokenizer.chat_template")
     return GGUFModel(model.eval(), tokenizer, template, scalar_metadata(reader), path)

@@ -163,11 +163,15 @@ def quantized_from_state_dict(config, spec, state: Mapping[str, torch.Tensor], s
     UserError for an unknown format or a missing, misshapen or unexpected tensor. Float parts stay float32."""
     from llmscratch.model.quant import FORMATS, quantized_skeleton
 
-    if not isinstance(spec, dict) or spec.get("format") not in FORMATS or not isinstance(spec.get("layers"), list):
+    known = (*FORMATS, "gguf")
+    layers = spec.get("layers") if isinstance(spec, dict) else None
+    if not isinstance(spec, dict) or spec.get("format") not in known or not isinstance(layers, (list, dict)):
         fmt = spec.get("format") if isinstance(spec, dict) else spec
-        raise UserError(f"{source}: unknown quantization {fmt!r} (known: {', '.join(FORMATS)})")
+        raise UserError(f"{source}: unknown quantization {fmt!r} (known: {', '.join(known)})")
     check_config(config, source)
-    spec, state = {**spec, "layers": upgrade_layer_names(spec["layers"])}, upgrade_state_dict(state)
+    if isinstance(layers, list):  # format "gguf" lists each layer's own format under today's names already
+        spec = {**spec, "layers": upgrade_layer_names(layers)}
+    state = upgrade_state_dict(state)
     model = quantized_skeleton(empty_model(config), spec)
     tied = tied_names(model)
     expected = model.state_dict()
@@ -175,7 +179,7 @@ def quantized_from_state_dict(config, spec, state: Mapping[str, torch.Tensor], s
     with torch.no_grad():
         for name, t in expected.items():
             got = state.get(name, state.get(tied.get(name, "")))
-            if got is not None and got.dtype != t.dtype:
+            if got is not None and got.dtype != t.dtype and not (got.is_floating_point() and t.is_floating_point()):
                 raise UserError(f"{source}: tensor {name} is {got.dtype}, expected {t.dtype}")
             if got is not None:
                 t.copy_(got)
