@@ -132,7 +132,7 @@ def run_metrics(spec: MetricsSpec) -> dict:
         lacking = sum(not isinstance(r.get(spec.reference), str) for r in records)
         if lacking:
             raise UserError(f"{lacking} of {len(records)} records in {spec.responses} have no {spec.reference!r} "
-                            "answer: answer preference data (such as instruction-data-preference) with evaluate generate",
+                            "answer: make them with evaluate generate on preference data (instruction-data-preference)",
                             params="reference")
         records = [{**r, "output": r[spec.reference]} for r in records]  # the reference loss scores "output"
     result: dict = {"responses": spec.responses, "reference": spec.reference, **text_metrics(records)}
