@@ -242,3 +242,23 @@ def test_margin_grows_over_a_few_steps(tmp_path):
     assert after["accuracy"] == (16.0, 16)
     last = result.evals[-1]
     assert last["val_loss"] < math.log(2) and last["margin"] > 0.5 and last["accuracy"] == 1.0
+
+
+def test_sft_weight_adds_the_chosen_answers_negative_log_likelihood():
+    from llmscratch.train.tasks.dpo import FrozenReference, pair_logprobs
+
+    base = tiny()
+    policy = perturbed(base)
+    plain = dpo_task(FrozenReference(copy.deepcopy(base)))
+    rpo = dpo_task(FrozenReference(copy.deepcopy(base)))
+    rpo.sft_weight = 0.7
+    batch = plain.batch("train", [0, 1, 2])
+    with torch.no_grad():
+        chosen, n_chosen, _, _ = pair_logprobs(policy, batch)
+        nll = -(chosen / n_chosen)  # (B,) per answer token
+        a, b = plain.outputs(policy, batch), rpo.outputs(policy, batch)
+    torch.testing.assert_close(a.chosen_nll, nll)
+    torch.testing.assert_close(b.loss, a.loss + 0.7 * nll)
+    assert plain.metrics(policy, batch)["chosen_nll"][0] == pytest.approx(float(nll.sum()), rel=1e-5)
+    with pytest.raises(UserError, match="sft_weight"):
+        dpo_task(None).__class__({"train": [], "val": []}, 0, sft_weight=-1)

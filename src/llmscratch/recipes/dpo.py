@@ -51,6 +51,9 @@ class DPOConfig:
     beta: float = setting(0.1, "DPO temperature: how far the policy may move from the reference", gt=0)
     reduction: str = setting("mean", "per-sequence log-probability: the mean over answer tokens (the book) or the "
                              "sum (the DPO paper)", choices=("mean", "sum"))
+    sft_weight: float = setting(0.0, "weight of the chosen answers' negative log-likelihood added to the DPO loss "
+                                "(RPO): keeps the chosen answers likely while the rejected ones fall, against the "
+                                "collapse of plain DPO (see chosen_nll); 0: plain DPO", ge=0)
     reference: str = setting("live", "live: the reference runs at every step (a frozen copy, or with LoRA the same "
                              "model with adapters off); precomputed: its log-probs are computed once before training "
                              "and stored in OUT (half the forward passes, no second model)", choices=REFERENCES)
@@ -192,7 +195,7 @@ def run(cfg: DPOConfig, command: str | None = None, echo=print, base=None) -> di
     reference = build_reference(cfg, model, device)
     summary = apply_trainable(model, cfg.trainable, cfg.lora_rank, cfg.lora_alpha, train_head=False)
     task = DPOTask(splits, pad_id_of(tokenizer), cfg.beta, cfg.reduction,
-                   reference if cfg.reference == "live" else None, seed=cfg.train.seed)
+                   reference if cfg.reference == "live" else None, seed=cfg.train.seed, sft_weight=cfg.sft_weight)
     timings = {"load": time.perf_counter() - started}
     if cfg.reference == "precomputed":
         timings["reference"] = precompute(cfg, task, model, reference, device, echo)
@@ -258,7 +261,8 @@ def fit(cfg: DPOConfig, model, task, tokenizer):
     from llmscratch.train.trainer import Trainer
 
     train_cfg = dataclasses.replace(cfg.train, extra={"task": "dpo", "data": cfg.data, "beta": cfg.beta,
-                                                      "reference": cfg.reference, "trainable": cfg.trainable})
+                                                      "sft_weight": cfg.sft_weight, "reference": cfg.reference,
+                                                      "trainable": cfg.trainable})
     trainer = Trainer(model, task, train_cfg, tokenizer=tokenizer, resume=cfg.resume, overwrite=cfg.overwrite)
     if cfg.train_metrics_batches:
         trainer.callbacks.insert(0, TrainMetrics(cfg.train_metrics_batches))  # before MetricsLog writes the record
@@ -291,7 +295,9 @@ def format_report(report: dict) -> str:
         if r:
             lines.append(f"{name + ':':<20} reward accuracy {r['accuracy'] * 100:6.2f}%  margin {r['margin']:7.4f} "
                          f"({r['margin'] / beta:.3f} without beta, the book's unit)  chosen {r['chosen_reward']:7.4f}  "
-                         f"rejected {r['rejected_reward']:7.4f}  loss {r['loss']:.4f}  ({r['pairs']} pairs)")
+                         f"rejected {r['rejected_reward']:7.4f}  loss {r['loss']:.4f}"
+                         + (f"  chosen NLL {r['chosen_nll']:.3f}" if "chosen_nll" in r else "")
+                         + f"  ({r['pairs']} pairs)")
     lines.append(f"training: {report['steps']} steps in {t['train']:.1f} s ({report['seconds_per_step']:.2f} s/step"
                  f"{', stopped: ' + report['stop_reason'] if report['stop_reason'] else ''}); peak memory "
                  f"{report['peak_memory_mb']:,.0f} MB; total {t['total']:.1f} s")

@@ -11,6 +11,11 @@ the answer tokens only: the prompt and the padding are masked out. The implicit 
 `beta * (log pi(y|x) - log pi_ref(y|x))`; the margin is chosen reward - rejected reward; the reward accuracy is
 the share of pairs whose chosen reward is higher. At the first step the policy equals the reference: every
 reward is 0 and the loss is log 2.
+
+DPO only asks that the rejected answers fall faster than the chosen ones, and both often fall: the chosen answers
+too become unlikely and greedy answers degrade. `sft_weight` w adds w times the chosen answers' negative
+log-likelihood (per token) to each pair's loss (RPO, Pang et al. 2024), which keeps them likely; `chosen_nll` is
+reported either way.
 """
 
 from __future__ import annotations
@@ -89,6 +94,7 @@ class DPOOutput:
     loss: torch.Tensor
     chosen_rewards: torch.Tensor
     rejected_rewards: torch.Tensor
+    chosen_nll: torch.Tensor | None = None  # the policy's negative log-likelihood per chosen answer token
 
     @property
     def margins(self) -> torch.Tensor:
@@ -102,6 +108,7 @@ class DPOOutput:
             "rejected_reward": (float(self.rejected_rewards.sum()), n),
             "margin": (float(self.margins.sum()), n),
             "accuracy": (float((self.margins > 0).sum()), n),
+            **({"chosen_nll": (float(self.chosen_nll.detach().sum()), n)} if self.chosen_nll is not None else {}),
         }
 
 
@@ -194,16 +201,18 @@ class DPOTask(BaseTask):
     produces_text = False  # a DPO loss has no perplexity; answers are compared after training
 
     def __init__(self, splits: dict, pad_id: int, beta: float = 0.1, reduction: str = "mean",
-                 reference: Reference | None = None, seed: int = 123):
+                 reference: Reference | None = None, seed: int = 123, sft_weight: float = 0.0):
         if beta <= 0:
             raise UserError(f"beta must be > 0, got {beta}")
+        if sft_weight < 0:
+            raise UserError(f"sft_weight must be >= 0, got {sft_weight}")
         if reduction not in REDUCTIONS:
             raise UserError(f"reduction (of answer-token log-probs) must be mean or sum, got {reduction!r}")
         for split in ("train", "val"):
             if split not in splits:
                 raise ValueError(f"splits needs {split!r}")
         self.splits, self.pad_id, self.beta, self.reduction = splits, int(pad_id), beta, reduction
-        self.reference, self.seed = reference, seed
+        self.reference, self.seed, self.sft_weight = reference, seed, sft_weight
         self.tables: dict[str, torch.Tensor] = {}  # split -> (N, 2): reference chosen, rejected log-prob sums
 
     # --- batches
@@ -250,9 +259,13 @@ class DPOTask(BaseTask):
         else:
             raise ValueError("DPOTask has neither a reference model nor precomputed reference log-probs")
         r = self.reduction
-        return dpo_loss(reduce_logprobs(chosen, n_chosen, r), reduce_logprobs(rejected, n_rejected, r),
-                        reduce_logprobs(ref_chosen, n_chosen, r), reduce_logprobs(ref_rejected, n_rejected, r),
-                        self.beta)
+        out = dpo_loss(reduce_logprobs(chosen, n_chosen, r), reduce_logprobs(rejected, n_rejected, r),
+                       reduce_logprobs(ref_chosen, n_chosen, r), reduce_logprobs(ref_rejected, n_rejected, r),
+                       self.beta)
+        out.chosen_nll = -reduce_logprobs(chosen, n_chosen, "mean")  # (B,)
+        if self.sft_weight:
+            out.loss = out.loss + self.sft_weight * out.chosen_nll
+        return out
 
     def loss(self, model, batch: dict) -> torch.Tensor:
         return self.outputs(model, batch).loss.mean()
