@@ -185,3 +185,13 @@ def test_startup_of_a_whole_generate_process(tiny_gguf, fake_llama_cpp):
     assert 0 < s.import_s and 0 < s.load_s and 0 < s.first_token_s < s.wall_s
     fake = llama_cpp_startup([str(fake_llama_cpp / "llama-simple"), "-n", "1", "Hello"])
     assert fake.error is None and fake.wall_s > 0
+
+
+def test_bench_generate_times_the_gguf_blocks_kept(tiny_gguf, tmp_path):
+    cfg = GenerateBenchConfig.quick_run(model=str(tiny_gguf), threads=1, out=tmp_path / "out", progress=False,
+                                        transformers=False, quantize=("gguf",), llama_cpp=str(tmp_path / "none"),
+                                        startup=False)
+    part = run_generate_bench(cfg, echo=lambda line: None)["models"][0]
+    rate = {(r["variant"], r["new_tokens"]): r["tokens_per_s"] for r in part["results"]}
+    assert all(rate[("ours, KV cache, gguf", n)] > 0 for n in cfg.tokens)
+    assert "gguf" in part["decode_limits_tokens_per_s"]

@@ -52,8 +52,9 @@ class GenerateBenchConfig:
     out: Path = setting(Path("bench-results"), "folder for bench_generate.json and .png")
     transformers: bool = setting(True, "benchmark ours only", switches={"--no-transformers": False})
     quantize: tuple[str, ...] = setting((), "quantized variants of ours to add, comma-separated: int8, int4 "
-                                        "(model/quant.py; every block Linear and the head)",
-                                        choices=("int8", "int4"))
+                                        "(model/quant.py; every block Linear and the head), gguf (a .gguf "
+                                        "file's own quantized blocks, as `generate --quantize gguf` loads them)",
+                                        choices=("int8", "int4", "gguf"))
     prefill_tokens: int = setting(512, "prompt tokens of the prefill figure (one forward pass; 0: none)", ge=0)
     llama_cpp: str | None = setting(None, "llama.cpp's llama-bench binary (or a folder or another llama.cpp tool "
                                     "beside it), a peer on the same .gguf file and threads (default: llama-bench "
@@ -208,7 +209,7 @@ def _bench_model(spec: str, cfg: GenerateBenchConfig, echo: Callable[[str], None
     loaded = _load(spec, cfg)
     model = loaded.model
     size = model_size(model)
-    quantized = _quantized_copies(model, cfg.quantize)
+    quantized = _quantized_copies(model, cfg.quantize, spec)
     bytes_per_token = weight_bytes_per_token(model, quantized)
     tied = " (tied embedding/head read once, as the head)" if getattr(model.config, "tie_embeddings", True) else ""
     echo(f"model: {loaded.name} ({loaded.source}), {model.config.family}, {size.params:,} parameters, float32, CPU, "
@@ -332,13 +333,16 @@ def _llama_cpp_peer(spec: str, cfg: GenerateBenchConfig, echo: Callable[[str], N
     return {"tools": tools, "files": files}
 
 
-def _quantized_copies(model, formats) -> dict:
-    """{format: a quantized deep copy of `model`} (as `--quantize FMT` does it: model/quant.quantize_loaded)."""
+def _quantized_copies(model, formats, spec: str | None = None) -> dict:
+    """{format: a quantized copy of `model`} as `--quantize FMT` makes it: a deep copy through
+    model/quant.quantize_loaded, or for "gguf" the file behind `spec` loaded again with its blocks kept."""
     import copy
 
     from llmscratch.model.quant import quantize_loaded
+    from llmscratch.weights import load_model
 
-    return {fmt: quantize_loaded(copy.deepcopy(model), fmt) for fmt in formats}
+    return {fmt: load_model(spec, quantize="gguf", progress=False).model.eval() if fmt == "gguf"
+            else quantize_loaded(copy.deepcopy(model), fmt) for fmt in formats}
 
 
 def read_bytes(model) -> int:
@@ -362,7 +366,8 @@ def weight_bytes_per_token(model, quantized: dict) -> dict[str, int]:
     """{float32, int8, int4: bytes read per new token}, from the quantized copies at hand (or made for the count)."""
     return {"float32": read_bytes(model),
             **{fmt: read_bytes(quantized[fmt]) if fmt in quantized else read_bytes(_quantized_copies(model, [fmt])[fmt])
-               for fmt in ("int8", "int4")}}
+               for fmt in ("int8", "int4")},
+            **{fmt: read_bytes(q) for fmt, q in quantized.items() if fmt not in ("int8", "int4")}}
 
 
 def agreement(a: list[int], b: list[int]) -> int:
@@ -583,7 +588,7 @@ def _ratios(rate: dict, tokens, with_hf: bool) -> dict[str, dict[int, float]]:
         "ours_cache_over_ours_no_cache": ratio("ours, KV cache", "ours, no cache"),
         "ours_gemv_layout_over_linear_layout": ratio("ours, KV cache", "ours, KV cache, (out, in) weights"),
     }
-    for fmt in ("int8", "int4"):
+    for fmt in ("int8", "int4", "gguf"):
         if (f"ours, KV cache, {fmt}", tokens[0]) in rate:
             out[f"ours_{fmt}_over_ours_float32"] = ratio(f"ours, KV cache, {fmt}", "ours, KV cache")
     if with_hf:
