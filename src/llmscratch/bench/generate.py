@@ -19,6 +19,7 @@ peak memory (bench/startup.py).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -198,6 +199,16 @@ def _load(spec: str, cfg: GenerateBenchConfig):
         raise UserError(f"{cfg.prompt_tokens} prompt + {max(cfg.tokens)} new tokens (or {cfg.prefill_tokens} "
                         f"prefill tokens) exceed the context length {config.context_length} of {spec}")
     return loaded
+
+
+def _model_config(spec: str, cfg: GenerateBenchConfig, echo: Callable[[str], None] | None = None
+                  ) -> GenerateBenchConfig:
+    """The settings for one model: without a .gguf file behind it, no gguf variant (said once)."""
+    if "gguf" not in cfg.quantize or _gguf_file(spec) is not None:
+        return cfg
+    if echo is not None:
+        echo(f"{spec}: no gguf variant (not a .gguf file)")
+    return dataclasses.replace(cfg, quantize=tuple(f for f in cfg.quantize if f != "gguf"))
 
 
 def _bench_model(spec: str, cfg: GenerateBenchConfig, echo: Callable[[str], None]) -> _Section:
@@ -423,7 +434,7 @@ def run_generate_bench(cfg: GenerateBenchConfig, echo: Callable[[str], None] = p
     try:
         machine = common.machine_info()
         echo(common.format_machine(machine))
-        sections = [_bench_model(spec, cfg, echo) for spec in specs]
+        sections = [_bench_model(spec, _model_config(spec, cfg, echo), echo) for spec in specs]
         peak_mb = common.peak_memory_mb()  # before the bandwidth test's large arrays
 
         matrix, total = ((32 << 20), (64 << 20)) if cfg.quick else ((512 << 20), (1 << 30))
@@ -431,7 +442,7 @@ def run_generate_bench(cfg: GenerateBenchConfig, echo: Callable[[str], None] = p
         echo(f"memory bandwidth: matrix-vector {bw.matvec_gbs:.1f} GB/s ({bw.matrix_mb:.0f} MB matrix; W @ x "
              f"{bw.rows_gbs:.1f}, x @ W {bw.columns_gbs:.1f}), sum {bw.sum_gbs:.1f} GB/s ({bw.sum_mb:.0f} MB)")
 
-        parts, charts = zip(*(_section_result(sec, cfg, bw, echo) for sec in sections))
+        parts, charts = zip(*(_section_result(sec, _model_config(sec.spec, cfg), bw, echo) for sec in sections))
         machine_end = common.machine_info()
         first = parts[0]
         data = {
