@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from pathlib import Path
@@ -98,6 +99,7 @@ def varied_tiny_model(family: str = "gpt2", seed: int = 0):
 
 
 KILL_SCRIPT = '''"""The llmscratch command, SIGKILLed at the end of step N: `python kill_after.py N pretrain ...`."""
+import dataclasses
 import os
 import signal
 import sys
@@ -128,4 +130,20 @@ def kill_script(tmp_path) -> Path:
     """A script that runs the llmscratch command and SIGKILLs itself after a step (a crash, as a test injects it)."""
     path = tmp_path / "kill_after.py"
     path.write_text(KILL_SCRIPT)
+    return path
+
+
+@pytest.fixture
+def tiny_gguf(tmp_path):
+    """A tiny random Llama GGUF (the writer of test_gguf.py), its weights mostly Q8_0, with a ChatML
+    template."""
+    import numpy as np
+    from test_gguf import CONFIG, random_hf_weights, write_gguf
+
+    gguf = pytest.importorskip("gguf")
+    path = tmp_path / "tiny.gguf"
+    rng = np.random.default_rng(0)
+    cfg = dataclasses.replace(CONFIG, context_length=128)
+    write_gguf(path, random_hf_weights(cfg, rng), {"token_embd.weight": gguf.GGMLQuantizationType.Q8_0}, cfg=cfg,
+               rng=rng)
     return path

@@ -3,7 +3,6 @@ scripts (printing llama-bench-like JSON), and the whole-process start-up figure.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import stat
@@ -60,21 +59,6 @@ def fake_llama_cpp(tmp_path):
     _script(folder / "llama-simple", FAKE_SIMPLE)
     _script(folder / "llama-cli", FAKE_SIMPLE)
     return folder
-
-
-@pytest.fixture
-def tiny_gguf(tmp_path):
-    """A tiny random Llama GGUF (the writer of test_gguf.py), its weights mostly Q8_0."""
-    import numpy as np
-    from test_gguf import CONFIG, random_hf_weights, write_gguf
-
-    gguf = pytest.importorskip("gguf")
-    path = tmp_path / "tiny.gguf"
-    rng = np.random.default_rng(0)
-    cfg = dataclasses.replace(CONFIG, context_length=128)
-    write_gguf(path, random_hf_weights(cfg, rng), {"token_embd.weight": gguf.GGMLQuantizationType.Q8_0}, cfg=cfg,
-               rng=rng)
-    return path
 
 
 def test_find_tools_accepts_the_binary_a_sibling_or_the_folder(fake_llama_cpp, tmp_path, monkeypatch):

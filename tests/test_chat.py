@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 from types import SimpleNamespace
 
@@ -120,21 +119,6 @@ def test_system_message_and_dropping_old_turns():
 def test_session_needs_a_template():
     with pytest.raises(UserError, match="no chat template"):
         ChatSession(Scripted(), byte_tokenizer(), None, SamplingConfig())
-
-
-@pytest.fixture
-def tiny_gguf(tmp_path):
-    """A tiny random Llama GGUF with a ChatML template (the writer of test_gguf.py)."""
-    import numpy as np
-    from test_gguf import CONFIG, random_hf_weights, write_gguf
-
-    gguf = pytest.importorskip("gguf")
-    path = tmp_path / "tiny.gguf"
-    rng = np.random.default_rng(0)
-    cfg = dataclasses.replace(CONFIG, context_length=128)
-    write_gguf(path, random_hf_weights(cfg, rng), {"token_embd.weight": gguf.GGMLQuantizationType.Q8_0}, cfg=cfg,
-               rng=rng)
-    return path
 
 
 def test_cli_one_shot(tiny_gguf, capsys):
