@@ -67,6 +67,26 @@ def reader(smollm2_path):
 
 
 @pytest.fixture(scope="module")
+def oracle_reader(smollm2_path):
+    """The `gguf` package's own reader: the oracle for ours."""
+    return gguf.GGUFReader(smollm2_path)
+
+
+def test_our_reader_equals_the_gguf_package(reader, oracle_reader):
+    """Our GGUF container reader gives the gguf package's metadata values and the same tensor bytes."""
+    theirs = {k: f.contents() for k, f in oracle_reader.fields.items() if not k.startswith("GGUF.")}
+    assert reader.metadata.keys() == theirs.keys()
+    for key, value in theirs.items():
+        assert reader.metadata[key] == value, key
+    assert [t.name for t in reader.tensors] == [t.name for t in oracle_reader.tensors]
+    for ours, t in zip(reader.tensors, oracle_reader.tensors):
+        assert int(ours.tensor_type) == int(t.tensor_type) and ours.shape.tolist() == t.shape.tolist()
+        assert ours.data_offset == t.data_offset and ours.n_bytes == t.n_bytes
+        assert ours.data.dtype == t.data.dtype and ours.data.shape == t.data.shape
+        assert np.array_equal(ours.data.view(np.uint8), np.asarray(t.data).view(np.uint8))
+
+
+@pytest.fixture(scope="module")
 def ours(smollm2_path, reader):
     from llmscratch.weights.gguf import load_gguf
 
@@ -86,12 +106,12 @@ def _hf_name(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def oracle(reader):
+def oracle(oracle_reader):
     """transformers' LlamaForCausalLM with the file's weights, Q/K un-permuted by transformers' GGUF code."""
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
     def meta(key):
-        return reader.fields[key].contents()
+        return oracle_reader.fields[key].contents()
 
     config = transformers.LlamaConfig(
         vocab_size=int(meta("llama.vocab_size")), hidden_size=int(meta("llama.embedding_length")),
@@ -104,7 +124,7 @@ def oracle(reader):
     )
     processor = LlamaTensorProcessor(config=config.to_dict())
     state = {}
-    for t in reader.tensors:
+    for t in oracle_reader.tensors:
         w = gguf.quants.dequantize(t.data, t.tensor_type).reshape(tuple(reversed(t.shape.tolist())))
         w = processor.process(np.ascontiguousarray(w), t.name).weights
         state[_hf_name(t.name)] = torch.from_numpy(np.array(w, dtype=np.float32))
@@ -118,12 +138,12 @@ def oracle(reader):
 
 
 @pytest.fixture(scope="module")
-def oracle_tokenizer(reader):
+def oracle_tokenizer(oracle_reader):
     """A `tokenizers` BPE built the way SmolLM2's tokenizer.json is: digits split, then GPT-2 byte-level."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
     def meta(key):
-        return reader.fields[key].contents()
+        return oracle_reader.fields[key].contents()
 
     tokens, types = meta("tokenizer.ggml.tokens"), meta("tokenizer.ggml.token_type")
     merges = [tuple(m.split(" ")) for m in meta("tokenizer.ggml.merges")]

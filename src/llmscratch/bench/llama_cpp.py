@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -192,18 +193,18 @@ def make_copy(tools: Tools, gguf: Path, kind: str, folder: Path, timeout: float 
 def gguf_type(path: Path) -> str:
     """The weight type a .gguf file is stored in: its general.file_type (e.g. Q4_1), else the type most of its
     matrices have; '' when unknown."""
+    from llmscratch.weights.gguf import GGUFFile, ggml_type_name
+
     try:
-        from gguf import GGUFReader, LlamaFileType
-    except ImportError:
-        return ""
-    try:
-        reader = GGUFReader(path)
-        field_ = reader.fields.get("general.file_type")
-        if field_ is not None:
-            return LlamaFileType(int(field_.parts[field_.data[0]][0])).name.removeprefix("MOSTLY_")
-        kinds = Counter(t.tensor_type.name for t in reader.tensors if len(t.shape) >= 2)
+        reader = GGUFFile(path)
+        file_type = reader.metadata.get("general.file_type")
+        if file_type is not None:
+            from gguf import LlamaFileType
+
+            return LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_")
+        kinds = Counter(ggml_type_name(t) for t in reader.tensors if len(t.shape) >= 2)
         return kinds.most_common(1)[0][0] if kinds else ""
-    except (OSError, ValueError, KeyError, IndexError):
+    except (OSError, ValueError, KeyError, IndexError, struct.error):
         return ""
 
 

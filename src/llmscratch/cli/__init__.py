@@ -20,7 +20,9 @@ from llmscratch import __version__
 from llmscratch.utils import UserError
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with `command` (e.g. "generate"), only the module of that name registers when it
+    defines the command (start-up: `llmscratch generate` does not import what `bench` or `serve` need)."""
     parser = argparse.ArgumentParser(
         prog="llmscratch",
         description="Large language models from scratch: tokenizers, GPT-2 and Llama models, training, "
@@ -28,8 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"llmscratch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{__name__}.{info.name}")
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__))
+    if command is not None and command.replace("-", "_") in names:
+        importlib.import_module(f"{__name__}.{command.replace('-', '_')}").register(sub)
+        if command in sub.choices:
+            return parser
+        return build_parser()
+    for name in names:
+        module = importlib.import_module(f"{__name__}.{name}")
         if hasattr(module, "register"):
             module.register(sub)
     return parser
@@ -110,7 +118,8 @@ def out_of_memory(e: BaseException) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(words[0] if words and not words[0].startswith("-") else None)
     args = parser.parse_args(argv)
     try:
         args.func(args)

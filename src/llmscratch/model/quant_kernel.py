@@ -4,10 +4,10 @@ making a quantized W float.
 The sources are `model/csrc/quant_kernels.cpp` (the products; plain C++ with x86 intrinsics: AVX-512, AVX2 + FMA,
 or a plain loop, chosen at compile time for the build machine) and `quant_bind.cpp` (Python bindings; output rows
 are split over torch's threads). They are built once at first use with `torch.utils.cpp_extension.load` (ninja)
-and cached by torch under ~/.cache/torch_extensions (or $TORCH_EXTENSIONS_DIR); the two files build separately,
-so a change to the products rebuilds in seconds. For more than `MAX_ROWS` input rows (a prefill, compute-bound)
-a quantized weight is dequantized in C++ and F.linear multiplies. When no C++ compiler is found, callers fall back
-to the pure-PyTorch reference (dequantize, then F.linear) and `status()` says why.
+into a folder named by a fingerprint of the sources under ~/.cache/torch_extensions (or $TORCH_EXTENSIONS_DIR),
+from which later processes import the built module directly. For more than `MAX_ROWS` input rows (a prefill,
+compute-bound) a quantized weight is dequantized in C++ and F.linear multiplies. When no C++ compiler is found,
+callers fall back to the pure-PyTorch reference (dequantize, then F.linear) and `status()` says why.
 
 Int8 activations: where the CPU has AVX-512 VNNI, a batch-1..8 product with an int8 weight in groups of 32
 (GGUF's Q8_0, Q5_0) or an int4 group-32 weight (Q4_0, Q4_1, Q4_K) quantizes x to int8 per block of 32 (scale
@@ -36,22 +36,52 @@ _module = None
 _status = "not built yet"
 
 
+def _build_dir(name: str, flags: list[str]) -> Path:
+    """Our build folder beside torch's extension cache, named by a fingerprint of the sources, flags, torch and
+    Python versions: a changed source builds afresh, an unchanged one loads without asking ninja."""
+    import hashlib
+    import sys
+
+    h = hashlib.sha256(f"{name} {flags} {torch.__version__} {sys.version_info[:2]}".encode())
+    for f in sorted(SOURCES.iterdir()):
+        if f.suffix in (".cpp", ".h"):
+            h.update(f.name.encode() + f.read_bytes())
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
+    return Path(root) / f"{name}-{h.hexdigest()[:16]}"
+
+
+def _import_built(name: str, folder: Path):
+    """The extension module built earlier in `folder`, imported directly (no build tools loaded); None if absent."""
+    import importlib.util
+
+    so = folder / f"{name}.so"
+    if not so.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location(name, so)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _build():
-    """Compile (or load from torch's cache) the extension; None with `_status` set when that fails."""
+    """Compile (or load from our cache) the extension; None with `_status` set when that fails."""
     global _module, _status
     choice = os.environ.get("LLMSCRATCH_QUANT_KERNEL", "1")
     if choice == "0":
         _status = "off (LLMSCRATCH_QUANT_KERNEL=0): pure-PyTorch reference"
         return None
     isa = choice if choice in _FLAGS else "native"
+    name, flags = f"llmscratch_kernels_v4_{isa}", ["-O3", "-std=c++17", *_FLAGS[isa]]
     try:
-        from torch.utils.cpp_extension import load
+        folder = _build_dir(name, flags)
+        _module = _import_built(name, folder)
+        if _module is None:
+            from torch.utils.cpp_extension import load
 
-        _module = load(
-            name=f"llmscratch_kernels_v4_{isa}", sources=[str(SOURCES / "quant_bind.cpp"),
-                                                       str(SOURCES / "quant_kernels.cpp")],
-            extra_include_paths=[str(SOURCES)], extra_cflags=["-O3", "-std=c++17", *_FLAGS[isa]], verbose=False,
-        )
+            folder.mkdir(parents=True, exist_ok=True)
+            _module = load(name=name, sources=[str(SOURCES / "quant_bind.cpp"), str(SOURCES / "quant_kernels.cpp")],
+                           extra_include_paths=[str(SOURCES)], extra_cflags=flags, build_directory=str(folder),
+                           verbose=False)
         _status = f"C++ kernel, {_module.simd()}"
     except Exception as e:  # no compiler, no headers, a failed build: the reference still works
         _module = None

@@ -30,6 +30,7 @@ from llmscratch.model.base import meta_model
 from llmscratch.model.lora import _set_submodule
 from llmscratch.model.quant import QuantLinear, describe, quantize_int8, tie_embedding
 from llmscratch.utils import UserError
+from llmscratch.weights.gguf import GEMMA_NORM_SHIFT, dequantize, ggml_type_name, unpermute_qk
 
 # (format, group, symmetric) of the QuantLinear each GGUF type maps to without requantizing
 DIRECT = {"Q4_0": ("int4", 32, True), "Q4_1": ("int4", 32, False), "Q8_0": ("int8", 32, True),
@@ -73,9 +74,7 @@ def q4_k_scales(sc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def quant_tensors(tensor) -> tuple[str, int, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(format, group, qweight, scales, mins) of a quantized GGUF tensor, rows in the file's order."""
-    from gguf import GGMLQuantizationType
-
-    kind = GGMLQuantizationType(tensor.tensor_type).name
+    kind = ggml_type_name(tensor)
     if kind == "Q4_0":
         b = _blocks(tensor, 18)  # d (f16), 16 bytes: element j low nibble, j + 16 high
         return "int4", 32, _bytes(b[..., 2:]), _f16(b[..., 0:2]), None
@@ -96,8 +95,7 @@ def quant_tensors(tensor) -> tuple[str, int, torch.Tensor, torch.Tensor, torch.T
         return "int8", 32, torch.from_numpy(q), _f16(b[..., 0:2]), None
     if kind == "Q6_K":
         return ("int8", 16, *_q6_k(tensor), None)
-    from llmscratch.weights.gguf import dequantize  # any other quantized type: requantize, one tensor at a time
-
+    # any other quantized type: requantize, one tensor at a time
     q, s = quantize_int8(dequantize(tensor), 32)
     return "int8", 32, q, s, None
 
@@ -105,8 +103,6 @@ def quant_tensors(tensor) -> tuple[str, int, torch.Tensor, torch.Tensor, torch.T
 def _q6_k(tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Q6_K -> int8 group 16: each 16-value sub-block's integers (-32..31) as they are, scale d * sc rounded to
     float16 (the only change). The integers are recovered from llama.cpp's own dequantization."""
-    from llmscratch.weights.gguf import dequantize
-
     b = _blocks(tensor, 210)  # 128 + 64 bytes of values, 16 int8 sub-block scales, d (f16)
     sc = _f16(b[..., 208:210]).float()[..., None] * torch.from_numpy(b[..., 192:208].copy().view(np.int8)).float()
     sc = sc.reshape(b.shape[0], -1)  # (rows, sub-blocks)
@@ -137,7 +133,7 @@ def _q4_k(b: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def release(reader, tensor) -> None:
     """Tell the OS we are done with `tensor`'s pages of the file's memory map: they stop counting as this
     process's memory (the file stays in the page cache). A no-op where the reader or the OS cannot."""
-    mm = getattr(getattr(reader, "data", None), "_mmap", None)
+    mm = getattr(reader, "mm", None)
     if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap_module, "MADV_DONTNEED"):
         return
     page = mmap_module.PAGESIZE
@@ -151,8 +147,6 @@ def release(reader, tensor) -> None:
 
 def _quant_part(tensor, permute_heads: int | None) -> tuple[str, int, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """`quant_tensors`, Llama's q/k rows un-permuted when `permute_heads` (the projection's head count) is given."""
-    from llmscratch.weights.gguf import unpermute_qk
-
     fmt, group, q, s, m = quant_tensors(tensor)
     if permute_heads:
         q, s = unpermute_qk(q, permute_heads), unpermute_qk(s, permute_heads)
@@ -181,13 +175,9 @@ def quant_linear(parts: list) -> QuantLinear:
 def load_quantized_model(reader, config):
     """Our model from an open GGUF reader with every block Linear and the head kept in the file's quantized
     blocks (see the module docstring); float tensors as `load_gguf` makes them."""
-    from gguf import GGMLQuantizationType
-
-    from llmscratch.weights.gguf import GEMMA_NORM_SHIFT, dequantize, unpermute_qk
-
     gemma = config.family == "gemma3"
     tensors = {t.name: t for t in reader.tensors}
-    kind = {n: GGMLQuantizationType(t.tensor_type).name for n, t in tensors.items()}
+    kind = {n: ggml_type_name(t) for n, t in tensors.items()}
     model = meta_model(config)
     for name, mod in list(model.named_modules()):
         if not isinstance(mod, nn.Linear) or not name.startswith("blocks."):
@@ -221,8 +211,6 @@ def load_quantized_model(reader, config):
 def _fill_floats(model: nn.Module, tensors: dict, dequantize, norm_shift: float) -> None:
     """Every parameter still on the meta device gets its float32 tensor from the file (Gemma's norms shifted
     back); buffers computed at init (rotary tables) are computed."""
-    from llmscratch.weights.gguf import unpermute_qk
-
     c = model.config
     for name, mod in model.named_modules():
         for pname, p in list(mod.named_parameters(recurse=False)):
