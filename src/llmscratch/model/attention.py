@@ -129,6 +129,7 @@ class StepContext:
     position_ids: torch.Tensor | None = None  # (B|1, T) positions in each row's own sequence
     rotary: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, signed sin (B|1, 1, T, hd): see `rotate`
     whole_cache: bool = False  # end is the cache length, slots past each query masked (a compiled step)
+    row_slots: torch.Tensor | None = None  # (B,) int64: a decode step without padding, row b at slot row_slots[b]
 
     def with_window(self, window: int) -> StepContext:
         """The same step for sliding-window layers: keys more than window - 1 slots behind a query are masked."""
@@ -166,6 +167,10 @@ class CausalSelfAttention(nn.Module):
         B, T, _ = x.shape
         nh, nkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = self.qkv(x)  # (B, T, (nh + 2 nkv) hd)
+        if ctx.row_slots is not None and self.fused and not self.training:  # a decode step: one fused call?
+            y = decode_attention(qkv, ctx, layer, nh, nkv)
+            if y is not None:
+                return self.proj(y.view(B, T, nh * hd))
         qk, v = qkv.split([(nh + nkv) * hd, nkv * hd], dim=-1)
         qk = qk.view(B, T, nh + nkv, hd).transpose(1, 2)  # (B, nh + nkv, T, hd)
         if ctx.rotary is not None:  # q and k rotated together: one set of elementwise ops per layer, not two
@@ -177,6 +182,24 @@ class CausalSelfAttention(nn.Module):
         y = attend(self, q, k, v, ctx)  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, nh * hd)  # (B, T, nh hd)
         return self.proj(y)
+
+
+_NO_TABLE = torch.empty(0)
+
+
+def decode_attention(qkv: torch.Tensor, ctx: StepContext, layer: int, nh: int, nkv: int) -> torch.Tensor | None:
+    """A decode step's attention (rotary, cache write, one query per row over its slots 0..its own) in one call
+    of our C++ op (csrc/decode_ops.cpp), for qkv (B, 1, (nh + 2 nkv) hd) float32 on the CPU at inference;
+    y (B, nh hd), or None when the op does not apply (the caller then runs the PyTorch path above)."""
+    from llmscratch.model.quant_kernel import inference_ops
+
+    k_buf, v_buf = ctx.cache.layer(layer)  # (B, nkv, max_len, hd)
+    ops = inference_ops(qkv)
+    if ops is None or k_buf.dtype != torch.float32 or not k_buf.is_contiguous():
+        return None
+    B, hd = qkv.shape[0], k_buf.shape[-1]
+    cos, ssin = (t.reshape(-1, hd) for t in ctx.rotary) if ctx.rotary is not None else (_NO_TABLE, _NO_TABLE)
+    return ops.decode_attention(qkv.view(B, -1), cos, ssin, k_buf, v_buf, ctx.row_slots, nh, nkv)
 
 
 def attend(layer: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: StepContext) -> torch.Tensor:

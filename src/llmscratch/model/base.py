@@ -89,7 +89,10 @@ class LanguageModel(nn.Module):
         if cache is None and end != T:
             raise ValueError("without a cache, positions must be 0..T-1")
         mask, is_causal = attention_mask(positions, end, pad_mask)
-        return StepContext(positions, end, mask, is_causal, pad_mask, cache, position_ids(positions, pad_mask))
+        ctx = StepContext(positions, end, mask, is_causal, pad_mask, cache, position_ids(positions, pad_mask))
+        if T == 1 and cache is not None and pad_mask is None and not self.training:  # a decode step
+            ctx.row_slots = positions.reshape(-1).expand(ids.shape[0]).contiguous()  # (B,)
+        return ctx
 
     def _prepare_whole_cache(self, positions: torch.Tensor, cache: KVCache, pad_mask) -> StepContext:
         """The step's context under torch.compile (gpt-fast's way): read every slot of the cache, masking those

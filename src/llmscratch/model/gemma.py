@@ -28,6 +28,7 @@ from llmscratch.model.attention import StepContext, attend, rotate
 from llmscratch.model.base import LanguageModel
 from llmscratch.model.kv_cache import KVCache
 from llmscratch.model.llama import RotaryEmbedding
+from llmscratch.model.quant_kernel import inference_ops
 
 
 @dataclass
@@ -101,6 +102,8 @@ class GemmaRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == self.weight.dtype == torch.float32:  # one fused call (equal to the written-out form: tests)
+            if (ops := inference_ops(x)) is not None:  # inference on the CPU: ours, one call
+                return ops.rms_norm(x.contiguous(), self.weight, self.eps, True)
             return F.rms_norm(x, self.weight.shape, 1.0 + self.weight, self.eps)
         return self.reference_forward(x)
 

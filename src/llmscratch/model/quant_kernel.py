@@ -10,10 +10,13 @@ compute-bound) a quantized weight is dequantized in C++ and F.linear multiplies.
 callers fall back to the pure-PyTorch reference (dequantize, then F.linear) and `status()` says why.
 
 Int8 activations: where the CPU has AVX-512 VNNI, a batch-1..8 product with an int8 weight in groups of 32
-(GGUF's Q8_0, Q5_0) or an int4 group-32 weight (Q4_0, Q4_1, Q4_K) quantizes x to int8 per block of 32 (scale
-max|x| / 127, as llama.cpp's Q8 activations) and multiplies 32 bytes by 32 bytes with one `vpdpbusd` instead of
-converting every weight to float. Products of more rows then quantize x the same way (`quantize_activations`), so
+(GGUF's Q8_0, Q5_0) or with one scale per row (`--quantize int8`), or an int4 group-32 weight (Q4_0, Q4_1,
+Q4_K) quantizes x to int8 per block of 32 (scale max|x| / 127, as llama.cpp's Q8 activations) and multiplies 32
+bytes by 32 bytes with one `vpdpbusd` instead of converting every weight to float. Products of more rows then quantize x the same way (`quantize_activations`), so
 a prefill and the decode steps after it compute the same function. LLMSCRATCH_INT8_ACTIVATIONS=0 keeps x float32.
+
+The same extension holds the small ops of an inference step (csrc/decode_ops.cpp, `inference_ops`): RMSNorm,
+silu(gate) * up and a decode step's attention, one call each where PyTorch takes several ops.
 
 LLMSCRATCH_QUANT_KERNEL=0 uses the reference only; =avx2, =plain or =novnni builds that path instead of the native
 one (to test the fallbacks on an AVX-512 machine).
@@ -71,15 +74,19 @@ def _build():
         _status = "off (LLMSCRATCH_QUANT_KERNEL=0): pure-PyTorch reference"
         return None
     isa = choice if choice in _FLAGS else "native"
-    name, flags = f"llmscratch_kernels_v4_{isa}", ["-O3", "-std=c++17", *_FLAGS[isa]]
+    name, flags = f"llmscratch_kernels_v5_{isa}", ["-O3", "-std=c++17", *_FLAGS[isa]]
     try:
         folder = _build_dir(name, flags)
         _module = _import_built(name, folder)
         if _module is None:
+            import sys
+
             from torch.utils.cpp_extension import load
 
+            print("llmscratch: building our C++ kernels (once per machine, about a minute)...", file=sys.stderr)
             folder.mkdir(parents=True, exist_ok=True)
-            _module = load(name=name, sources=[str(SOURCES / "quant_bind.cpp"), str(SOURCES / "quant_kernels.cpp")],
+            _module = load(name=name, sources=[str(SOURCES / f) for f in ("quant_bind.cpp", "quant_kernels.cpp",
+                                                                             "decode_ops.cpp")],
                            extra_include_paths=[str(SOURCES)], extra_cflags=flags, build_directory=str(folder),
                            verbose=False)
         _status = f"C++ kernel, {_module.simd()}"
@@ -100,6 +107,16 @@ def kernel():
     return _module
 
 
+def inference_ops(x: torch.Tensor):
+    """The compiled module when `x` may go through our fused inference ops (`rms_norm`, `silu_mul`,
+    `decode_attention` of csrc/decode_ops.cpp): float32 on the CPU, no gradients wanted, not being traced by
+    torch.compile. None otherwise, or when there is no kernel (callers then run PyTorch ops)."""
+    if (x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_grad_enabled()
+            or torch.compiler.is_compiling()):
+        return None
+    return _module if _module is not None else kernel()
+
+
 def status() -> str:
     """Which kernel quantized layers use, in words (builds the kernel first if needed)."""
     kernel()
@@ -111,8 +128,9 @@ def int8_activations(layer) -> bool:
     mod = _module if _module is not None else kernel()
     if mod is None or not mod.has_vnni() or os.environ.get("LLMSCRATCH_INT8_ACTIVATIONS", "1") == "0":
         return False
-    return layer.group == 32 and layer.in_features % 32 == 0  # int4 or int8 in groups of 32 (not int8 per row:
-    # measured no faster with int8 activations, so it keeps float ones)
+    # int4 or int8 in groups of 32, and int8 with one scale per row (x still in blocks of 32: since the decode
+    # step lost its per-op overhead, this is 2.5x faster than converting every weight to float)
+    return layer.group in (32, layer.in_features) and layer.in_features % 32 == 0
 
 
 def quantize_activations(x: torch.Tensor) -> torch.Tensor:

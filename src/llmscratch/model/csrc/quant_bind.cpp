@@ -128,6 +128,12 @@ torch::Tensor q4_dequant(torch::Tensor w, torch::Tensor s, std::optional<torch::
     return out;
 }
 
+// decode_ops.cpp
+torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps, bool plus_one);
+torch::Tensor silu_mul(torch::Tensor gu);
+torch::Tensor decode_attention(torch::Tensor qkv, torch::Tensor cos, torch::Tensor ssin, torch::Tensor kc,
+                               torch::Tensor vc, torch::Tensor pos, int64_t nh, int64_t nkv);
+
 std::string simd() { return std::string(llms::simd()) + (llms::has_vnni() ? " + VNNI int8 dot" : ""); }
 bool has_vnni() { return llms::has_vnni(); }
 
@@ -137,6 +143,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("q4_linear", &q4_linear, "y = x @ dequant(int4 w).T, 1..8 rows");
     m.def("q8_dequant", &q8_dequant, "float32 weight of int8 w");
     m.def("q4_dequant", &q4_dequant, "float32 weight of int4 w");
+    m.def("rms_norm", &rms_norm, "x / sqrt(mean(x^2) + eps) * w (or * (1 + w))");
+    m.def("silu_mul", &silu_mul, "silu(gate) * up of [gate | up]");
+    m.def("decode_attention", &decode_attention, "a decode step's attention: rotary, cache write, one query");
     m.def("simd", &simd, "the compiled SIMD path");
     m.def("has_vnni", &has_vnni, "whether the int8-dot (VNNI) path is compiled");
 }
