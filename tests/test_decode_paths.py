@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from llmscratch.generate import SamplingConfig, compile_decoding, generate
 from llmscratch.model import build_model, get_config
@@ -45,8 +46,59 @@ def test_fused_rmsnorm_equals_the_written_out_form(norm_class):
         norm.weight.normal_()
     x = torch.randn(2, 5, 48) * 3
     torch.testing.assert_close(norm(x), norm.reference_forward(x), atol=1e-6, rtol=1e-6)
+    with torch.no_grad():  # inference on a few rows: our C++ op where the kernel builds
+        torch.testing.assert_close(norm(x[:, :1]), norm.reference_forward(x[:, :1]), atol=1e-6, rtol=1e-6)
     half = x.bfloat16()  # other dtypes take the written-out form
     assert torch.equal(norm.to(torch.bfloat16)(half), norm.reference_forward(half))
+
+
+def _inference_ops():
+    from llmscratch.model import quant_kernel
+
+    with torch.no_grad():
+        ops = quant_kernel.inference_ops(torch.zeros(1))
+    if ops is None:
+        pytest.skip(f"no C++ kernel here: {quant_kernel.status()}")
+    return ops
+
+
+def test_our_swiglu_op_equals_torch():
+    torch.manual_seed(0)
+    gate_up = torch.randn(3, 2, 2 * 40) * 4  # 6 rows
+    gate, up = gate_up.chunk(2, dim=-1)
+    torch.testing.assert_close(_inference_ops().silu_mul(gate_up), F.silu(gate) * up, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["llama-tiny", "gpt2-tiny"])
+@pytest.mark.parametrize("per_row", [False, True])
+def test_our_decode_attention_op_equals_the_pytorch_step(monkeypatch, preset, per_row):
+    """Decode steps through our C++ attention (rotary, cache write, one query) give PyTorch's logits and write the
+    same cache, for shared and per-row positions (rows at different slots), with and without rotary (GPT-2)."""
+    from llmscratch.model import quant_kernel
+
+    _inference_ops()
+    torch.manual_seed(0)
+    model = build_model(get_config(preset)).eval()
+    ids = torch.randint(0, 512, (2, 14))
+    with torch.no_grad():
+        caches = [model.new_cache(2, 16), model.new_cache(2, 16)]
+        for cache in caches:
+            model(ids[:, :8], cache, torch.arange(8))
+        if per_row:  # row 1 two slots behind row 0
+            for cache in caches:
+                for i in range(model.config.n_layers):
+                    for buf in cache.layer(i):
+                        buf[1, :, 6:8] = 0
+        for t in range(8, 14):
+            pos = torch.tensor([[t], [t - 2]]) if per_row else torch.tensor([t])
+            want_step = model(ids[:, t : t + 1], caches[0], pos)
+            monkeypatch.setattr(quant_kernel, "INFERENCE_OPS", False)
+            ref_step = model(ids[:, t : t + 1], caches[1], pos)
+            monkeypatch.undo()
+            torch.testing.assert_close(want_step, ref_step, atol=1e-5, rtol=1e-5)
+        for i in range(model.config.n_layers):
+            for ours, ref in zip(caches[0].layer(i), caches[1].layer(i)):
+                torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("preset", ["llama-tiny", "gemma3-tiny", "gpt2-tiny"])

@@ -12,8 +12,9 @@ callers fall back to the pure-PyTorch reference (dequantize, then F.linear) and 
 Int8 activations: where the CPU has AVX-512 VNNI, a batch-1..8 product with an int8 weight in groups of 32
 (GGUF's Q8_0, Q5_0) or with one scale per row (`--quantize int8`), or an int4 group-32 weight (Q4_0, Q4_1,
 Q4_K) quantizes x to int8 per block of 32 (scale max|x| / 127, as llama.cpp's Q8 activations) and multiplies 32
-bytes by 32 bytes with one `vpdpbusd` instead of converting every weight to float. Products of more rows then quantize x the same way (`quantize_activations`), so
-a prefill and the decode steps after it compute the same function. LLMSCRATCH_INT8_ACTIVATIONS=0 keeps x float32.
+bytes by 32 bytes with one `vpdpbusd` instead of converting every weight to float. Products of more rows then
+quantize x the same way (`quantize_activations`), so a prefill and the decode steps after it compute the same
+function. LLMSCRATCH_INT8_ACTIVATIONS=0 keeps x float32.
 
 The same extension holds the small ops of an inference step (csrc/decode_ops.cpp, `inference_ops`): RMSNorm,
 silu(gate) * up and a decode step's attention, one call each where PyTorch takes several ops.
@@ -34,6 +35,8 @@ MAX_ROWS = 8  # above this many input rows, dequantize + F.linear (a float matmu
 SOURCES = Path(__file__).with_name("csrc")
 _FLAGS = {"native": ["-march=native"], "avx2": ["-mavx2", "-mfma", "-mf16c"], "plain": [],
           "novnni": ["-march=native", "-mno-avx512vnni", "-mno-avxvnni"]}
+# LLMSCRATCH_INFERENCE_OPS=0: PyTorch ops for RMSNorm, SwiGLU and decode attention even where ours apply
+INFERENCE_OPS = os.environ.get("LLMSCRATCH_INFERENCE_OPS", "1") != "0"
 _lock = threading.Lock()
 _module = None
 _status = "not built yet"
@@ -109,10 +112,12 @@ def kernel():
 
 def inference_ops(x: torch.Tensor):
     """The compiled module when `x` may go through our fused inference ops (`rms_norm`, `silu_mul`,
-    `decode_attention` of csrc/decode_ops.cpp): float32 on the CPU, no gradients wanted, not being traced by
-    torch.compile. None otherwise, or when there is no kernel (callers then run PyTorch ops)."""
-    if (x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_grad_enabled()
-            or torch.compiler.is_compiling()):
+    `decode_attention` of csrc/decode_ops.cpp): float32 on the CPU, 1..MAX_ROWS rows (a decode step, where per-op
+    overhead is the cost; a prefill or a loss keeps PyTorch's ops, so training and evaluation compute exactly what
+    they did), no gradients wanted, not being traced by torch.compile. None otherwise, or when there is no kernel
+    (callers then run PyTorch ops)."""
+    if (not INFERENCE_OPS or x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_grad_enabled()
+            or x.numel() > MAX_ROWS * x.shape[-1] or torch.compiler.is_compiling()):
         return None
     return _module if _module is not None else kernel()
 
