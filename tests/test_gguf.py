@@ -202,3 +202,17 @@ def test_not_a_gguf_file(tmp_path):
         load_gguf(tmp_path / "x.gguf")
     with pytest.raises(UserError, match="not found"):
         load_gguf(tmp_path / "missing.gguf")
+
+
+def test_a_cut_gguf_file_is_one_clear_error(tmp_path):
+    """Our reader on a file cut anywhere (metadata, tensor table, tensor data): a UserError, never a crash."""
+    rng = np.random.default_rng(3)
+    write_gguf(tmp_path / "whole.gguf", random_hf_weights(CONFIG, rng), {}, rng=rng)
+    whole = (tmp_path / "whole.gguf").read_bytes()
+    for cut in (3, 16, 40, 200, len(whole) // 2, len(whole) - 1):
+        (tmp_path / "cut.gguf").write_bytes(whole[:cut])
+        with pytest.raises(UserError, match="not a readable GGUF"):
+            load_gguf(tmp_path / "cut.gguf", progress=False)
+    (tmp_path / "v1.gguf").write_bytes(b"GGUF" + (1).to_bytes(4, "little") + whole[8:])
+    with pytest.raises(UserError, match="version 1 is not supported"):
+        load_gguf(tmp_path / "v1.gguf", progress=False)

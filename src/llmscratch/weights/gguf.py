@@ -203,8 +203,10 @@ class GGUFFile:
         torch_shape = tuple(reversed(dims))  # PyTorch's order: outermost first
         n_bytes = n // block * block_bytes
         begin = start + offset
-        if type_name is None or begin + n_bytes > len(data):
-            view = data[:0]  # an unknown type or a cut file: fails when the tensor is used
+        if type_name is not None and begin + n_bytes > len(data):
+            raise ValueError(f"tensor {name} lies past the end of the file (a cut download?)")
+        if type_name is None:
+            view = data[:0]  # a type we do not know: `dequantize` names it when the tensor is used
         elif type_name in _PLAIN_TYPES:
             view = data[begin : begin + n_bytes].view(_PLAIN_TYPES[type_name]).reshape(torch_shape)
         else:
