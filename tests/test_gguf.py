@@ -216,3 +216,6 @@ def test_a_cut_gguf_file_is_one_clear_error(tmp_path):
     (tmp_path / "v1.gguf").write_bytes(b"GGUF" + (1).to_bytes(4, "little") + whole[8:])
     with pytest.raises(UserError, match="version 1 is not supported"):
         load_gguf(tmp_path / "v1.gguf", progress=False)
+    (tmp_path / "big.gguf").write_bytes(b"GGUF" + (3).to_bytes(4, "big") + whole[8:])
+    with pytest.raises(UserError, match="big-endian GGUF files are not supported"):
+        load_gguf(tmp_path / "big.gguf", progress=False)

@@ -150,6 +150,20 @@ def test_every_format_and_row_count_equals_the_reference(fmt, group, symmetric, 
         assert (y - q.reference_forward(x)).abs().max() < 0.02 * ref.abs().max()
 
 
+@pytest.mark.parametrize("fmt,group", [("int4", 64), ("int4", 128), ("int8", None)])
+def test_a_decode_step_and_a_prefill_compute_one_function(fmt, group):
+    """Rows one at a time (the kernel) and nine at once (dequantize + F.linear) agree, also where one group
+    spans the whole row (int4 of width 64 or 128: no int8 activations there) or int8 has a scale per row."""
+    inp = group or 64
+    lin = nn.Linear(inp, 20, bias=False)
+    lin.weight.data = weight(out=20, inp=inp, seed=2)
+    q = QuantLinear.from_linear(lin, fmt, group or 32)
+    x = torch.randn(9, inp, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        one_by_one = torch.cat([q(x[i : i + 1]) for i in range(9)])
+        torch.testing.assert_close(one_by_one, q(x), atol=1e-4, rtol=1e-4)  # 1e-2 apart when they differed
+
+
 def test_grouped_int8_error_is_within_half_a_step_per_group():
     w = weight()
     q, s = quantize_int8(w, 32)

@@ -195,7 +195,8 @@ def decode_attention(qkv: torch.Tensor, ctx: StepContext, layer: int, nh: int, n
 
     k_buf, v_buf = ctx.cache.layer(layer)  # (B, nkv, max_len, hd)
     ops = inference_ops(qkv)
-    if ops is None or k_buf.dtype != torch.float32 or not k_buf.is_contiguous():
+    if (ops is None or k_buf.dtype != torch.float32 or v_buf.dtype != torch.float32 or not qkv.is_contiguous()
+            or not k_buf.is_contiguous() or not v_buf.is_contiguous()):
         return None
     B, hd = qkv.shape[0], k_buf.shape[-1]
     cos, ssin = (t.reshape(-1, hd) for t in ctx.rotary) if ctx.rotary is not None else (_NO_TABLE, _NO_TABLE)

@@ -91,7 +91,7 @@ class LanguageModel(nn.Module):
         mask, is_causal = attention_mask(positions, end, pad_mask)
         ctx = StepContext(positions, end, mask, is_causal, pad_mask, cache, position_ids(positions, pad_mask))
         if T == 1 and cache is not None and pad_mask is None and not self.training:  # a decode step
-            ctx.row_slots = positions.reshape(-1).expand(ids.shape[0]).contiguous()  # (B,)
+            ctx.row_slots = positions.reshape(-1).expand(ids.shape[0]).long().contiguous()  # (B,)
         return ctx
 
     def _prepare_whole_cache(self, positions: torch.Tensor, cache: KVCache, pad_mask) -> StepContext:

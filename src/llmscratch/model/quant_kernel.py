@@ -78,25 +78,44 @@ def _build():
         return None
     isa = choice if choice in _FLAGS else "native"
     name, flags = f"llmscratch_kernels_v5_{isa}", ["-O3", "-std=c++17", *_FLAGS[isa]]
+    folder = _build_dir(name, flags)
+    failed = folder / "build-failed.txt"  # a failed build is not retried by every process: delete it to retry
     try:
-        folder = _build_dir(name, flags)
-        _module = _import_built(name, folder)
+        if failed.is_file():
+            raise RuntimeError(failed.read_text().strip() + f" (recorded in {failed})")
+        try:
+            _module = _import_built(name, folder)
+        except ImportError:  # a cut or stale build product: build again
+            _module = None
         if _module is None:
-            import sys
-
-            from torch.utils.cpp_extension import load
-
-            print("llmscratch: building our C++ kernels (once per machine, about a minute)...", file=sys.stderr)
-            folder.mkdir(parents=True, exist_ok=True)
-            _module = load(name=name, sources=[str(SOURCES / f) for f in ("quant_bind.cpp", "quant_kernels.cpp",
-                                                                             "decode_ops.cpp")],
-                           extra_include_paths=[str(SOURCES)], extra_cflags=flags, build_directory=str(folder),
-                           verbose=False)
+            _module = _compile(name, flags, folder, failed)
         _status = f"C++ kernel, {_module.simd()}"
     except Exception as e:  # no compiler, no headers, a failed build: the reference still works
         _module = None
         _status = f"pure-PyTorch reference (C++ kernel build failed: {str(e).splitlines()[0][:200]})"
     return _module
+
+
+def _compile(name: str, flags: list[str], folder: Path, failed: Path):
+    """Build the extension into `folder` (torch's ninja build); a failure is written to `failed` and raised."""
+    import shutil
+    import sys
+
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C++ compiler ({compiler}) on PATH")
+    print("llmscratch: building our C++ kernels (once per machine, about a minute)...", file=sys.stderr)
+    folder.mkdir(parents=True, exist_ok=True)
+    from torch.utils.cpp_extension import load
+
+    try:
+        return load(name=name, sources=[str(SOURCES / f) for f in ("quant_bind.cpp", "quant_kernels.cpp",
+                                                                      "decode_ops.cpp")],
+                    extra_include_paths=[str(SOURCES)], extra_cflags=flags, build_directory=str(folder),
+                    verbose=False)
+    except Exception as e:
+        failed.write_text(f"the C++ kernel build failed: {str(e).splitlines()[0][:300]}\n")
+        raise
 
 
 def kernel():
@@ -113,9 +132,9 @@ def kernel():
 def inference_ops(x: torch.Tensor):
     """The compiled module when `x` may go through our fused inference ops (`rms_norm`, `silu_mul`,
     `decode_attention` of csrc/decode_ops.cpp): float32 on the CPU, 1..MAX_ROWS rows (a decode step, where per-op
-    overhead is the cost; a prefill or a loss keeps PyTorch's ops, so training and evaluation compute exactly what
-    they did), no gradients wanted, not being traced by torch.compile. None otherwise, or when there is no kernel
-    (callers then run PyTorch ops)."""
+    overhead is the cost; inputs of more rows, as most prefills and every training step, keep PyTorch's ops), no
+    gradients wanted, not being traced by torch.compile. None otherwise, or when there is no kernel (callers then
+    run PyTorch ops)."""
     if (not INFERENCE_OPS or x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_grad_enabled()
             or x.numel() > MAX_ROWS * x.shape[-1] or torch.compiler.is_compiling()):
         return None
@@ -135,7 +154,8 @@ def int8_activations(layer) -> bool:
         return False
     # int4 or int8 in groups of 32, and int8 with one scale per row (x still in blocks of 32: since the decode
     # step lost its per-op overhead, this is 2.5x faster than converting every weight to float)
-    return layer.group in (32, layer.in_features) and layer.in_features % 32 == 0
+    per_row_int8 = layer.fmt == "int8" and layer.group == layer.in_features
+    return layer.in_features % 32 == 0 and (layer.group == 32 or per_row_int8)
 
 
 def quantize_activations(x: torch.Tensor) -> torch.Tensor:

@@ -140,6 +140,8 @@ class GGUFFile:
         magic, version = self._read("<4sI")
         if magic != b"GGUF":
             raise ValueError(f"not a GGUF file (it starts with {magic!r})")
+        if version not in (2, 3) and int.from_bytes(version.to_bytes(4, "little"), "big") in (2, 3):
+            raise ValueError("big-endian GGUF files are not supported")
         if version not in (2, 3):
             raise ValueError(f"GGUF version {version} is not supported (2 and 3 are)")
         n_tensors, n_kv = self._read("<QQ")
@@ -154,7 +156,9 @@ class GGUFFile:
             dims = self._read(f"<{n_dims}Q")
             kind, offset = self._read("<IQ")
             infos.append((name, dims, kind, offset))
-        align = int(self.metadata.get("general.alignment", 32))
+        align = self.metadata.get("general.alignment", 32)
+        if not isinstance(align, int) or isinstance(align, bool) or align <= 0 or align & (align - 1):
+            raise ValueError(f"invalid general.alignment {align!r} (a power of two is required)")
         start = -(-self._pos // align) * align
         data = np.frombuffer(self.mm, dtype=np.uint8)
         self.tensors = [self._tensor(data, start, *info) for info in infos]
