@@ -96,6 +96,18 @@ def test_one_round_reads_the_rates_and_the_childs_peak_memory(fake_llama_cpp, tm
     assert "exit code 3" in peer.error and "bad model" in peer.error and not peer.decode
 
 
+def test_llama_cpp_runs_without_our_openmp_tuning(fake_llama_cpp, tmp_path, monkeypatch):
+    """OMP_WAIT_POLICY=PASSIVE (ours) is not passed on: llama.cpp's own default wait policy, as its users run it."""
+    record = tmp_path / "policy.txt"
+    wrapper = _script(tmp_path / "llama-bench", f'#!/bin/sh\necho "${{OMP_WAIT_POLICY:-unset}}" > {record}\n'
+                      f'exec {fake_llama_cpp / "llama-bench"} "$@"\n')
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    peer = PeerFile("F32", tmp_path / "m.gguf")
+    measure_round(Tools(wrapper), peer, 2, 16, (50,), 0)
+    assert peer.error is None and peer.decode == {50: [pytest.approx(100.0)]}
+    assert record.read_text().strip() == "unset"
+
+
 def test_run_child_reports_its_own_maxrss(tmp_path):
     import sys
 

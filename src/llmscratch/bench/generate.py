@@ -340,7 +340,8 @@ def _llama_cpp_peer(spec: str, cfg: GenerateBenchConfig, echo: Callable[[str], N
         except RuntimeError as e:
             echo(f"llama.cpp {copy} copy of {gguf.name}: none ({e})")
     echo(f"llama.cpp peer: {tools.bench} on {gguf.name} ({', '.join(f.label for f in files)}), {_threads(cfg)} "
-         "threads, interleaved with ours")
+         "threads, interleaved with ours; its processes run without our OpenMP tuning (OMP_WAIT_POLICY unset: "
+         "llama.cpp's own default)")
     return {"tools": tools, "files": files}
 
 

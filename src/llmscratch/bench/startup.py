@@ -82,8 +82,10 @@ def measure_startup(model: str, quantize: str | None = None, threads: int | None
 
 def llama_cpp_startup(cmd: list[str], timeout: float = 120) -> Startup:
     """A llama.cpp command generating one token, timed as a whole process."""
+    from llmscratch.bench.llama_cpp import peer_env
+
     try:
-        child = run_child(cmd, timeout)
+        child = run_child(cmd, timeout, peer_env())
     except OSError as e:
         return Startup(cmd, None, None, error=str(e))
     error = None if child.returncode == 0 else f"exit code {child.returncode}: {child.stderr.strip()[-300:]}"
