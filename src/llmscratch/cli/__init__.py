@@ -12,9 +12,15 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import pkgutil
 import re
 import sys
+
+# OpenMP threads sleep between parallel regions instead of spinning (before torch loads OpenMP): with the
+# default spinning, a decode step or a model load ran 2-3x slower whenever another process held a core, and
+# no slower here when none did. A value set by the user wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from llmscratch import __version__
 from llmscratch.utils import UserError
