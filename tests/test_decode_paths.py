@@ -62,6 +62,18 @@ def _inference_ops():
     return ops
 
 
+def _model_and_two_prefilled_caches(preset: str, length: int, prefill: int, slots: int):
+    """A tiny eval model, ids (2, length), and two caches of `slots` slots holding the same first `prefill` tokens."""
+    torch.manual_seed(0)
+    model = build_model(get_config(preset)).eval()
+    ids = torch.randint(0, 512, (2, length))
+    caches = [model.new_cache(2, slots), model.new_cache(2, slots)]
+    with torch.no_grad():
+        for cache in caches:
+            model(ids[:, :prefill], cache, torch.arange(prefill))
+    return model, ids, caches
+
+
 def test_our_swiglu_op_equals_torch():
     torch.manual_seed(0)
     gate_up = torch.randn(3, 2, 2 * 40) * 4  # 6 rows
@@ -77,20 +89,10 @@ def test_our_decode_attention_op_equals_the_pytorch_step(monkeypatch, preset, pe
     from llmscratch.model import quant_kernel
 
     _inference_ops()
-    torch.manual_seed(0)
-    model = build_model(get_config(preset)).eval()
-    ids = torch.randint(0, 512, (2, 14))
+    model, ids, caches = _model_and_two_prefilled_caches(preset, length=14, prefill=8, slots=16)
     with torch.no_grad():
-        caches = [model.new_cache(2, 16), model.new_cache(2, 16)]
-        for cache in caches:
-            model(ids[:, :8], cache, torch.arange(8))
-        if per_row:  # row 1 two slots behind row 0
-            for cache in caches:
-                for i in range(model.config.n_layers):
-                    for buf in cache.layer(i):
-                        buf[1, :, 6:8] = 0
         for t in range(8, 14):
-            pos = torch.tensor([[t], [t - 2]]) if per_row else torch.tensor([t])
+            pos = torch.tensor([[t], [t - 2]]) if per_row else torch.tensor([t])  # per row: row 1 two slots behind
             want_step = model(ids[:, t : t + 1], caches[0], pos)
             monkeypatch.setattr(quant_kernel, "INFERENCE_OPS", False)
             ref_step = model(ids[:, t : t + 1], caches[1], pos)
@@ -124,13 +126,8 @@ def test_decode_steps_equal_a_full_forward_on_every_path(preset):
 def test_the_whole_cache_step_of_compiled_decoding_equals_the_eager_step(monkeypatch, preset, per_row):
     """What torch.compile traces (every cache slot read, later ones masked), run eagerly: the same logits as the
     usual step, for shared and per-row positions and Gemma's sliding windows (window 8 < 20 slots)."""
-    torch.manual_seed(0)
-    model = build_model(get_config(preset)).eval()
-    ids = torch.randint(0, 512, (2, 20))
+    model, ids, caches = _model_and_two_prefilled_caches(preset, length=20, prefill=12, slots=24)
     with torch.no_grad():
-        caches = [model.new_cache(2, 24), model.new_cache(2, 24)]
-        for cache in caches:
-            model(ids[:, :12], cache, torch.arange(12))
         for t in range(12, 20):
             pos = torch.tensor([[t], [t]]) if per_row else torch.tensor([t])
             want = model(ids[:, t : t + 1], caches[0], pos)
