@@ -163,3 +163,19 @@ def test_compiled_quantized_decoding_generates_the_eager_tokens(fmt):
     eager = generate(model, [prompt], cfg)
     compile_decoding(model)
     assert generate(model, [prompt], cfg) == eager
+
+
+def test_float_inference_never_compiles_the_kernels_itself(monkeypatch, tmp_path):
+    """On a machine without a build, a float model's decode uses PyTorch's ops rather than stopping for a minute
+    to compile (a training run's text samples); `prepare_decoding` (the decoding commands) is what builds."""
+    from llmscratch.model import quant_kernel
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "no-builds-here"))
+    monkeypatch.setattr(quant_kernel, "_module", None)
+    monkeypatch.setattr(quant_kernel, "_status", "not built yet")
+    monkeypatch.setattr(quant_kernel, "_looked", False)
+    monkeypatch.setattr(quant_kernel, "_build", lambda: pytest.fail("a build was started"))
+    model = build_model(get_config("llama-tiny")).eval()
+    assert generate(model, [[1, 2, 3]], SamplingConfig(max_new_tokens=3))
+    assert quant_kernel._module is None and quant_kernel._status == "not built yet"
+    assert not (tmp_path / "no-builds-here").exists()

@@ -194,6 +194,9 @@ def _load(spec: str, cfg: GenerateBenchConfig):
     config = loaded.model.config
     if config.family not in ("gpt2", "llama"):
         raise UserError(f"the generation benchmark compares GPT-2 and Llama models; {spec} is {config.family}")
+    from llmscratch.model.quant_kernel import prepare_decoding
+
+    prepare_decoding("cpu")  # our decode ops from the first timed step
     longest = max(cfg.prompt_tokens + max(cfg.tokens), cfg.prefill_tokens + 1)
     if longest > config.context_length:
         raise UserError(f"{cfg.prompt_tokens} prompt + {max(cfg.tokens)} new tokens (or {cfg.prefill_tokens} "

@@ -54,10 +54,12 @@ def _chat(args: argparse.Namespace) -> None:
         if not Path(args.template).is_file():
             raise UserError(f"chat template file not found: {args.template}")
         template = Path(args.template).read_text(encoding="utf-8")
+    from llmscratch.model.quant_kernel import prepare_decoding
     from llmscratch.weights import load_model
     from llmscratch.weights.registry import resolve
 
     loaded = load_model(resolve(args.model, args.source), device=pick_device(args.device), quantize=args.quantize)
+    prepare_decoding(pick_device(args.device))
     session = ChatSession(loaded.model, loaded.tokenizer, template or loaded.chat_template, sampling, args.system)
     if args.message is not None:
         _answer(session, args.message)

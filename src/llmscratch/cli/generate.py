@@ -47,6 +47,7 @@ def _generate(args: argparse.Namespace) -> None:
 
     from llmscratch.generate import GenerationStats, SamplingConfig, compile_decoding, generate_text, stream_text
     from llmscratch.model.base import set_weight_layout
+    from llmscratch.model.quant_kernel import prepare_decoding
     from llmscratch.tokenizer import encode_prompt
     from llmscratch.utils import UserError, pick_device
     from llmscratch.weights import load_model
@@ -62,6 +63,7 @@ def _generate(args: argparse.Namespace) -> None:
     loaded = load_model(args.model, device=device, dtype=getattr(torch, args.dtype), quantize=args.quantize)
     if device.type == "cpu":
         set_weight_layout(loaded.model)  # faster batch-1 decoding on CPUs (see `llmscratch bench generate`)
+    prepare_decoding(device)
     if args.compile:
         compile_decoding(loaded.model)
     if loaded.random_weights:

@@ -38,6 +38,7 @@ _FLAGS = {"native": ["-march=native"], "avx2": ["-mavx2", "-mfma", "-mf16c"], "p
 # LLMSCRATCH_INFERENCE_OPS=0: PyTorch ops for RMSNorm, SwiGLU and decode attention even where ours apply
 INFERENCE_OPS = os.environ.get("LLMSCRATCH_INFERENCE_OPS", "1") != "0"
 _lock = threading.Lock()
+_looked = False  # kernel(build=False) looked for an earlier build
 _module = None
 _status = "not built yet"
 
@@ -69,6 +70,12 @@ def _import_built(name: str, folder: Path):
     return module
 
 
+def _name_and_flags(choice: str) -> tuple[str, list[str]]:
+    """The extension's name and compiler flags for LLMSCRATCH_QUANT_KERNEL=`choice` (native, avx2, plain...)."""
+    isa = choice if choice in _FLAGS else "native"
+    return f"llmscratch_kernels_v5_{isa}", ["-O3", "-std=c++17", *_FLAGS[isa]]
+
+
 def _build():
     """Compile (or load from our cache) the extension; None with `_status` set when that fails."""
     global _module, _status
@@ -76,8 +83,7 @@ def _build():
     if choice == "0":
         _status = "off (LLMSCRATCH_QUANT_KERNEL=0): pure-PyTorch reference"
         return None
-    isa = choice if choice in _FLAGS else "native"
-    name, flags = f"llmscratch_kernels_v5_{isa}", ["-O3", "-std=c++17", *_FLAGS[isa]]
+    name, flags = _name_and_flags(choice)
     folder = _build_dir(name, flags)
     failed = folder / "build-failed.txt"  # a failed build is not retried by every process: delete it to retry
     try:
@@ -118,15 +124,46 @@ def _compile(name: str, flags: list[str], folder: Path, failed: Path):
         raise
 
 
-def kernel():
-    """The compiled extension module, built on first call; None when it cannot be built (see `status`)."""
-    global _status
-    if _module is None and _status == "not built yet":
+def kernel(build: bool = True):
+    """The compiled extension module, built on first call; None when it cannot be built (see `status`).
+
+    build=False: only a module built earlier on this machine, imported (never compiled here); None if there is none
+    yet. The decode ops of float models ask this way, so that no one waits a minute for a build in the middle of
+    other work (a training run's text samples); `generate`, `chat`, `serve`, `bench generate` and every quantized
+    layer build it."""
+    global _status, _looked
+    if _module is None and _status == "not built yet" and (build or not _looked):
         with _lock:
             if _module is None and _status == "not built yet":
-                _status = "building"
-                _build()
+                if build:
+                    _status = "building"
+                    _build()
+                elif not _looked:
+                    _looked = True
+                    _import_existing()
     return _module
+
+
+def prepare_decoding(device: torch.device | str) -> None:
+    """Before a command decodes on `device`: on the CPU, build our kernels now if this machine has none (once,
+    about a minute, said on stderr), so that the decode ops of float models are there from the first token."""
+    if torch.device(device).type == "cpu":
+        kernel()
+
+
+def _import_existing() -> None:
+    """Set `_module` from a build made earlier on this machine, if there is one (no compiling, no status change)."""
+    global _module, _status
+    choice = os.environ.get("LLMSCRATCH_QUANT_KERNEL", "1")
+    if choice == "0":
+        return
+    name, flags = _name_and_flags(choice)
+    try:
+        _module = _import_built(name, _build_dir(name, flags))
+    except (ImportError, OSError):
+        _module = None
+    if _module is not None:
+        _status = f"C++ kernel, {_module.simd()}"
 
 
 def inference_ops(x: torch.Tensor):
@@ -138,7 +175,7 @@ def inference_ops(x: torch.Tensor):
     if (not INFERENCE_OPS or x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_grad_enabled()
             or x.numel() > MAX_ROWS * x.shape[-1] or torch.compiler.is_compiling()):
         return None
-    return _module if _module is not None else kernel()
+    return _module if _module is not None else kernel(build=False)
 
 
 def status() -> str:

@@ -217,12 +217,15 @@ def load_served_model(config: ServeConfig):
     """The model `config.model` names, on `config.device` in `config.dtype`."""
     import torch
 
+    from llmscratch.model.quant_kernel import prepare_decoding
     from llmscratch.utils import pick_device
     from llmscratch.weights import load_model
 
     gguf = "gguf" if getattr(config, "quantize", None) == "gguf" else None  # a GGUF file's blocks kept quantized
-    return load_model(config.model, device=pick_device(config.device), dtype=getattr(torch, config.dtype),
-                      quantize=gguf)
+    device = pick_device(config.device)
+    loaded = load_model(config.model, device=device, dtype=getattr(torch, config.dtype), quantize=gguf)
+    prepare_decoding(device)
+    return loaded
 
 
 def _ctx(state: ServerState) -> int:
