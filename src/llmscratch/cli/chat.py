@@ -58,8 +58,9 @@ def _chat(args: argparse.Namespace) -> None:
     from llmscratch.weights import load_model
     from llmscratch.weights.registry import resolve
 
-    loaded = load_model(resolve(args.model, args.source), device=pick_device(args.device), quantize=args.quantize)
-    prepare_decoding(pick_device(args.device))
+    device = pick_device(args.device)
+    loaded = load_model(resolve(args.model, args.source), device=device, quantize=args.quantize)
+    prepare_decoding(device)
     session = ChatSession(loaded.model, loaded.tokenizer, template or loaded.chat_template, sampling, args.system)
     if args.message is not None:
         _answer(session, args.message)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmscratch.model.kv_cache import KVCache
+from llmscratch.model.quant_kernel import inference_ops
 
 
 def attention_manual(
@@ -191,8 +192,6 @@ def decode_attention(qkv: torch.Tensor, ctx: StepContext, layer: int, nh: int, n
     """A decode step's attention (rotary, cache write, one query per row over its slots 0..its own) in one call
     of our C++ op (csrc/decode_ops.cpp), for qkv (B, 1, (nh + 2 nkv) hd) float32 on the CPU at inference;
     y (B, nh hd), or None when the op does not apply (the caller then runs the PyTorch path above)."""
-    from llmscratch.model.quant_kernel import inference_ops
-
     k_buf, v_buf = ctx.cache.layer(layer)  # (B, nkv, max_len, hd)
     ops = inference_ops(qkv)
     if (ops is None or k_buf.dtype != torch.float32 or v_buf.dtype != torch.float32 or not qkv.is_contiguous()

@@ -76,30 +76,32 @@ def _name_and_flags(choice: str) -> tuple[str, list[str]]:
     return f"llmscratch_kernels_v5_{isa}", ["-O3", "-std=c++17", *_FLAGS[isa]]
 
 
-def _build():
-    """Compile (or load from our cache) the extension; None with `_status` set when that fails."""
+def _load(compile_missing: bool) -> None:
+    """Set `_module` (and `_status`) from our build on this machine; without one, compile it when
+    `compile_missing`, else leave everything as it was (nothing is said of a build that was not asked for)."""
     global _module, _status
     choice = os.environ.get("LLMSCRATCH_QUANT_KERNEL", "1")
     if choice == "0":
-        _status = "off (LLMSCRATCH_QUANT_KERNEL=0): pure-PyTorch reference"
-        return None
+        if compile_missing:
+            _status = "off (LLMSCRATCH_QUANT_KERNEL=0): pure-PyTorch reference"
+        return
     name, flags = _name_and_flags(choice)
     folder = _build_dir(name, flags)
     failed = folder / "build-failed.txt"  # a failed build is not retried by every process: delete it to retry
     try:
-        if failed.is_file():
-            raise RuntimeError(failed.read_text().strip() + f" (recorded in {failed})")
         try:
             _module = _import_built(name, folder)
         except ImportError:  # a cut or stale build product: build again
             _module = None
-        if _module is None:
+        if _module is None and compile_missing:
+            if failed.is_file():
+                raise RuntimeError(failed.read_text().strip() + f" (recorded in {failed})")
             _module = _compile(name, flags, folder, failed)
-        _status = f"C++ kernel, {_module.simd()}"
     except Exception as e:  # no compiler, no headers, a failed build: the reference still works
         _module = None
         _status = f"pure-PyTorch reference (C++ kernel build failed: {str(e).splitlines()[0][:200]})"
-    return _module
+    if _module is not None:
+        _status = f"C++ kernel, {_module.simd()}"
 
 
 def _compile(name: str, flags: list[str], folder: Path, failed: Path):
@@ -137,10 +139,10 @@ def kernel(build: bool = True):
             if _module is None and _status == "not built yet":
                 if build:
                     _status = "building"
-                    _build()
+                    _load(compile_missing=True)
                 elif not _looked:
                     _looked = True
-                    _import_existing()
+                    _load(compile_missing=False)
     return _module
 
 
@@ -149,21 +151,6 @@ def prepare_decoding(device: torch.device | str) -> None:
     about a minute, said on stderr), so that the decode ops of float models are there from the first token."""
     if torch.device(device).type == "cpu":
         kernel()
-
-
-def _import_existing() -> None:
-    """Set `_module` from a build made earlier on this machine, if there is one (no compiling, no status change)."""
-    global _module, _status
-    choice = os.environ.get("LLMSCRATCH_QUANT_KERNEL", "1")
-    if choice == "0":
-        return
-    name, flags = _name_and_flags(choice)
-    try:
-        _module = _import_built(name, _build_dir(name, flags))
-    except (ImportError, OSError):
-        _module = None
-    if _module is not None:
-        _status = f"C++ kernel, {_module.simd()}"
 
 
 def inference_ops(x: torch.Tensor):

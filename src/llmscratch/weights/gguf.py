@@ -169,11 +169,20 @@ class GGUFFile:
         return values
 
     def _string(self) -> str:
-        (n,) = self._read("<Q")
-        self._pos += n
-        if self._pos > len(self.mm):
+        return self._strings(1)[0]
+
+    def _strings(self, n: int) -> list[str]:
+        """n strings (length, UTF-8 bytes) from the current position: the hot loop of opening a file (vocabularies,
+        merges)."""
+        out, mm, pos, length = [], self.mm, self._pos, struct.Struct("<Q").unpack_from
+        for _ in range(n):
+            (k,) = length(mm, pos)
+            out.append(mm[pos + 8 : pos + 8 + k].decode("utf-8", errors="replace"))
+            pos += 8 + k
+        if pos > len(mm):
             raise ValueError("the file ends inside a string")
-        return self.mm[self._pos - n : self._pos].decode("utf-8", errors="replace")
+        self._pos = pos
+        return out
 
     def _value(self, kind: int) -> Any:
         if kind == 8:
@@ -189,17 +198,9 @@ class GGUFFile:
             values = np.frombuffer(self.mm, dtype=dtype, count=n, offset=self._pos)
             self._pos += n * dtype.itemsize
             return values.tolist()
-        if item != 8:  # arrays of arrays
-            return [self._value(item) for _ in range(n)]
-        out, mm, pos, length = [], self.mm, self._pos, struct.Struct("<Q").unpack_from
-        for _ in range(n):  # strings (vocabularies, merges): the hot loop of opening a file
-            (k,) = length(mm, pos)
-            out.append(mm[pos + 8 : pos + 8 + k].decode("utf-8", errors="replace"))
-            pos += 8 + k
-        if pos > len(mm):
-            raise ValueError("the file ends inside a string array")
-        self._pos = pos
-        return out
+        if item == 8:
+            return self._strings(n)
+        return [self._value(item) for _ in range(n)]  # arrays of arrays
 
     def _tensor(self, data: np.ndarray, start: int, name: str, dims: tuple, kind: int, offset: int) -> GGUFTensor:
         n = int(np.prod(dims)) if dims else 1
