@@ -192,3 +192,61 @@ def test_tied_embedding_reads_the_quantized_head(preset):
     with torch.no_grad():
         want = model.head.dequantized_weight()[ids] * (model.tok_emb.scale or 1.0)
         assert torch.allclose(model.tok_emb(ids), want)
+
+
+@pytest.fixture
+def threads():
+    """Set torch's thread count for a test (our kernels split rows over that many), restored after."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def _products(x):
+    """Every kernel product of x (rows, 384) with 1000-row weights: float32, int8 per row, int4 groups of 32."""
+    w = weight(out=1000, inp=384, seed=5)
+    lin = nn.Linear(384, 1000, bias=False)
+    lin.weight.data = w
+    q8, q4 = QuantLinear.from_linear(lin, "int8", 32), QuantLinear.from_linear(lin, "int4", 32)
+    with torch.no_grad():
+        return [quant_kernel.float_linear(x, w), q8(x), q4(x)]
+
+
+@pytest.mark.skipif(quant_kernel.kernel() is None, reason="no C++ compiler: no kernel to split")
+@pytest.mark.parametrize("rows", [1, 3])
+def test_rows_split_over_threads_give_the_one_thread_result_exactly(threads, rows):
+    x = torch.randn(rows, 384, generator=torch.Generator().manual_seed(rows))
+    threads(1)
+    alone = _products(x)
+    threads(3)  # more threads than this machine's cores: helpers claim chunks when they get a core
+    for _ in range(5):
+        for y, ref in zip(_products(x), alone):
+            assert torch.equal(y, ref)
+
+
+@pytest.mark.skipif(quant_kernel.kernel() is None, reason="no C++ compiler: no kernel to split")
+def test_products_from_several_python_threads_at_once_are_right(threads):
+    """Callers racing for the thread pool (a server's threads): the loser runs its product alone, right."""
+    import concurrent.futures
+
+    threads(2)
+    xs = [torch.randn(1, 384, generator=torch.Generator().manual_seed(i)) for i in range(8)]
+    expected = [_products(x) for x in xs]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda x: [_products(x) for _ in range(10)][-1], xs))
+    for g, e in zip(got, expected):
+        assert all(torch.equal(a, b) for a, b in zip(g, e))
+
+
+def test_our_linear_uses_the_float_kernel_only_for_decode_sized_inference(monkeypatch):
+    lin = quant_kernel.Linear(96, 70)
+    calls = []
+    real = quant_kernel.float_linear
+    monkeypatch.setattr(quant_kernel, "float_linear", lambda *a: calls.append(a[0].shape) or real(*a))
+    x = torch.randn(2, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(lin(x), torch.nn.functional.linear(x, lin.weight, lin.bias))
+        lin(torch.randn(9, 96))  # a prefill: F.linear
+    lin(x).sum().backward()  # training: F.linear, and gradients flow
+    assert lin.weight.grad is not None
+    assert calls == ([(2, 96)] if quant_kernel.kernel() is not None else [])

@@ -20,11 +20,11 @@ import json, sys, time
 t0 = time.perf_counter()
 import torch
 from llmscratch.generate import SamplingConfig, generate_text
-from llmscratch.model.base import set_weight_layout
+from llmscratch.model.quant_kernel import prepare_decoding
 from llmscratch.weights import load_model
 t1 = time.perf_counter()
 loaded = load_model(sys.argv[1], device="cpu", dtype=torch.float32, quantize=sys.argv[2] or None, progress=False)
-set_weight_layout(loaded.model)
+prepare_decoding("cpu", loaded.model)
 t2 = time.perf_counter()
 generate_text(loaded.model, loaded.tokenizer, sys.argv[3], SamplingConfig(max_new_tokens=1))
 t3 = time.perf_counter()

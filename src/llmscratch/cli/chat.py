@@ -60,7 +60,7 @@ def _chat(args: argparse.Namespace) -> None:
 
     device = pick_device(args.device)
     loaded = load_model(resolve(args.model, args.source), device=device, quantize=args.quantize)
-    prepare_decoding(device)
+    prepare_decoding(device, loaded.model)
     session = ChatSession(loaded.model, loaded.tokenizer, template or loaded.chat_template, sampling, args.system)
     if args.message is not None:
         _answer(session, args.message)

@@ -46,7 +46,6 @@ def _generate(args: argparse.Namespace) -> None:
     import torch
 
     from llmscratch.generate import GenerationStats, SamplingConfig, compile_decoding, generate_text, stream_text
-    from llmscratch.model.base import set_weight_layout
     from llmscratch.model.quant_kernel import prepare_decoding
     from llmscratch.tokenizer import encode_prompt
     from llmscratch.utils import UserError, pick_device
@@ -61,9 +60,7 @@ def _generate(args: argparse.Namespace) -> None:
         raise UserError("the prompt is empty; give some text to continue")
     device = pick_device(args.device)
     loaded = load_model(args.model, device=device, dtype=getattr(torch, args.dtype), quantize=args.quantize)
-    if device.type == "cpu":
-        set_weight_layout(loaded.model)  # faster batch-1 decoding on CPUs (see `llmscratch bench generate`)
-    prepare_decoding(device)
+    prepare_decoding(device, loaded.model)
     if args.compile:
         compile_decoding(loaded.model)
     if loaded.random_weights:

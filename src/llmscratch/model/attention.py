@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmscratch.model.kv_cache import KVCache
-from llmscratch.model.quant_kernel import inference_ops
+from llmscratch.model.quant_kernel import Linear, inference_ops
 
 
 def attention_manual(
@@ -158,8 +158,8 @@ class CausalSelfAttention(nn.Module):
         if n_heads % n_kv_heads:
             raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
-        self.qkv = nn.Linear(emb_dim, (n_heads + 2 * n_kv_heads) * head_dim, bias=qkv_bias)
-        self.proj = nn.Linear(n_heads * head_dim, emb_dim, bias=out_bias)
+        self.qkv = Linear(emb_dim, (n_heads + 2 * n_kv_heads) * head_dim, bias=qkv_bias)
+        self.proj = Linear(n_heads * head_dim, emb_dim, bias=out_bias)
         self.dropout = dropout
         self.fused = True  # False: the written-out path
 

@@ -28,7 +28,7 @@ from llmscratch.model.attention import StepContext, attend, rotate
 from llmscratch.model.base import LanguageModel
 from llmscratch.model.kv_cache import KVCache
 from llmscratch.model.llama import RotaryEmbedding
-from llmscratch.model.quant_kernel import inference_ops
+from llmscratch.model.quant_kernel import Linear, inference_ops
 
 
 @dataclass
@@ -116,7 +116,7 @@ class GemmaEmbedding(nn.Embedding):
         return super().forward(ids) * scale.to(self.weight.device)
 
 
-class SoftCappedHead(nn.Linear):
+class SoftCappedHead(Linear):
     """The output projection followed by cap * tanh(logits / cap)."""
 
     def __init__(self, in_features: int, out_features: int, cap: float):
@@ -132,8 +132,8 @@ class GeGLU(nn.Module):
 
     def __init__(self, emb_dim: int, hidden_dim: int):
         super().__init__()
-        self.gate_up = nn.Linear(emb_dim, 2 * hidden_dim, bias=False)
-        self.down = nn.Linear(hidden_dim, emb_dim, bias=False)
+        self.gate_up = Linear(emb_dim, 2 * hidden_dim, bias=False)
+        self.down = Linear(hidden_dim, emb_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)  # 2 x (B, T, hidden)
@@ -146,8 +146,8 @@ class GemmaAttention(nn.Module):
     def __init__(self, c: GemmaConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = c.n_heads, c.n_kv_heads, c.head_dim
-        self.qkv = nn.Linear(c.emb_dim, (c.n_heads + 2 * c.n_kv_heads) * c.head_dim, bias=False)
-        self.proj = nn.Linear(c.n_heads * c.head_dim, c.emb_dim, bias=False)
+        self.qkv = Linear(c.emb_dim, (c.n_heads + 2 * c.n_kv_heads) * c.head_dim, bias=False)
+        self.proj = Linear(c.n_heads * c.head_dim, c.emb_dim, bias=False)
         self.q_norm = GemmaRMSNorm(c.head_dim, c.rms_norm_eps)
         self.k_norm = GemmaRMSNorm(c.head_dim, c.rms_norm_eps)
         # Attention divides scores by sqrt(head_dim); queries are rescaled so that it is sqrt(query_pre_attn_scalar).
@@ -206,7 +206,7 @@ class Gemma(LanguageModel):
         self.blocks = nn.ModuleList(GemmaBlock(c) for _ in range(c.n_layers))
         self.final_norm = GemmaRMSNorm(c.emb_dim, c.rms_norm_eps)
         if c.final_logit_softcap is None:
-            self.head = nn.Linear(c.emb_dim, c.vocab_size, bias=False)
+            self.head = Linear(c.emb_dim, c.vocab_size, bias=False)
         else:
             self.head = SoftCappedHead(c.emb_dim, c.vocab_size, c.final_logit_softcap)
         self.apply(self._init_weights)

@@ -11,6 +11,7 @@ from torch import nn
 from llmscratch.model.attention import CausalSelfAttention, StepContext
 from llmscratch.model.base import LanguageModel
 from llmscratch.model.kv_cache import KVCache
+from llmscratch.model.quant_kernel import Linear
 
 
 @dataclass
@@ -57,8 +58,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, emb_dim: int):
         super().__init__()
-        self.fc = nn.Linear(emb_dim, 4 * emb_dim)
-        self.proj = nn.Linear(4 * emb_dim, emb_dim)
+        self.fc = Linear(emb_dim, 4 * emb_dim)
+        self.proj = Linear(4 * emb_dim, emb_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(F.gelu(self.fc(x), approximate="tanh"))
@@ -95,7 +96,7 @@ class GPT(LanguageModel):
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(GPTBlock(c) for _ in range(c.n_layers))
         self.final_norm = nn.LayerNorm(c.emb_dim, eps=c.layer_norm_eps)
-        self.head = nn.Linear(c.emb_dim, c.vocab_size, bias=False)
+        self.head = Linear(c.emb_dim, c.vocab_size, bias=False)
         self.apply(self._init_weights)
         if c.tie_embeddings:
             self.head.weight = self.tok_emb.weight

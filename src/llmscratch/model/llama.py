@@ -15,7 +15,7 @@ from torch import nn
 from llmscratch.model.attention import CausalSelfAttention, StepContext
 from llmscratch.model.base import LanguageModel
 from llmscratch.model.kv_cache import KVCache
-from llmscratch.model.quant_kernel import inference_ops
+from llmscratch.model.quant_kernel import Linear, inference_ops
 
 
 @dataclass
@@ -142,8 +142,8 @@ class SwiGLU(nn.Module):
 
     def __init__(self, emb_dim: int, hidden_dim: int):
         super().__init__()
-        self.gate_up = nn.Linear(emb_dim, 2 * hidden_dim, bias=False)
-        self.down = nn.Linear(hidden_dim, emb_dim, bias=False)
+        self.gate_up = Linear(emb_dim, 2 * hidden_dim, bias=False)
+        self.down = Linear(hidden_dim, emb_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up(x)  # (B, T, 2 hidden)
@@ -185,7 +185,7 @@ class Llama(LanguageModel):
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(LlamaBlock(c) for _ in range(c.n_layers))
         self.final_norm = RMSNorm(c.emb_dim, c.rms_norm_eps)
-        self.head = nn.Linear(c.emb_dim, c.vocab_size, bias=False)
+        self.head = Linear(c.emb_dim, c.vocab_size, bias=False)
         self.apply(self._init_weights)
         if c.tie_embeddings:
             self.head.weight = self.tok_emb.weight

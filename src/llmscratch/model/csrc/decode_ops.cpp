@@ -4,7 +4,7 @@
 // is what costs. The PyTorch reference of each: RMSNorm.reference_forward, SwiGLU (model/llama.py), and
 // CausalSelfAttention's own path (model/attention.py); tests compare them.
 #include <torch/extension.h>
-#include <ATen/Parallel.h>
+#include "quant_kernels.h"
 #include <cmath>
 #include <vector>
 
@@ -33,7 +33,7 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps, bool plus_o
     auto y = torch::empty_like(x);
     const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>();
     float* yp = y.data_ptr<float>();
-    at::parallel_for(0, M, std::max<int64_t>(1, 65536 / D), [&](int64_t m0, int64_t m1) {
+    llms::parallel_for(M, std::max<int64_t>(1, 65536 / D), [&](int64_t m0, int64_t m1) {
         for (int64_t m = m0; m < m1; ++m) {
             const float* r = xp + m * D;
             double part[8] = {0.0};  // 8 running sums in double precision: the loop vectorizes, the sum is exact
@@ -63,7 +63,7 @@ torch::Tensor silu_mul(torch::Tensor gu) {
     auto y = torch::empty(sizes, gu.options());
     const float* g = gu.data_ptr<float>();
     float* yp = y.data_ptr<float>();
-    at::parallel_for(0, M, std::max<int64_t>(1, 65536 / H), [&](int64_t m0, int64_t m1) {
+    llms::parallel_for(M, std::max<int64_t>(1, 65536 / H), [&](int64_t m0, int64_t m1) {
         for (int64_t m = m0; m < m1; ++m)
             for (int64_t i = 0; i < H; ++i) {
                 const float a = g[m * 2 * H + i];
@@ -120,7 +120,7 @@ torch::Tensor decode_attention(torch::Tensor qkv, torch::Tensor cos, torch::Tens
     const float scale = 1.f / std::sqrt(static_cast<float>(hd));
     int64_t work = 0;
     for (int64_t b = 0; b < B; ++b) work += (pp[b] + 1) * hd * nh;
-    at::parallel_for(0, B * nh, work > (1 << 18) ? 1 : B * nh, [&](int64_t i0, int64_t i1) {
+    llms::parallel_for(B * nh, work > (1 << 18) ? 1 : B * nh, [&](int64_t i0, int64_t i1) {
         std::vector<float> w;
         for (int64_t i = i0; i < i1; ++i) {
             const int64_t b = i / nh, h = i % nh, g = h / rep, n = pp[b] + 1;

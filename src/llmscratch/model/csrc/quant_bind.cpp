@@ -1,6 +1,6 @@
-// Python bindings of quant_kernels.cpp: checks, output tensors, and the split of output rows over torch's threads.
+// Python bindings of quant_kernels.cpp: checks, output tensors, and the split of output rows over threads
+// (llms::parallel_for, thread_pool.cpp).
 #include <torch/extension.h>
-#include <ATen/Parallel.h>
 #include <optional>
 #include <vector>
 #include "quant_kernels.h"
@@ -30,7 +30,7 @@ torch::Tensor f32_linear(torch::Tensor x, torch::Tensor w) {
     auto y = torch::empty({M, N}, x.options());
     const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>();
     float* yp = y.data_ptr<float>();
-    at::parallel_for(0, N, grain(K * 4), [&](int64_t n0, int64_t n1) { llms::f32_rows(xp, M, K, wp, yp, N, n0, n1); });
+    llms::parallel_for(N, grain(K * 4), [&](int64_t n0, int64_t n1) { llms::f32_rows(xp, M, K, wp, yp, N, n0, n1); });
     return y;
 }
 
@@ -51,7 +51,7 @@ torch::Tensor vnni_linear(const torch::Tensor& x, const torch::Tensor& w, const 
     const void* mp = mn ? mn->data_ptr() : nullptr;
     const bool half = s.scalar_type() == torch::kHalf;
     float* yp = y.data_ptr<float>();
-    at::parallel_for(0, N, grain(q4 ? K / 2 : K), [&](int64_t n0, int64_t n1) {
+    llms::parallel_for(N, grain(q4 ? K / 2 : K), [&](int64_t n0, int64_t n1) {
         llms::vnni_rows(X, M, K, q4, wp, sp, mp, half, per_row, yp, N, n0, n1);
     });
     return y;
@@ -69,7 +69,7 @@ torch::Tensor q8_linear(torch::Tensor x, torch::Tensor w, torch::Tensor s, int64
     const int8_t* wp = w.data_ptr<int8_t>();
     const void* sp = s.data_ptr();
     float* yp = y.data_ptr<float>();
-    at::parallel_for(0, N, grain(K), [&](int64_t n0, int64_t n1) {
+    llms::parallel_for(N, grain(K), [&](int64_t n0, int64_t n1) {
         llms::q8_rows(xp, M, K, G, wp, sp, half, yp, N, n0, n1);
     });
     return y;
@@ -97,7 +97,7 @@ torch::Tensor q4_linear(torch::Tensor x, torch::Tensor w, torch::Tensor s, std::
     const void* sp = s.data_ptr();
     const void* mp = mn ? mn->data_ptr() : nullptr;
     float* yp = y.data_ptr<float>();
-    at::parallel_for(0, N, grain(K / 2), [&](int64_t n0, int64_t n1) {
+    llms::parallel_for(N, grain(K / 2), [&](int64_t n0, int64_t n1) {
         llms::q4_rows(xp, xs.data(), M, K, G, wp, sp, mp, half, yp, N, n0, n1);
     });
     return y;
@@ -111,7 +111,7 @@ torch::Tensor q8_dequant(torch::Tensor w, torch::Tensor s, int64_t G) {
     const int8_t* wp = w.data_ptr<int8_t>();
     const void* sp = s.data_ptr();
     float* op = out.data_ptr<float>();
-    at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) { llms::q8_dequant_rows(wp, sp, half, K, G, op, n0, n1); });
+    llms::parallel_for(N, 16, [&](int64_t n0, int64_t n1) { llms::q8_dequant_rows(wp, sp, half, K, G, op, n0, n1); });
     return out;
 }
 
@@ -124,7 +124,7 @@ torch::Tensor q4_dequant(torch::Tensor w, torch::Tensor s, std::optional<torch::
     const void* sp = s.data_ptr();
     const void* mp = mn ? mn->data_ptr() : nullptr;
     float* op = out.data_ptr<float>();
-    at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) { llms::q4_dequant_rows(wp, sp, mp, half, K, G, op, n0, n1); });
+    llms::parallel_for(N, 16, [&](int64_t n0, int64_t n1) { llms::q4_dequant_rows(wp, sp, mp, half, K, G, op, n0, n1); });
     return out;
 }
 
