@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from llmscratch.model import quant_kernel
 from llmscratch.model.quant import QuantLinear, dequantize_int4, dequantize_int8
 from llmscratch.weights.gguf import load_gguf
 from llmscratch.weights.gguf_quant import quant_linear, quant_tensors
@@ -76,10 +77,10 @@ def test_synthetic_file_kept_quantized_matches_the_float_load(tmp_path, tied):
     qm = load_gguf(tmp_path / "tiny.gguf", progress=False, keep_quantized=True).model
     assert qm.quantization["format"] == "gguf"
     layers = dict(qm.named_modules())
-    assert type(layers["blocks.0.attn.qkv"]) is torch.nn.Linear  # attn_q is F16: the layer stays float
+    assert type(layers["blocks.0.attn.qkv"]) is quant_kernel.Linear  # attn_q is F16: the layer stays float
     kinds = {n: (layers[f"blocks.{n}"].fmt, layers[f"blocks.{n}"].group) for n in ("0.ffn.gate_up", "0.ffn.down")}
     assert kinds == {"0.ffn.gate_up": ("int8", 32), "0.ffn.down": ("int8", 32)}  # Q4_K + Q6_K: mixed; Q5_0
-    assert type(layers["blocks.1.ffn.gate_up"]) is torch.nn.Linear  # F32 gate + Q4_K up: float
+    assert type(layers["blocks.1.ffn.gate_up"]) is quant_kernel.Linear  # F32 gate + Q4_K up: float
     assert (qm.head.fmt, qm.head.group) == (("int8", 32) if tied else ("int8", 16))  # Q8_0 embedding; Q6_K output
     for name, mod in layers.items():
         want = flt.get_submodule(name).weight.detach() if isinstance(mod, QuantLinear) else None

@@ -250,7 +250,9 @@ def panel_chart(
 
     from llmscratch.utils import atomic_path
 
-    size = (8, 5) if len(panels) == 1 else (6.5 * len(panels), 5)
+    entries = max(len(series) + len(hlines or {}) for _, series, hlines in panels)
+    legend_rows = (entries + 1) // 2  # the legend sits under each panel, in two columns, off the lines
+    size = (8, 5 + 0.2 * legend_rows) if len(panels) == 1 else (6.5 * len(panels), 5 + 0.2 * legend_rows)
     fig, axes = plt.subplots(1, len(panels), figsize=size, dpi=110, squeeze=False)
     for ax, (name, series, hlines) in zip(axes[0], panels):
         for label, (xs, ys) in series.items():
@@ -264,7 +266,7 @@ def panel_chart(
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     heading = title + (f"\n{note}" if note else "")
     if len(panels) == 1 and not panels[0][0]:
         axes[0][0].set_title(heading, fontsize=10)
@@ -272,7 +274,7 @@ def panel_chart(
         fig.suptitle(heading, fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", bbox_inches="tight")
     plt.close(fig)
     return Path(path)
 
