@@ -133,7 +133,7 @@ FORMATS_ALL = [("int8", None, True), ("int8", 32, True), ("int8", 16, True), ("i
 
 
 @pytest.mark.parametrize("fmt,group,symmetric", FORMATS_ALL)
-@pytest.mark.parametrize("rows", range(1, 10))
+@pytest.mark.parametrize("rows", [*range(1, 10), 17, 65])  # 9, 17: kernel passes of 8 rows; 65: dequantized
 def test_every_format_and_row_count_equals_the_reference(fmt, group, symmetric, rows):
     w = weight(out=37, inp=384, seed=rows)  # 37 output rows: the kernel's 4-row blocks and a tail
     if fmt == "int8" and group:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from llmscratch.tokenizer import Tokenizer, train
 from llmscratch.tokenizer import bpe as bpe_module
 from llmscratch.tokenizer.bpe import merge_heap, merge_scan
-from llmscratch.tokenizer.byte_level import bytes_to_unicode, text_to_token, token_to_text
+from llmscratch.tokenizer.byte_level import bytes_to_unicode, text_to_token, texts_to_tokens, token_to_text
 from llmscratch.tokenizer.files import read_gpt2_files
 from llmscratch.tokenizer.pretokenize import GPT2_PATTERN, get_pre_tokenizer
 from llmscratch.utils import UserError
@@ -340,3 +340,19 @@ def test_smollm_single_pattern_equals_its_two_step_definition(text):
 def test_pre_tokenizers_cover_the_text(text):
     for name in ("gpt2", "smollm", "llama-bpe"):
         assert "".join(get_pre_tokenizer(name).split(text)) == text
+
+
+@pytest.mark.parametrize("texts", [
+    [token_to_text(bytes([b])) for b in range(256)] + ["Ġthe", ""],  # the whole alphabet, and an empty text
+    ["Ġthe", "日本", "a\u0085b"],  # characters outside the alphabet: the one-by-one path
+    ["a\ue000b", "Ġx"],  # a text holding the separator of the joined form
+    [],
+])
+def test_many_texts_become_the_bytes_of_each_one(texts):
+    assert texts_to_tokens(texts) == [text_to_token(t) for t in texts]
+
+
+@given(st.lists(st.text(max_size=6), max_size=8))
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_many_arbitrary_texts_become_the_bytes_of_each_one(texts):
+    assert texts_to_tokens(texts) == [text_to_token(t) for t in texts]

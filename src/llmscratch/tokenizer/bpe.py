@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import regex
 
-from llmscratch.tokenizer.byte_level import text_to_token, token_to_text
+from llmscratch.tokenizer.byte_level import texts_to_tokens, token_to_text
 from llmscratch.tokenizer.pretokenize import IGNORE_MERGES_BY_DEFAULT, PreTokenizer, get_pre_tokenizer
 from llmscratch.utils import UserError, atomic_write_text
 
@@ -86,9 +86,10 @@ class Tokenizer:
         table: list[bytes | None] = [None] * self.vocab_size
         self._bytes_to_id: dict[bytes, int] = {}
         for i, tok in vocab.items():
-            table[i] = bytes(tok)
+            tok = tok if type(tok) is bytes else bytes(tok)
+            table[i] = tok
             # The first id wins when a vocabulary lists the same bytes twice.
-            self._bytes_to_id.setdefault(bytes(tok), i)
+            self._bytes_to_id.setdefault(tok, i)
         for text, i in self.special_tokens.items():
             if i in vocab:
                 raise ValueError(f"special token {text!r} reuses id {i} of an ordinary token")
@@ -171,7 +172,8 @@ class Tokenizer:
                 if int(kind) in (GGUF_CONTROL, GGUF_USER_DEFINED) and i in by_id:
                     specials.setdefault(by_id[i], i)
         special_ids = set(specials.values())
-        id_bytes = {i: text_to_token(t) for t, i in items if i not in special_ids}
+        ordinary = [(t, i) for t, i in items if i not in special_ids]
+        id_bytes = dict(zip([i for _, i in ordinary], texts_to_tokens([t for t, _ in ordinary])))
         lookup = {t: i for t, i in items}
         lookup.update(specials)
         pairs: list[tuple[int, int]] = []
@@ -492,7 +494,7 @@ def tokenizer_from_dict(d: dict, source: str = "tokenizer file") -> Tokenizer:
     if d.get("version") != VERSION:
         raise UserError(f"{source} has version {d.get('version')!r}; this llmscratch reads version {VERSION}")
     try:
-        vocab = {int(i): text_to_token(t) for i, t in d["vocab"].items()}
+        vocab = dict(zip(map(int, d["vocab"]), texts_to_tokens(list(d["vocab"].values()))))
         by_text = {}
         for i, t in sorted((int(i), t) for i, t in d["vocab"].items()):
             by_text.setdefault(t, i)

@@ -8,6 +8,7 @@ tokens in this form.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 
@@ -59,6 +60,19 @@ def text_to_token(text: str) -> bytes:
         else:
             out.append(b)
     return bytes(out)
+
+
+def texts_to_tokens(texts: Sequence[str]) -> list[bytes]:
+    """`text_to_token` of every text, the same bytes, with one `str.translate` over all of them joined (a
+    50k-token vocabulary in about 10 ms instead of 60)."""
+    sep = "\ue000"  # a private-use character: outside the byte-level alphabet and Latin-1
+    joined = sep.join(texts)
+    if texts and joined.count(sep) == len(texts) - 1:  # no text holds the separator itself
+        try:
+            return [t.encode("latin-1") for t in joined.translate(_latin1_table()).split(sep)]
+        except UnicodeEncodeError:  # some text has characters outside the alphabet: one by one
+            pass
+    return [text_to_token(t) for t in texts]
 
 
 @lru_cache(maxsize=1)
