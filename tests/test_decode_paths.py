@@ -179,3 +179,61 @@ def test_float_inference_never_compiles_the_kernels_itself(monkeypatch, tmp_path
     assert generate(model, [[1, 2, 3]], SamplingConfig(max_new_tokens=3))
     assert quant_kernel._module is None and quant_kernel._status == "not built yet"
     assert not (tmp_path / "no-builds-here").exists()
+
+
+def _has_kernel() -> bool:
+    from llmscratch.model import quant_kernel
+
+    return quant_kernel.kernel() is not None
+
+
+def _steps_with(model, one_call: bool, monkeypatch):
+    """Logits of a prefill and three decode steps (two rows at their own positions) and the cache after them,
+    with the Llama blocks run by one C++ call (`one_call`) or one by one in Python; and how many steps the
+    one-call path took."""
+    from llmscratch.model.llama import Llama
+
+    used = []
+    real = Llama._decode_layers
+
+    def spy(self, x, ctx):
+        y = real(self, x, ctx) if one_call else None
+        used.append(y is not None)
+        return y
+
+    monkeypatch.setattr(Llama, "_decode_layers", spy)
+    cache = model.new_cache(2, 16)
+    ids = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        out = [model(ids[:, :6], cache, torch.arange(6))]
+        out += [model(ids[:, t : t + 1], cache, torch.tensor([[t], [t - 1]])) for t in range(6, 9)]
+    return out + [t for i in range(model.config.n_layers) for t in cache.layer(i)], sum(used)
+
+
+@pytest.mark.skipif(not _has_kernel(), reason="no C++ compiler: no decode ops")
+@pytest.mark.parametrize("fmt", [None, "int8", "int4"])
+def test_the_one_call_decode_layers_equal_the_blocks_to_the_bit(monkeypatch, fmt):
+    from llmscratch.model.quant import quantize_model
+
+    torch.manual_seed(0)
+    model = build_model(get_config("llama-tiny")).eval()
+    if fmt:
+        quantize_model(model, fmt, group=32)
+    ours, steps = _steps_with(model, True, monkeypatch)
+    assert steps == 3  # every decode step took the one call (the prefill did not)
+    ref, _ = _steps_with(model, False, monkeypatch)
+    assert all(torch.equal(a, b) for a, b in zip(ours, ref))
+
+
+@pytest.mark.skipif(not _has_kernel(), reason="no C++ compiler: no decode ops")
+def test_hooked_or_replaced_layers_keep_the_blocks_path(monkeypatch):
+    from llmscratch.model.lora import apply_lora
+
+    torch.manual_seed(0)
+    model = build_model(get_config("llama-tiny")).eval()
+    seen = []
+    handle = model.blocks[1].ffn.down.register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    assert _steps_with(model, True, monkeypatch)[1] == 0 and len(seen) == 4  # the hook ran at every step
+    handle.remove()
+    apply_lora(model, rank=2, alpha=4)
+    assert _steps_with(model, True, monkeypatch)[1] == 0

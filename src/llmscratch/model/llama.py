@@ -11,11 +11,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 
 from llmscratch.model.attention import CausalSelfAttention, StepContext
 from llmscratch.model.base import LanguageModel
 from llmscratch.model.kv_cache import KVCache
-from llmscratch.model.quant_kernel import Linear, inference_ops
+from llmscratch.model.quant_kernel import Linear, inference_ops, kernel_args
 
 
 @dataclass
@@ -207,7 +208,41 @@ class Llama(LanguageModel):
         if self.training:  # dropout is the identity in eval: skip the call
             x = self.drop(x)
         ctx.rotary = self.rope(ctx.position_ids, x.dtype)  # cos, signed sin: 2 x (B|1, 1, T, hd)
+        if (y := self._decode_layers(x, ctx)) is not None:
+            return self.final_norm(y)
         for i, block in enumerate(self.blocks):
             x = block(x, ctx, i)
         return self.final_norm(x)  # (B, T, emb)
+
+    def _decode_layers(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor | None:
+        """A decode step's blocks in one call of our C++ (csrc/decode_layers.cpp: the same ops in the same order
+        as the blocks' own decode path, equal to the bit), so no Python runs per layer: (B, 1, emb). None where
+        it does not apply: no kernel, training, gradients, a prefill, another dtype or device, a block whose
+        parts were replaced (LoRA) or hooked, a Linear our kernel does not take."""
+        ops = inference_ops(x)
+        if ops is None or ctx.row_slots is None or ctx.rotary is None or x.shape[1] != 1 or self.training:
+            return None
+        if _global_forward_hooks or _global_forward_pre_hooks:
+            return None
+        layers, kv = [], []
+        for i, b in enumerate(self.blocks):
+            attn, ffn = b.attn, b.ffn
+            parts = (b, b.norm1, attn, b.norm2, ffn)
+            if (type(b) is not LlamaBlock or type(b.norm1) is not RMSNorm or type(b.norm2) is not RMSNorm
+                    or type(attn) is not CausalSelfAttention or type(ffn) is not SwiGLU or not attn.fused
+                    or any(m._forward_hooks or m._forward_pre_hooks for m in parts)):
+                return None
+            linears = [kernel_args(m) for m in (attn.qkv, attn.proj, ffn.gate_up, ffn.down)]
+            k_buf, v_buf = ctx.cache.layer(i)  # (B, nkv, max_len, hd)
+            if (None in linears or any(m._forward_hooks or m._forward_pre_hooks for m in (attn.qkv, attn.proj,
+                                                                                         ffn.gate_up, ffn.down))
+                    or k_buf.dtype != torch.float32 or not (k_buf.is_contiguous() and v_buf.is_contiguous())):
+                return None
+            layers.append((b.norm1.weight, linears[0], linears[1], b.norm2.weight, linears[2], linears[3]))
+            kv += [k_buf, v_buf]
+        c, B = self.config, x.shape[0]
+        cos, ssin = (t.reshape(-1, c.head_dim) for t in ctx.rotary)  # (B|1, hd)
+        y = ops.llama_layers(x.reshape(B, c.emb_dim), layers, kv, cos, ssin, ctx.row_slots, self.blocks[0].norm1.eps,
+                             c.n_heads, c.n_kv_heads)
+        return y.view(B, 1, c.emb_dim)
 

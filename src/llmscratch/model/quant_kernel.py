@@ -122,7 +122,8 @@ def _compile(name: str, flags: list[str], folder: Path, failed: Path):
 
     try:
         return load(name=name, sources=[str(SOURCES / f) for f in ("quant_bind.cpp", "quant_kernels.cpp",
-                                                                      "decode_ops.cpp", "thread_pool.cpp")],
+                                                                      "decode_ops.cpp", "thread_pool.cpp",
+                                                                      "decode_layers.cpp")],
                     extra_include_paths=[str(SOURCES)], extra_cflags=flags, build_directory=str(folder),
                     verbose=False)
     except Exception as e:
@@ -236,6 +237,26 @@ def _kernel_rows(mod, x2: torch.Tensor, layer, int8_x: bool) -> torch.Tensor:
     if layer.fmt == "int8":
         return mod.q8_linear(x2, layer.qweight, layer.scales, layer.group, int8_x)
     return mod.q4_linear(x2, layer.qweight, layer.scales, layer.mins, layer.group, int8_x)
+
+
+def kernel_args(layer) -> tuple | None:
+    """`layer` (our Linear or a QuantLinear) as csrc/decode_layers.cpp takes it: (kind 0 float32 / 1 int8 / 2
+    int4, weight, scales, mins, group, int8 activations, bias); None where a decode product of `layer` would not
+    be our kernel's (another class, dtype or layout)."""
+    from llmscratch.model.quant import QuantLinear
+
+    if type(layer) is Linear:
+        w = layer.weight
+        if w.dtype != torch.float32 or not w.is_contiguous() or w.shape[1] % 16:
+            return None
+        return 0, w, None, None, 0, False, layer.bias
+    if type(layer) is QuantLinear:
+        int8_x = layer.int8_activations
+        if int8_x is None:
+            int8_x = layer.int8_activations = int8_activations(layer)
+        int4 = layer.fmt == "int4"
+        return 1 + int4, layer.qweight, layer.scales, layer.mins if int4 else None, layer.group, int8_x, layer.bias
+    return None
 
 
 def float_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:

@@ -134,6 +134,14 @@ torch::Tensor silu_mul(torch::Tensor gu);
 torch::Tensor decode_attention(torch::Tensor qkv, torch::Tensor cos, torch::Tensor ssin, torch::Tensor kc,
                                torch::Tensor vc, torch::Tensor pos, int64_t nh, int64_t nkv);
 
+// decode_layers.cpp
+using DecodeLinear = std::tuple<int64_t, torch::Tensor, std::optional<torch::Tensor>, std::optional<torch::Tensor>,
+                                int64_t, bool, std::optional<torch::Tensor>>;
+using DecodeLayer = std::tuple<torch::Tensor, DecodeLinear, DecodeLinear, torch::Tensor, DecodeLinear, DecodeLinear>;
+torch::Tensor llama_layers(torch::Tensor x, const std::vector<DecodeLayer>& layers, const std::vector<torch::Tensor>& kv,
+                           torch::Tensor cos, torch::Tensor ssin, torch::Tensor pos, double eps, int64_t nh,
+                           int64_t nkv);
+
 std::string simd() { return std::string(llms::simd()) + (llms::has_vnni() ? " + VNNI int8 dot" : ""); }
 bool has_vnni() { return llms::has_vnni(); }
 
@@ -146,6 +154,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("rms_norm", &rms_norm, "x / sqrt(mean(x^2) + eps) * w (or * (1 + w))");
     m.def("silu_mul", &silu_mul, "silu(gate) * up of [gate | up]");
     m.def("decode_attention", &decode_attention, "a decode step's attention: rotary, cache write, one query");
+    m.def("llama_layers", &llama_layers, "a Llama-family decode step's layers, one call");
     m.def("simd", &simd, "the compiled SIMD path");
     m.def("has_vnni", &has_vnni, "whether the int8-dot (VNNI) path is compiled");
 }
