@@ -21,6 +21,19 @@ inline void rotate(const float* x, const float* c, const float* s, float* out, i
     for (int64_t i = 0; i < hd; ++i) out[i] = x[i] * c[i] + x[i < half ? i + half : i - half] * s[i];
 }
 
+// q . k over hd values in 16 running sums (one vector register: the compiler vectorizes the inner loop, where a
+// single running sum is a chain of dependent adds, about 8x slower here), then the rest one by one
+inline float dot(const float* q, const float* k, int64_t hd) {
+    float acc[16] = {0.f};
+    int64_t e = 0;
+    for (; e + 16 <= hd; e += 16)
+        for (int l = 0; l < 16; ++l) acc[l] += q[e + l] * k[e + l];
+    float d = 0.f;
+    for (int l = 0; l < 16; ++l) d += acc[l];
+    for (; e < hd; ++e) d += q[e] * k[e];
+    return d;
+}
+
 }  // namespace
 
 // y = x / sqrt(mean(x^2) + eps) * w over the last axis (plus_one: * (1 + w), Gemma's norm)
@@ -130,9 +143,7 @@ torch::Tensor decode_attention(torch::Tensor qkv, torch::Tensor cos, torch::Tens
             w.resize(n);
             float top = -INFINITY;
             for (int64_t j = 0; j < n; ++j) {
-                float d = 0.f;
-                for (int64_t e = 0; e < hd; ++e) d += qh[e] * keys[j * hd + e];
-                w[j] = d * scale;
+                w[j] = dot(qh, keys + j * hd, hd) * scale;
                 top = std::max(top, w[j]);
             }
             float total = 0.f;
