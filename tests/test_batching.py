@@ -7,6 +7,7 @@ import torch
 from conftest import varied_tiny_model
 
 from llmscratch.generate import DecodeBatch, SamplingConfig, generate
+from llmscratch.model import build_model, get_config
 from llmscratch.model.attention import attention_mask
 from llmscratch.utils import UserError
 
@@ -131,7 +132,7 @@ def test_packed_linear_weights_give_the_same_logits_and_leave_the_parameters_alo
     assert "forward" not in vars(model.head)
 
 
-def test_requests_joining_together_share_a_prefill_per_prompt_length():
+def test_requests_joining_together_are_prefilled_one_by_one_as_alone():
     model = varied_tiny_model("gpt2", 9)
     g = torch.Generator().manual_seed(9)
     ps = [torch.randint(0, 512, (n,), generator=g).tolist() for n in (5, 5, 3, 5)]
@@ -141,7 +142,7 @@ def test_requests_joining_together_share_a_prefill_per_prompt_length():
     batch = DecodeBatch(model, 4, 32)
     with torch.inference_mode():
         reqs = batch.join_many(ps, cfgs)
-        assert sorted(calls) == [(1, 3), (2, 5)]  # the request with max_new_tokens=0 is not prefilled
+        assert calls == [(1, 5), (1, 5), (1, 3)]  # the request with max_new_tokens=0 is not prefilled
         while batch.active:
             batch.step()
     alone = [generate(model, [p], c)[0] for p, c in zip(ps, cfgs)]
@@ -158,3 +159,27 @@ def test_selected_positions_give_those_rows_of_the_full_logits(family):
         full, picked = model(ids), model(ids, select=select)
     assert picked.shape == (4, model.config.vocab_size)
     torch.testing.assert_close(picked, full[select])
+
+
+def test_a_quantized_model_joined_together_holds_the_cache_of_each_prompt_alone():
+    """Same-length prompts joining at once get, row by row, the very KV cache (and tokens) of their solo runs:
+    with int8 activations a last-bit difference would turn into other answers."""
+    from llmscratch.model.quant import quantize_model
+
+    torch.manual_seed(0)
+    model = quantize_model(build_model(get_config("llama-tiny")).eval(), "int8", group=32, head=True)
+    g = torch.Generator().manual_seed(4)
+    ps = [torch.randint(0, 512, (6,), generator=g).tolist() for _ in range(3)]
+    cfg = SamplingConfig(max_new_tokens=5)
+    with torch.inference_mode():
+        together = DecodeBatch(model, 3, 16)
+        reqs = together.join_many(ps, [cfg] * 3)
+        for i, p in enumerate(ps):
+            alone = DecodeBatch(model, 1, 16)
+            alone.join_many([p], [cfg])
+            for layer in range(model.config.n_layers):
+                for t, a in zip(together.cache.layer(layer), alone.cache.layer(layer)):
+                    assert torch.equal(t[i, :, :6], a[0, :, :6])
+        while together.active:
+            together.step()
+    assert [r.tokens for r in reqs] == [generate(model, [p], cfg)[0] for p in ps]

@@ -182,7 +182,10 @@ class DecodeBatch:
         return self.join_many([prompt], [cfg])[0]
 
     def join_many(self, prompts: Sequence[Sequence[int]], cfgs: Sequence[SamplingConfig]) -> list[Request]:
-        """Join several requests at once: prompts of the same length are prefilled together, in one call."""
+        """Join several requests at once. Each prompt is prefilled on its own, with the call it would get alone:
+        prefilling prompts of one length together was one call, but its products of more rows take other code
+        paths (PyTorch's ops and matrix products instead of our row-by-row ones) whose last-bit differences,
+        through int8 activations, changed quantized models' greedy answers (batched must equal solo)."""
         for prompt, cfg in zip(prompts, cfgs, strict=True):
             cfg.validate()
             check_prompts(self.model, [prompt])
@@ -190,24 +193,19 @@ class DecodeBatch:
         if len(prompts) > self.free:
             raise RuntimeError(f"{len(prompts)} requests to join, {self.free} of the {self.max_batch} rows are free")
         reqs = [Request(list(p), c, self._generator(c.seed)) for p, c in zip(prompts, cfgs)]
-        by_length: dict[int, list[Request]] = {}
         for req in reqs:
             if req.cfg.max_new_tokens == 0:
                 req.finish = "length"
-            else:
-                by_length.setdefault(len(req.prompt), []).append(req)
-        for L, group in by_length.items():
-            ids = torch.tensor([r.prompt for r in group], dtype=torch.long, device=self.device)  # (k, L)
-            row, k = len(self.active), len(group)
+                continue
+            ids = torch.tensor([req.prompt], dtype=torch.long, device=self.device)  # (1, L)
+            row, L = len(self.active), len(req.prompt)
             if self.cache is None:
-                logits = self.model(ids, last_only=True)  # (k, vocab)
+                logits = self.model(ids, last_only=True)  # (1, vocab)
             else:
-                logits = self.model(ids, self.cache.rows(row, row + k), self.slots[:L], last_only=True)
-            for i, req in enumerate(group):
-                req.row = row + i
-            self.active.extend(group)
-            for req, t in zip(group, self._sample(group, logits)):
-                self._accept(req, t)
+                logits = self.model(ids, self.cache.rows(row, row + 1), self.slots[:L], last_only=True)
+            req.row = row
+            self.active.append(req)
+            self._accept(req, self._sample([req], logits)[0])
         return reqs
 
     def _generator(self, seed: int | None) -> torch.Generator | None:
