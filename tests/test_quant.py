@@ -250,3 +250,42 @@ def test_our_linear_uses_the_float_kernel_only_for_decode_sized_inference(monkey
     lin(x).sum().backward()  # training: F.linear, and gradients flow
     assert lin.weight.grad is not None
     assert calls == ([(2, 96)] if quant_kernel.kernel() is not None else [])
+
+
+def _layers():
+    """A float32 weight and int8 / int4 layers of it (1000 x 384) for `_run`."""
+    w = weight(out=1000, inp=384, seed=5)
+    lin = nn.Linear(384, 1000, bias=False)
+    lin.weight.data = w
+    return w, QuantLinear.from_linear(lin, "int8", 32), QuantLinear.from_linear(lin, "int4", 32)
+
+
+def _run(layers, x):
+    """Only our kernels' products of x (no other torch op that could start OpenMP threads)."""
+    w, q8, q4 = layers
+    with torch.no_grad():
+        return [quant_kernel.float_linear(x, w).tolist(), q8(x).tolist(), q4(x).tolist()]
+
+
+def _run_in_child(layers, x, queue):
+    queue.put(_run(layers, x))
+
+
+@pytest.mark.skipif(quant_kernel.kernel() is None, reason="no C++ compiler: no kernel to split")
+def test_a_forked_child_computes_with_a_pool_of_its_own(threads):
+    """A process forked after our threads ran (multiprocessing's fork start) must not wait on them: they do
+    not exist in the child, and a lock one of them held stays held there. (torch's own OpenMP products are not
+    fork-safe either way; the child runs only ours.)"""
+    import multiprocessing
+
+    threads(2)
+    layers, x = _layers(), torch.randn(1, 384, generator=torch.Generator().manual_seed(7))
+    want = _run(layers, x)  # the pool's helpers exist and just ran
+    ctx = multiprocessing.get_context("fork")
+    for _ in range(3):
+        queue = ctx.Queue()
+        child = ctx.Process(target=_run_in_child, args=(layers, x, queue))
+        child.start()
+        got = queue.get(timeout=60)
+        child.join(timeout=60)
+        assert child.exitcode == 0 and got == want

@@ -146,15 +146,16 @@ std::string simd() { return std::string(llms::simd()) + (llms::has_vnni() ? " + 
 bool has_vnni() { return llms::has_vnni(); }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-    m.def("f32_linear", &f32_linear, "y = x @ w.T, float32, 1..8 rows");
-    m.def("q8_linear", &q8_linear, "y = x @ dequant(int8 w).T, 1..8 rows");
-    m.def("q4_linear", &q4_linear, "y = x @ dequant(int4 w).T, 1..8 rows");
-    m.def("q8_dequant", &q8_dequant, "float32 weight of int8 w");
-    m.def("q4_dequant", &q4_dequant, "float32 weight of int4 w");
-    m.def("rms_norm", &rms_norm, "x / sqrt(mean(x^2) + eps) * w (or * (1 + w))");
-    m.def("silu_mul", &silu_mul, "silu(gate) * up of [gate | up]");
-    m.def("decode_attention", &decode_attention, "a decode step's attention: rotary, cache write, one query");
-    m.def("llama_layers", &llama_layers, "a Llama-family decode step's layers, one call");
+    const auto nogil = py::call_guard<py::gil_scoped_release>();  // other Python threads run meanwhile
+    m.def("f32_linear", &f32_linear, nogil, "y = x @ w.T, float32, 1..8 rows");
+    m.def("q8_linear", &q8_linear, nogil, "y = x @ dequant(int8 w).T, 1..8 rows");
+    m.def("q4_linear", &q4_linear, nogil, "y = x @ dequant(int4 w).T, 1..8 rows");
+    m.def("q8_dequant", &q8_dequant, nogil, "float32 weight of int8 w");
+    m.def("q4_dequant", &q4_dequant, nogil, "float32 weight of int4 w");
+    m.def("rms_norm", &rms_norm, nogil, "x / sqrt(mean(x^2) + eps) * w (or * (1 + w))");
+    m.def("silu_mul", &silu_mul, nogil, "silu(gate) * up of [gate | up]");
+    m.def("decode_attention", &decode_attention, nogil, "a decode step's attention: rotary, cache write, one query");
+    m.def("llama_layers", &llama_layers, nogil, "a Llama-family decode step's layers, one call");
     m.def("simd", &simd, "the compiled SIMD path");
     m.def("has_vnni", &has_vnni, "whether the int8-dot (VNNI) path is compiled");
 }
