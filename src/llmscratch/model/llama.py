@@ -227,15 +227,14 @@ class Llama(LanguageModel):
         layers, kv = [], []
         for i, b in enumerate(self.blocks):
             attn, ffn = b.attn, b.ffn
-            parts = (b, b.norm1, attn, b.norm2, ffn)
             if (type(b) is not LlamaBlock or type(b.norm1) is not RMSNorm or type(b.norm2) is not RMSNorm
-                    or type(attn) is not CausalSelfAttention or type(ffn) is not SwiGLU or not attn.fused
-                    or any(m._forward_hooks or m._forward_pre_hooks for m in parts)):
+                    or type(attn) is not CausalSelfAttention or type(ffn) is not SwiGLU or not attn.fused):
                 return None
-            linears = [kernel_args(m) for m in (attn.qkv, attn.proj, ffn.gate_up, ffn.down)]
+            mats = (attn.qkv, attn.proj, ffn.gate_up, ffn.down)
+            linears = [kernel_args(m) for m in mats]
             k_buf, v_buf = ctx.cache.layer(i)  # (B, nkv, max_len, hd)
-            if (None in linears or any(m._forward_hooks or m._forward_pre_hooks for m in (attn.qkv, attn.proj,
-                                                                                         ffn.gate_up, ffn.down))
+            if (None in linears or any(m._forward_hooks or m._forward_pre_hooks
+                                       for m in (b, b.norm1, attn, b.norm2, ffn, *mats))
                     or k_buf.dtype != torch.float32 or not (k_buf.is_contiguous() and v_buf.is_contiguous())):
                 return None
             layers.append((b.norm1.weight, linears[0], linears[1], b.norm2.weight, linears[2], linears[3]))

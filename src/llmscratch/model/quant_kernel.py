@@ -215,9 +215,7 @@ def linear(x: torch.Tensor, layer) -> torch.Tensor | None:
         return None
     k = x.shape[-1]
     rows = x.numel() // k
-    int8_x = layer.int8_activations
-    if int8_x is None:
-        int8_x = layer.int8_activations = int8_activations(layer)
+    int8_x = _int8_x(layer)
     if rows > PASS_ROWS:  # compute-bound: make the float weight (fast, in C++) and let F.linear multiply
         return torch.nn.functional.linear(quantize_activations(x) if int8_x else x, dequantize(layer), layer.bias)
     x2 = x.reshape(rows, k)  # (rows, in)
@@ -246,17 +244,24 @@ def kernel_args(layer) -> tuple | None:
     from llmscratch.model.quant import QuantLinear
 
     if type(layer) is Linear:
-        w = layer.weight
-        if w.dtype != torch.float32 or not w.is_contiguous() or w.shape[1] % 16:
-            return None
-        return 0, w, None, None, 0, False, layer.bias
+        return (0, layer.weight, None, None, 0, False, layer.bias) if _float_kernel_takes(layer.weight) else None
     if type(layer) is QuantLinear:
-        int8_x = layer.int8_activations
-        if int8_x is None:
-            int8_x = layer.int8_activations = int8_activations(layer)
         int4 = layer.fmt == "int4"
-        return 1 + int4, layer.qweight, layer.scales, layer.mins if int4 else None, layer.group, int8_x, layer.bias
+        return (1 + int4, layer.qweight, layer.scales, layer.mins if int4 else None, layer.group, _int8_x(layer),
+                layer.bias)
     return None
+
+
+def _int8_x(layer) -> bool:
+    """`int8_activations(layer)`, decided once per layer (kept on it)."""
+    if layer.int8_activations is None:
+        layer.int8_activations = int8_activations(layer)
+    return layer.int8_activations
+
+
+def _float_kernel_takes(weight: torch.Tensor) -> bool:
+    """Whether our float32 kernel multiplies by `weight` (out, in): float32, contiguous, in % 16 == 0."""
+    return weight.dtype == torch.float32 and weight.is_contiguous() and weight.shape[1] % 16 == 0
 
 
 def float_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -265,8 +270,8 @@ def float_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     k = x.shape[-1]
     rows = x.numel() // k
     mod = _module if _module is not None else kernel()
-    if (mod is None or rows > MAX_ROWS or k % 16 or x.dtype != torch.float32 or weight.dtype != torch.float32
-            or not weight.is_contiguous() or x.device.type != "cpu" or torch.is_grad_enabled()):
+    if (mod is None or rows > MAX_ROWS or x.dtype != torch.float32 or not _float_kernel_takes(weight)
+            or x.device.type != "cpu" or torch.is_grad_enabled()):
         return None
     x2 = x.reshape(rows, k)
     y = mod.f32_linear(x2 if x2.is_contiguous() else x2.contiguous(), weight)

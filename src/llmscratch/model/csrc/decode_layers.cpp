@@ -31,7 +31,9 @@ namespace {
 
 torch::Tensor run_linear(const Linear& lin, const torch::Tensor& x) {
     const auto& [kind, w, s, mn, G, vnni, bias] = lin;
-    torch::Tensor y = kind == 0 ? f32_linear(x, w) : kind == 1 ? q8_linear(x, w, *s, G, vnni) : q4_linear(x, w, *s, mn, G, vnni);
+    torch::Tensor y = kind == 0   ? f32_linear(x, w)
+                      : kind == 1 ? q8_linear(x, w, *s, G, vnni)
+                                  : q4_linear(x, w, *s, mn, G, vnni);
     if (bias) y += *bias;
     return y;
 }
@@ -46,8 +48,8 @@ torch::Tensor llama_layers(torch::Tensor x, const std::vector<Layer>& layers, co
     TORCH_CHECK(x.dim() == 2 && kv.size() == 2 * layers.size(), "x must be (B, D), with two cache buffers per layer");
     for (size_t i = 0; i < layers.size(); ++i) {
         const auto& [norm1, qkv, proj, norm2, gate_up, down] = layers[i];
-        const torch::Tensor a = decode_attention(run_linear(qkv, rms_norm(x, norm1, eps, false)), cos, ssin, kv[2 * i],
-                                                 kv[2 * i + 1], pos, nh, nkv);  // (B, nh hd)
+        const torch::Tensor h = run_linear(qkv, rms_norm(x, norm1, eps, false));  // (B, (nh + 2 nkv) hd)
+        const torch::Tensor a = decode_attention(h, cos, ssin, kv[2 * i], kv[2 * i + 1], pos, nh, nkv);  // (B, nh hd)
         x = x + run_linear(proj, a);
         x = x + run_linear(down, silu_mul(run_linear(gate_up, rms_norm(x, norm2, eps, false))));
     }
