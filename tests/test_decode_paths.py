@@ -194,13 +194,14 @@ def _steps_with(model, one_call: bool, monkeypatch):
     from llmscratch.model.llama import Llama
 
     used = []
-    real = Llama._decode_layers
+    real = getattr(Llama._decode_layers, "__wrapped__", Llama._decode_layers)  # not an earlier call's spy
 
     def spy(self, x, ctx):
         y = real(self, x, ctx) if one_call else None
         used.append(y is not None)
         return y
 
+    spy.__wrapped__ = real
     monkeypatch.setattr(Llama, "_decode_layers", spy)
     cache = model.new_cache(2, 16)
     ids = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(3))
@@ -237,3 +238,32 @@ def test_hooked_or_replaced_layers_keep_the_blocks_path(monkeypatch):
     handle.remove()
     apply_lora(model, rank=2, alpha=4)
     assert _steps_with(model, True, monkeypatch)[1] == 0
+
+
+@pytest.mark.skipif(not _has_kernel(), reason="no C++ compiler: no decode ops")
+def test_the_one_call_plan_is_kept_and_follows_changes_to_the_model(monkeypatch):
+    from llmscratch.model.quant import quantize_model
+
+    torch.manual_seed(0)
+    model = build_model(get_config("llama-tiny")).eval()
+
+    def same_as_blocks(expect_steps=3):
+        ours, steps = _steps_with(model, True, monkeypatch)
+        ref, _ = _steps_with(model, False, monkeypatch)
+        assert steps == expect_steps and all(torch.equal(a, b) for a, b in zip(ours, ref))
+        return ours
+
+    before = same_as_blocks()
+    plan = model._decode_plan()
+    assert plan is not None and model._decode_plan() is plan  # built once, not per step
+    down = model.blocks[0].ffn.down
+    down.weight = torch.nn.Parameter(down.weight.detach() * 2)  # a new tensor: the plan must take it
+    assert model._decode_plan() is not plan
+    after = same_as_blocks()
+    assert not torch.equal(before[1], after[1])
+    model.double()  # float64: our C++ steps aside, no error
+    assert _steps_with(model, True, monkeypatch)[1] == 0
+    model.float()
+    same_as_blocks()
+    quantize_model(model, "int8", group=32)  # Linears replaced in place
+    same_as_blocks()

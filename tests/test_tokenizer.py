@@ -312,6 +312,22 @@ def test_from_vocab_and_merges_with_gguf_token_types():
         Tokenizer.from_vocab_and_merges(tokens, merges, pre="nope")
     with pytest.raises(ValueError, match="missing from the vocabulary"):
         Tokenizer.from_vocab_and_merges(tokens, ["Ġ zz"])
+    with pytest.raises(ValueError, match="merge #1 'h' 'e' 'x' names"):
+        Tokenizer.from_vocab_and_merges(tokens, ["Ġ t", "h e x"])
+
+
+@pytest.mark.parametrize("bad", [(97, 257), (257, 97), (97, 300), (-1, 97), (98, -2)])
+def test_a_merge_of_a_special_or_unknown_id_names_its_rank(bad):
+    vocab = {i: bytes([i]) for i in range(256)} | {256: b"ab"}
+    with pytest.raises(ValueError, match=rf"merge #1 \({bad[0]}, {bad[1]}\) does not join"):
+        Tokenizer(vocab, [(97, 98), bad], {"<|endoftext|>": 257})
+
+
+def test_repeated_bytes_and_merges_keep_the_first():
+    vocab = {i: bytes([i]) for i in range(256)} | {256: b"ab", 257: b"ab"}
+    tok = Tokenizer(vocab, [(97, 98), (97, 98)])
+    assert tok._bytes_to_id[b"ab"] == 256 and tok._pairs[(97, 98)] == (0, 256)
+    assert tok.encode("ab") == [256] and tok.decode([257]) == "ab"
 
 
 # ---------------------------------------------------------------------- pre-tokenizers

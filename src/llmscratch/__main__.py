@@ -1,6 +1,6 @@
 """`python -m llmscratch ...` (also what `torchrun -m llmscratch` runs)."""
 
-from llmscratch.cli import main
+from llmscratch.cli import run
 
 if __name__ == "__main__":
-    main()
+    run()

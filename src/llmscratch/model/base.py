@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import types
 from dataclasses import dataclass
 
@@ -11,6 +12,26 @@ from torch.overrides import TorchFunctionMode
 
 from llmscratch.model.attention import StepContext, attention_mask, position_ids
 from llmscratch.model.kv_cache import KVCache
+
+_versions = itertools.count(1)
+_tree_version = 0
+
+
+def _changed(*_) -> None:
+    global _tree_version
+    _tree_version = next(_versions)  # a number never given before, also when threads race
+
+
+for _register in (nn.modules.module.register_module_parameter_registration_hook,
+                  nn.modules.module.register_module_buffer_registration_hook,
+                  nn.modules.module.register_module_module_registration_hook):
+    _register(_changed)
+
+
+def tree_version() -> int:
+    """A number that changes whenever any module of this process registers or replaces a parameter, a buffer or a
+    submodule (assignments included): what a model derived from its modules is still valid while it stays."""
+    return _tree_version
 
 
 class LanguageModel(nn.Module):

@@ -79,17 +79,16 @@ class Tokenizer:
         self.ignore_merges = bool(ignore_merges)
         self.merges: list[tuple[int, int]] = [(int(a), int(b)) for a, b in merges]
 
-        ids = list(vocab) + list(self.special_tokens.values())
-        if any(i < 0 for i in ids):
+        vocab = {int(i): tok if type(tok) is bytes else bytes(tok) for i, tok in vocab.items()}
+        ids = [*vocab, *self.special_tokens.values()]
+        if ids and min(ids) < 0:
             raise ValueError("token ids must be >= 0")
         self.vocab_size = max(ids) + 1 if ids else 0
         table: list[bytes | None] = [None] * self.vocab_size
-        self._bytes_to_id: dict[bytes, int] = {}
         for i, tok in vocab.items():
-            tok = tok if type(tok) is bytes else bytes(tok)
             table[i] = tok
-            # The first id wins when a vocabulary lists the same bytes twice.
-            self._bytes_to_id.setdefault(tok, i)
+        # The first id wins when a vocabulary lists the same bytes twice (later ones are overwritten here).
+        self._bytes_to_id: dict[bytes, int] = {tok: i for i, tok in reversed(vocab.items())}
         for text, i in self.special_tokens.items():
             if i in vocab:
                 raise ValueError(f"special token {text!r} reuses id {i} of an ordinary token")
@@ -117,16 +116,26 @@ class Tokenizer:
         """(left id, right id) -> (priority, merged id)."""
         table: dict[tuple[int, int], tuple[int, int]] = {}
         if self.merge_rule == "merges":
-            n = self.vocab_size
-            for rank, (a, b) in enumerate(self.merges):
-                left = self._id_to_bytes[a] if 0 <= a < n and a not in self._special_ids else None
-                right = self._id_to_bytes[b] if 0 <= b < n and b not in self._special_ids else None
-                merged = self._bytes_to_id.get(left + right) if left is not None and right is not None else None
-                if merged is None:
-                    raise ValueError(
-                        f"merge #{rank} ({a}, {b}) does not join two ordinary tokens into a vocabulary token"
-                    )
-                table.setdefault((a, b), (rank, merged))
+            special = self._special_ids
+            # bytes of the ordinary tokens by id, None for special ones and ids without a token
+            names = [None if i in special else t for i, t in enumerate(self._id_to_bytes)] if special else list(
+                self._id_to_bytes)
+            n, lookup = len(names), self._bytes_to_id
+            try:
+                if min(map(min, self.merges), default=0) < 0:
+                    raise IndexError
+                merged = [lookup.get(names[a] + names[b]) for a, b in self.merges]
+            except (IndexError, TypeError):  # an id outside the vocabulary, or a special one: find the first
+                merged = [lookup.get(names[a] + names[b]) if 0 <= a < n and 0 <= b < n and names[a] is not None
+                          and names[b] is not None else None for a, b in self.merges]
+            if None in merged:
+                rank = merged.index(None)
+                a, b = self.merges[rank]
+                raise ValueError(
+                    f"merge #{rank} ({a}, {b}) does not join two ordinary tokens into a vocabulary token"
+                )
+            # The first of repeated merges wins: later ranks are written first and overwritten.
+            table = {pair: (rank, m) for rank, (pair, m) in reversed(list(enumerate(zip(self.merges, merged))))}
         else:
             lookup = self._bytes_to_id
             for tok, i in lookup.items():
@@ -168,20 +177,23 @@ class Tokenizer:
             if len(token_types) != len(items):
                 raise ValueError(f"{len(token_types)} token types for {len(items)} tokens")
             by_id = {i: t for t, i in items}
-            for i, kind in enumerate(token_types):
-                if int(kind) in (GGUF_CONTROL, GGUF_USER_DEFINED) and i in by_id:
+            for i in [i for i, kind in enumerate(token_types) if kind in (GGUF_CONTROL, GGUF_USER_DEFINED)]:
+                if i in by_id:
                     specials.setdefault(by_id[i], i)
         special_ids = set(specials.values())
-        ordinary = [(t, i) for t, i in items if i not in special_ids]
+        ordinary = [(t, i) for t, i in items if i not in special_ids] if special_ids else items
         id_bytes = dict(zip([i for _, i in ordinary], texts_to_tokens([t for t, _ in ordinary])))
         lookup = {t: i for t, i in items}
         lookup.update(specials)
-        pairs: list[tuple[int, int]] = []
-        for n, m in enumerate(merges):
-            left, right = m.split(" ") if isinstance(m, str) else m
-            if left not in lookup or right not in lookup:
-                raise ValueError(f"merge #{n} {left!r} {right!r} names a token missing from the vocabulary")
-            pairs.append((lookup[left], lookup[right]))
+        sides = [m.split(" ") if isinstance(m, str) else m for m in merges]
+        try:
+            pairs = [(lookup[left], lookup[right]) for left, right in sides]
+        except (KeyError, ValueError):  # a side missing from the vocabulary, or a merge that is not two sides
+            for n, m in enumerate(sides):
+                if len(m) != 2 or m[0] not in lookup or m[1] not in lookup:
+                    raise ValueError(f"merge #{n} {' '.join(map(repr, m))} names a token missing from the "
+                                     "vocabulary") from None
+            raise
         pre_tok = pre if isinstance(pre, PreTokenizer) else get_pre_tokenizer(pre)
         if ignore_merges is None:
             ignore_merges = pre_tok.name in IGNORE_MERGES_BY_DEFAULT

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,11 +49,17 @@ def load_model(
     `progress`: bars while fetching and dequantizing; `quantize`: "int8" or "int4" weights for every block
     Linear and the head (model/quant.py; a folder saved quantized loads as it was saved), or "gguf": a GGUF
     file's own quantized blocks kept as they are (weights/gguf_quant.py)."""
-    loaded = _load_model(spec, device, dtype, progress, quantize == "gguf")
-    if quantize:
-        from llmscratch.model.quant import quantize_loaded
+    paused = gc.isenabled()
+    gc.disable()  # loading makes ~10^5 small objects (a vocabulary, merges): each collection walked them all
+    try:
+        loaded = _load_model(spec, device, dtype, progress, quantize == "gguf")
+        if quantize:
+            from llmscratch.model.quant import quantize_loaded
 
-        quantize_loaded(loaded.model, quantize)
+            quantize_loaded(loaded.model, quantize)
+    finally:
+        if paused:
+            gc.enable()
     return loaded
 
 
