@@ -85,15 +85,16 @@ def peak_memory_mb() -> float:
 @dataclass
 class Bandwidth:
     """Memory bandwidth in GB/s: matrix-vector products over a matrix much larger than the caches (each weight
-    read once, as in batch-1 decoding; `W @ x` streams rows, `x @ W` streams columns, the best counts), and a
-    plain sum over a large vector."""
+    read once, as in batch-1 decoding; `W @ x` streams rows, `x @ W` streams columns, our float32 kernel streams
+    rows; the best counts), and a plain sum over a large vector."""
 
-    matvec_gbs: float  # the better of the two products
+    matvec_gbs: float  # the best of the products
     rows_gbs: float  # torch.mv(W, x): W stored (out, in), one dot product per output
     columns_gbs: float  # x @ W: W stored (in, out), scaled rows added up
     sum_gbs: float
     matrix_mb: float
     sum_mb: float
+    kernel_gbs: float | None = None  # our float32 kernel's W @ x (quant_kernel.float_linear); None without it
 
 
 def _median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -106,8 +107,10 @@ def _median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def _product_gbs(matrix_bytes: int, repeats: int) -> tuple[float, float]:
+def _product_gbs(matrix_bytes: int, repeats: int) -> tuple[float, float, float | None]:
     import torch
+
+    from llmscratch.model.quant_kernel import float_linear
 
     cols = 4096
     rows = max(1, matrix_bytes // (4 * cols))
@@ -116,7 +119,10 @@ def _product_gbs(matrix_bytes: int, repeats: int) -> tuple[float, float]:
     nbytes = w.numel() * 4
     by_rows = nbytes / _median_time(lambda: torch.mv(w, x_in), repeats) / GB
     by_columns = nbytes / _median_time(lambda: x_out @ w, repeats) / GB
-    return by_rows, by_columns
+    with torch.no_grad():
+        ours = None if float_linear(x_in[None], w) is None else (
+            nbytes / _median_time(lambda: float_linear(x_in[None], w), repeats) / GB)
+    return by_rows, by_columns, ours
 
 
 def _sum_gbs(sum_bytes: int, repeats: int) -> float:
@@ -129,10 +135,10 @@ def _sum_gbs(sum_bytes: int, repeats: int) -> float:
 def measure_bandwidth(matrix_bytes: int = 512 << 20, sum_bytes: int = 1 << 30, repeats: int = 7) -> Bandwidth:
     """Bytes read per second by matrix-vector products over a float32 matrix of `matrix_bytes`, and by a sum
     over `sum_bytes` (medians of `repeats`)."""
-    rows, columns = _product_gbs(matrix_bytes, repeats)
+    rows, columns, ours = _product_gbs(matrix_bytes, repeats)
     total = _sum_gbs(sum_bytes, repeats)
-    return Bandwidth(round(max(rows, columns), 2), round(rows, 2), round(columns, 2), round(total, 2),
-                     matrix_bytes / 1e6, sum_bytes / 1e6)
+    return Bandwidth(round(max(rows, columns, ours or 0.0), 2), round(rows, 2), round(columns, 2), round(total, 2),
+                     matrix_bytes / 1e6, sum_bytes / 1e6, None if ours is None else round(ours, 2))
 
 
 # ---------------------------------------------------------------------------------------------- timing

@@ -443,8 +443,10 @@ def run_generate_bench(cfg: GenerateBenchConfig, echo: Callable[[str], None] = p
 
         matrix, total = ((32 << 20), (64 << 20)) if cfg.quick else ((512 << 20), (1 << 30))
         bw = common.measure_bandwidth(matrix, total)
+        ours = "-" if bw.kernel_gbs is None else f"{bw.kernel_gbs:.1f}"
         echo(f"memory bandwidth: matrix-vector {bw.matvec_gbs:.1f} GB/s ({bw.matrix_mb:.0f} MB matrix; W @ x "
-             f"{bw.rows_gbs:.1f}, x @ W {bw.columns_gbs:.1f}), sum {bw.sum_gbs:.1f} GB/s ({bw.sum_mb:.0f} MB)")
+             f"{bw.rows_gbs:.1f}, x @ W {bw.columns_gbs:.1f}, our float32 kernel {ours}), sum {bw.sum_gbs:.1f} GB/s "
+             f"({bw.sum_mb:.0f} MB)")
 
         parts, charts = zip(*(_section_result(sec, _model_config(sec.spec, cfg), bw, echo) for sec in sections))
         machine_end = common.machine_info()
