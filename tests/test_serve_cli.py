@@ -28,9 +28,11 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory):
-    """A small chat model folder (ours): big enough that 400 tokens take a second or more; never ends a turn."""
-    config = get_config("llama-tiny", vocab_size=259, context_length=2048, emb_dim=128, n_layers=4, n_heads=4,
-                        n_kv_heads=2, hidden_dim=256, tie_embeddings=False)
+    """A small chat model folder (ours): big enough that 1,500 tokens take a second or more (about 1.4 s on one
+    2-core EPYC thread; 400 tokens of a 4-layer, 128-wide model once did, until decoding got 5x faster); never
+    ends a turn."""
+    config = get_config("llama-tiny", vocab_size=259, context_length=2048, emb_dim=256, n_layers=8, n_heads=4,
+                        n_kv_heads=2, hidden_dim=1024, tie_embeddings=False)
     torch.manual_seed(0)
     model = build_model(config)
     with torch.no_grad():
@@ -64,7 +66,7 @@ def test_sagemaker_port_and_sigterm_drains(model_folder):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc)
-        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 400, "temperature": 0,
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1500, "temperature": 0,
                 "stream": True, "stream_options": {"include_usage": True}}
         with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=120) as r:
             lines = r.iter_lines()
@@ -75,7 +77,7 @@ def test_sagemaker_port_and_sigterm_drains(model_folder):
             rest = [line for line in lines if line]
         assert refused.status_code == 503
         assert rest[-1] == "data: [DONE]"
-        assert json.loads(rest[-2][6:])["usage"]["completion_tokens"] == 400  # it finished, not cut
+        assert json.loads(rest[-2][6:])["usage"]["completion_tokens"] == 1500  # it finished, not cut
         assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
