@@ -78,10 +78,10 @@ def measure_startup(model: str, quantize: str | None = None, threads: int | None
     if whole.returncode != 0:
         result.error = f"exit code {whole.returncode}: {whole.stderr.strip()[-300:]}"
         return result
-    try:
-        result.import_s, result.load_s, result.first_token_s = (parts[k] for k in ("import_s", "load_s",
-                                                                                    "first_token_s"))
-    except (TypeError, KeyError):
+    keys = ("import_s", "load_s", "first_token_s")
+    if isinstance(parts, dict) and all(k in parts for k in keys):
+        result.import_s, result.load_s, result.first_token_s = (parts[k] for k in keys)
+    else:
         result.error = "the split run (import / load / first token) failed"
     return result
 

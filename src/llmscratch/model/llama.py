@@ -225,12 +225,14 @@ class Llama(LanguageModel):
         if _global_forward_hooks or _global_forward_pre_hooks:
             return None
         plan = self._decode_plan()
-        if plan is None or any(plan[1]):  # a hook registered since: the blocks' own path runs it
+        if plan is None:
             return None
-        kv = [t for i in range(len(plan[0])) for t in ctx.cache.layer(i)]  # per layer (B, nkv, max_len, hd) k, v
+        layers, hooks = plan
+        if any(hooks):  # a hook registered since the plan was built: the blocks' own path runs it
+            return None
+        kv = [t for i in range(len(layers)) for t in ctx.cache.layer(i)]  # per layer (B, nkv, max_len, hd) k, v
         if any(t.dtype != torch.float32 or not t.is_contiguous() for t in kv):
             return None
-        layers = plan[0]
         c, B = self.config, x.shape[0]
         cos, ssin = (t.reshape(-1, c.head_dim) for t in ctx.rotary)  # (B|1, hd)
         y = ops.llama_layers(x.reshape(B, c.emb_dim), layers, kv, cos, ssin, ctx.row_slots, self.blocks[0].norm1.eps,

@@ -116,26 +116,23 @@ class Tokenizer:
         """(left id, right id) -> (priority, merged id)."""
         table: dict[tuple[int, int], tuple[int, int]] = {}
         if self.merge_rule == "merges":
-            special = self._special_ids
+            special, merges = self._special_ids, self.merges
             # bytes of the ordinary tokens by id, None for special ones and ids without a token
-            names = [None if i in special else t for i, t in enumerate(self._id_to_bytes)] if special else list(
-                self._id_to_bytes)
+            names = [None if i in special else t for i, t in enumerate(self._id_to_bytes)]
             n, lookup = len(names), self._bytes_to_id
-            try:
-                if min(map(min, self.merges), default=0) < 0:
-                    raise IndexError
-                merged = [lookup.get(names[a] + names[b]) for a, b in self.merges]
-            except (IndexError, TypeError):  # an id outside the vocabulary, or a special one: find the first
-                merged = [lookup.get(names[a] + names[b]) if 0 <= a < n and 0 <= b < n and names[a] is not None
-                          and names[b] is not None else None for a, b in self.merges]
+            if min(map(min, merges), default=0) < 0 or max(map(max, merges), default=0) >= n:
+                merged = [None if not (0 <= a < n and 0 <= b < n) else 0 for a, b in merges]  # the first bad one
+            else:
+                merged = [lookup.get(names[a] + names[b]) if names[a] is not None and names[b] is not None else None
+                          for a, b in merges]
             if None in merged:
                 rank = merged.index(None)
-                a, b = self.merges[rank]
+                a, b = merges[rank]
                 raise ValueError(
                     f"merge #{rank} ({a}, {b}) does not join two ordinary tokens into a vocabulary token"
                 )
             # The first of repeated merges wins: later ranks are written first and overwritten.
-            table = {pair: (rank, m) for rank, (pair, m) in reversed(list(enumerate(zip(self.merges, merged))))}
+            table = {pair: (rank, m) for rank, (pair, m) in reversed(list(enumerate(zip(merges, merged))))}
         else:
             lookup = self._bytes_to_id
             for tok, i in lookup.items():
