@@ -103,6 +103,34 @@ def test_our_decode_attention_op_equals_the_pytorch_step(monkeypatch, preset, pe
                 torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("nh, nkv, hd", [(9, 3, 64), (4, 4, 32), (4, 1, 16), (8, 1, 32), (12, 2, 80), (6, 2, 8)])
+def test_our_decode_attention_op_equals_softmax_attention_for_any_head_grouping(nh, nkv, hd):
+    """The op alone against the written-out step (rotate q and k, write k and v at each row's slot, softmax over
+    slots 0..pos): head groupings from one head per kv head to 12 (tasks of up to 4 heads), head sizes that take
+    the vectorized path (multiples of 16) and one that does not, rows at different slots, with and without rotary."""
+    ops = _inference_ops()
+    torch.manual_seed(0)
+    B, S, pos = 2, 48, torch.tensor([5, 37])  # 6 and 38 slots seen: whole and partial 16-wide exp blocks
+    qkv = torch.randn(B, (nh + 2 * nkv) * hd) * 2
+    for rotary in (True, False):
+        kc, vc = torch.randn(B, nkv, S, hd), torch.randn(B, nkv, S, hd)
+        cos, ssin = (torch.randn(B, hd), torch.randn(B, hd)) if rotary else (torch.empty(0), torch.empty(0))
+        want_k, want_v = kc.clone(), vc.clone()
+        y = ops.decode_attention(qkv, cos, ssin, kc, vc, pos, nh, nkv)  # (B, nh hd)
+        q, k, v = qkv.view(B, nh + 2 * nkv, 1, hd).split([nh, nkv, nkv], dim=1)  # (B, heads, 1, hd)
+        if rotary:
+            q, k = (rotate(t, cos[:, None, None], ssin[:, None, None]) for t in (q, k))
+        for b in range(B):
+            n = int(pos[b]) + 1
+            want_k[b, :, n - 1], want_v[b, :, n - 1] = k[b, :, 0], v[b, :, 0]
+            keys = want_k[b, :, :n].repeat_interleave(nh // nkv, dim=0)  # (nh, n, hd)
+            vals = want_v[b, :, :n].repeat_interleave(nh // nkv, dim=0)
+            w = torch.softmax(q[b] @ keys.transpose(1, 2) / hd**0.5, dim=-1)  # (nh, 1, n)
+            torch.testing.assert_close(y[b].view(nh, hd), (w @ vals)[:, 0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(kc, want_k, atol=1e-6, rtol=1e-6)  # the rotation may round differently (FMA)
+        assert torch.equal(vc, want_v)
+
+
 @pytest.mark.parametrize("preset", ["llama-tiny", "gemma3-tiny", "gpt2-tiny"])
 def test_decode_steps_equal_a_full_forward_on_every_path(preset):
     """Prefill then single-token steps (the one-query path) give the logits of one full forward (the fused

