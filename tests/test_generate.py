@@ -166,6 +166,45 @@ def test_top_p_restricts_support_to_the_nucleus():
     assert set(drawn.tolist()) == {0, 1, 2, 3, 4}
 
 
+def _written_out_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """The distribution sample_next should draw from (vocab,), by the definitions: temperature, keep the top_k,
+    sort, keep each token whose sorted predecessors hold less than top_p of the mass, renormalize."""
+    z = logits.double() / cfg.temperature
+    if cfg.top_k is not None:
+        z = z.masked_fill(z < z.topk(cfg.top_k).values[-1], float("-inf"))
+    p = z.softmax(-1)
+    if cfg.top_p is not None:
+        sp, order = p.sort(descending=True)
+        keep = torch.zeros_like(p, dtype=torch.bool)
+        keep[order] = (sp.cumsum(-1) - sp) < cfg.top_p
+        keep[order[0]] = True
+        p = p * keep
+    return p / p.sum()
+
+
+@pytest.mark.parametrize("cfg", [SamplingConfig(temperature=1.0), SamplingConfig(temperature=0.5, top_k=3),
+                                 SamplingConfig(temperature=1.0, top_p=0.7),
+                                 SamplingConfig(temperature=2.0, top_k=5, top_p=0.6)])
+def test_sampled_frequencies_follow_the_written_out_distribution(cfg):
+    logits = torch.tensor([1.5, 0.2, -0.3, 2.0, 0.9, -1.0, 0.0, 1.1])
+    n = 40000
+    drawn = sample_next(logits.repeat(n, 1), cfg, torch.Generator().manual_seed(4))
+    freq = torch.bincount(drawn, minlength=8).double() / n
+    want = _written_out_probs(logits, cfg)
+    assert freq[want == 0].sum() == 0  # nothing outside the support
+    torch.testing.assert_close(freq, want, atol=0.01, rtol=0)
+
+
+def test_top_p_finds_a_nucleus_larger_than_its_first_candidates():
+    """Without top_k the sampler looks at the top 64 tokens, then more: a nucleus of thousands is found whole."""
+    logits = -torch.arange(5000, dtype=torch.float32) * 1e-3  # slowly falling: 0.9 of the mass is ~4,400 tokens
+    cfg = SamplingConfig(temperature=1.0, top_p=0.9)
+    size = int((_written_out_probs(logits, cfg) > 0).sum())
+    assert size > 512
+    drawn = sample_next(logits.repeat(20000, 1), cfg, torch.Generator().manual_seed(5))
+    assert int(drawn.max()) < size and int(drawn.max()) > size - 50  # the whole nucleus, and nothing past it
+
+
 def test_greedy_picks_argmax_and_temperature_flattens():
     logits = torch.tensor([[0.0, 2.0, 1.0]]).repeat(3000, 1)
     assert sample_next(logits, SamplingConfig(), None).unique().tolist() == [1]
