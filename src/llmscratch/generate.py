@@ -115,8 +115,9 @@ def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
     """One index per row of probs (B, n) (rows need not sum to 1), drawn by inverse transform: a uniform u per
     row, the first index whose cumulative probability exceeds u times the row's total. Zero-probability entries
     are never drawn."""
-    cum = probs.double().cumsum(dim=-1)  # (B, n); float64: the sum of 49k float32 terms keeps its tail
-    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64, device=probs.device)
+    wide = torch.float32 if probs.device.type == "mps" else torch.float64  # MPS has no float64
+    cum = probs.to(wide).cumsum(dim=-1)  # (B, n); float64: the sum of 49k float32 terms keeps its tail
+    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=wide, device=probs.device)
     picked = torch.searchsorted(cum, u * cum[:, -1:], right=True)  # (B, 1)
     return picked[:, 0].clamp(max=probs.shape[-1] - 1)  # (B,)
 
