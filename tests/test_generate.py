@@ -331,3 +331,20 @@ def test_bench_generate_quick_smoke(tmp_path, capsys):
     assert all(r["tokens_per_s"] > 0 and len(r["times_s"]) >= 1 for r in data["results"])
     assert data["peak_memory_mb"] > 0 and data["bandwidth"]["matvec_gbs"] > 0
     assert (tmp_path / "bench_generate.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("script, template, noted", [([], "{{ messages }}", True),
+                                                     ([104, 105], "{{ messages }}", False), ([], None, False)])
+def test_generate_cli_points_a_chat_model_that_stops_at_once_to_chat(monkeypatch, capsys, script, template, noted):
+    """An instruction-tuned model often ends a plain-text prompt at once: the command says why the output is empty
+    and which command answers in the model's chat format; nothing is said when there is text or no template."""
+    from llmscratch import weights
+    from llmscratch.cli import main
+    from llmscratch.weights import LoadedModel
+
+    loaded = LoadedModel(ScriptedModel(script, prompt_len=2), FakeTokenizer(), "scripted", chat_template=template)
+    monkeypatch.setattr(weights, "load_model", lambda *a, **k: loaded)
+    main(["generate", "--model", "m", "--prompt", "hi", "--max-new-tokens", "4"])
+    out, err = capsys.readouterr()
+    assert out.strip() == ("hi" if script else "")
+    assert ("llmscratch chat --model m" in err) == noted

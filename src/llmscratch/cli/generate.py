@@ -73,14 +73,20 @@ def _generate(args: argparse.Namespace) -> None:
     stats = GenerationStats()
     if args.stream:
         ids = encode_prompt(tok, args.prompt)
+        text = ""
         for piece in stream_text(loaded.model, tok, ids, cfg, use_cache, stats):
             print(piece, end="", flush=True)
+            text += piece
         print()
     else:
-        print(generate_text(loaded.model, tok, args.prompt, cfg, use_cache, stats)[0])
+        text = generate_text(loaded.model, tok, args.prompt, cfg, use_cache, stats)[0]
+        print(text)
     print(
         f"{stats.new_tokens} tokens in {stats.seconds:.2f} s ({stats.tokens_per_second:.1f} tokens/s; prompt "
         f"{stats.prompt_tokens} tokens, first token after {stats.first_token_seconds:.2f} s; KV cache "
         f"{'on' if use_cache else 'off'}; {loaded.name} on {next(loaded.model.parameters()).device})",
         file=sys.stderr,
     )
+    if not text.strip() and cfg.max_new_tokens > 0 and loaded.chat_template:
+        print(f"note: the model ended the text at once. `generate` continues the prompt as plain text; a chat model "
+              f"answers in its chat format: llmscratch chat --model {args.model}", file=sys.stderr)
