@@ -120,6 +120,23 @@ def test_folder_rule(tmp_path):
     with pytest.raises(FolderInUse, match="overwrite=True"):
         check_replaceable(ours)
     check_replaceable(ours, overwrite=True)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match="cannot make the folder .*afile is a file"):
+        check_replaceable(tmp_path / "afile" / "sub", overwrite=True)
+
+
+def test_input_files_that_are_folders_or_missing_are_named(capsys, tmp_path):
+    assert "chat template " + str(tmp_path) + " is a folder, not a file" in _error(
+        capsys, "chat", "--model", "gpt2-tiny", "--template", tmp_path, "--message", "hi")
+    assert "is a folder, not a file" in _error(capsys, "tokenizer", "encode", "--input", tmp_path)
+    assert "classifier folder not found" in _error(capsys, "classify", "--model", tmp_path / "nope", "--text", "x")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b"\xff\xfe caf\xe9\n")
+    for argv in (["chat", "--model", "gpt2-tiny", "--template", bad, "--message", "hi"],
+                 ["finetune", "dpo", "--model", "gpt2-tiny", "--data", bad, "--out", tmp_path / "run"],
+                 ["finetune", "classify", "--model", "gpt2-tiny", "--data", bad, "--out", tmp_path / "run"]):
+        err = _error(capsys, *argv)
+        assert str(bad) in err and "not UTF-8" in err, (argv, err)
 
 
 def test_atomic_folder_refuses_before_the_body_runs_and_overwrite_replaces_a_link_not_its_target(tmp_path):

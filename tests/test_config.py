@@ -187,6 +187,20 @@ def test_layers_switches_lists_presets_and_argv_round_trip(tmp_path):
         parse_toy(["--balanced", "--full"])  # switches of one field exclude each other
 
 
+def test_each_switch_of_a_field_gets_its_own_help():
+    @dataclasses.dataclass
+    class Two:
+        balanced: bool | None = setting(None, "--balanced: undersample (default A); --full: every row",
+                                        switches={"--balanced": True, "--full": False})
+        compiled: bool = setting(True, "the compiled cases", switches={"--compile": True, "--no-compile": False})
+
+    p = argparse.ArgumentParser()
+    add_flags(p, Two)
+    helps = {a.option_strings[0]: a.help for a in p._actions if a.option_strings}
+    assert (helps["--balanced"], helps["--full"]) == ("undersample (default A)", "every row")
+    assert (helps["--compile"], helps["--no-compile"]) == ("the compiled cases", "see --compile")
+
+
 def test_flag_names_and_keys():
     flags = {f.dest: f for f in flags_of(Toy)}
     assert isinstance(flags["train.lr"], Flag) and flags["train.lr"].option == "--lr"

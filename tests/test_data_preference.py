@@ -53,6 +53,26 @@ def test_reads_json_and_jsonl_with_field_names(tmp_path):
         load_preference_entries(str(tmp_path / "missing.json"))
 
 
+@pytest.mark.parametrize("name, content, message", [
+    ("cut.jsonl", '{"prompt": "a", "chosen": "b", "rejected": "c"}\n\n{not json\n', "cut.jsonl, line 3 is not valid"),
+    ("empty.jsonl", "", "is empty"),
+    ("empty.json", "  \n", "is empty"),
+    ("none.json", "[]", "holds no pairs"),
+    ("latin1.json", "[{\"prompt\": \"caf\xe9\"}]".encode("latin-1"), "preference data .*latin1.json is not UTF-8"),
+    ("folder", None, "folder.* is a folder, not a file"),
+])
+def test_unreadable_preference_files_are_one_clear_error(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is None:
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(UserError, match=message):
+        read_preference_file(path)
+
+
 def test_prompt_field_defaults_to_instruction_then_prompt(tmp_path):
     rows = [{"instruction": "I", "input": "ctx", "chosen": "a", "rejected": "b"},
             {"prompt": "P", "chosen": "a", "rejected": "b"}]
@@ -79,7 +99,8 @@ def test_bad_pairs_are_counted_and_skipped():
     ds = PreferenceDataset(entries, encode, max_length=prompt_len + 12, end_id=tok.eos_id)
     assert len(ds) == 2  # the first pair, and the last one (its answers differ at their 12th token)
     assert (ds.skipped.equal, ds.skipped.empty, ds.skipped.no_room) == (1, 1, 1)
-    assert "3 pair(s)" in ds.skipped.describe()
+    assert "3 pair(s)" in ds.skipped.describe() and "within the maximum length" in ds.skipped.describe()
+    assert PreferenceDataset(entries[:1], encode, max_length=99).skipped.describe() == "skipped none"
     ds2 = PreferenceDataset(entries[-1:], encode, max_length=prompt_len + 10, end_id=tok.eos_id)
     assert len(ds2) == 0 and ds2.skipped.equal == 1  # equal once both are cut to 10 answer tokens
     pair = ds[0]

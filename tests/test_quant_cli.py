@@ -90,3 +90,30 @@ def test_serve_loader_quantizes_when_asked():
     loaded = _loader(ServeConfig(model="llama-tiny", quantize="int4"))()
     assert loaded.model.quantization["format"] == "int4"
     assert isinstance(loaded.model.get_submodule("head"), QuantLinear)
+
+
+def test_quantized_weights_with_another_dtype_are_refused_not_a_crash(tmp_path, capsys):
+    # int8/int4 products take float32 activations: a bfloat16 KV cache would fail at the first token
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--model", "llama-tiny", "--prompt", "hi", "--quantize", "int8", "--dtype", "bfloat16"])
+    assert e.value.code == 2 and "--dtype" in capsys.readouterr().err
+    main(["quantize", "--model", "llama-tiny", "-o", str(tmp_path / "q"), "--to", "int4"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--model", str(tmp_path / "q"), "--prompt", "hi", "--dtype", "float16"])
+    assert e.value.code == 2 and "int4 weights" in capsys.readouterr().err
+    from llmscratch.serve.config import ServeConfig
+
+    with pytest.raises(UserError, match="quantize=int8 runs with float32"):
+        ServeConfig(model="llama-tiny", quantize="int8", dtype="bfloat16").validate()
+
+
+def test_export_of_a_quantized_folder(tmp_path, capsys):
+    main(["quantize", "--model", "llama-tiny", "-o", str(tmp_path / "q"), "--to", "int8"])
+    with pytest.raises(SystemExit) as e:  # Hugging Face folders hold float weights
+        main(["export", "--model", str(tmp_path / "q"), "-o", str(tmp_path / "hf")])
+    assert e.value.code == 2 and "int8 weights" in capsys.readouterr().err and not (tmp_path / "hf").exists()
+    main(["export", "--model", str(tmp_path / "q"), "--format", "ours", "-o", str(tmp_path / "ours")])
+    params = load_preset("llama-tiny").model.num_params()  # the float model's count, not the float leftovers'
+    assert f"({params:,} parameters, int8 weights)" in capsys.readouterr().out
+    assert load_model(tmp_path / "ours").model.quantization["format"] == "int8"

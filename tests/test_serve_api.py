@@ -13,6 +13,7 @@ from serve_helpers import CHATML, Slow, busy, byte_tokenizer, loaded_tiny, runni
 
 from llmscratch.chat import chat_prompt_ids, end_of_turn_ids
 from llmscratch.generate import SamplingConfig, generate, generate_text
+from llmscratch.utils import UserError
 
 openai = pytest.importorskip("openai")
 
@@ -286,3 +287,15 @@ def test_client_gone_before_a_json_answer_frees_the_row():
             httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 200}, timeout=0.5)
         _wait_idle(srv, 3)  # 200 tokens would take 6 s
         assert httpx.get(url + "/ping").status_code == 200
+
+
+def test_max_len_sets_the_tokens_a_request_may_hold():
+    with running_server(loaded_tiny(tiny_model(context_length=256)), max_len=64) as (url, srv):
+        assert srv.state.engine.max_len == 64
+        r = httpx.post(url + "/v1/completions", json={"prompt": "y" * 40, "max_tokens": 30})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+        r = httpx.post(url + "/v1/completions", json={"prompt": "y" * 40, "max_tokens": 20})
+        assert r.status_code == 200
+    with pytest.raises(UserError, match="max_len=300 is more than the model's context length"):
+        with running_server(loaded_tiny(tiny_model(context_length=256)), max_len=300):
+            pass

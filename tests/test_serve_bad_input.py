@@ -40,7 +40,11 @@ CASES = {
     "temperature < 0": ("POST", CHAT, {"messages": USER, "temperature": -0.5}, {}),
     "top_p 0": ("POST", CHAT, {"messages": USER, "top_p": 0}, {}),
     "top_p above 1": ("POST", COMPLETE, {"prompt": "x", "top_p": 1.5}, {}),
+    "temperature NaN": ("POST", CHAT, {"messages": USER, "temperature": float("nan")}, {}),
+    "temperature between 0 and 1e-6": ("POST", CHAT, {"messages": USER, "temperature": 1e-9}, {}),
     "5 stop strings": ("POST", CHAT, {"messages": USER, "stop": ["a", "b", "c", "d", "e"]}, {}),
+    "a stop that is not a string": ("POST", CHAT, {"messages": USER, "stop": ["a", 2]}, {}),
+    "a prompt element that is neither text nor a token id": ("POST", COMPLETE, {"prompt": [1.5]}, {}),
     "n above the limit": ("POST", CHAT, {"messages": USER, "n": 100}, {}),
     "empty messages": ("POST", CHAT, {"messages": []}, {}),
     "unknown role": ("POST", CHAT, {"messages": [{"role": "wizard", "content": "hi"}]}, {}),
@@ -101,6 +105,13 @@ def test_bad_input(server, case):
     assert (err["code"] or "-") == code
     if case == "prompt longer than the context":
         assert "300 tokens" in err["message"] and "256" in err["message"]
+    messages = {"temperature NaN": ("temperature", "must be a finite number, got nan"),
+                "temperature between 0 and 1e-6": ("temperature", "temperature must be"),
+                "a stop that is not a string": ("stop[1]", "stop[1] must be a string, not an integer"),
+                "a prompt element that is neither text nor a token id": ("prompt[0]", "prompt[0] must be")}
+    if case in messages:  # the element or field at fault is named, in the message and as the param
+        param, text = messages[case]
+        assert err["param"] == param and text in err["message"], err
     # ... and the server keeps serving.
     ok = httpx.post(url + COMPLETE, json={"prompt": "x", "max_tokens": 2}, headers={"Authorization": f"Bearer {KEY}"})
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] <= 2

@@ -21,11 +21,12 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from pathlib import Path
 
-from llmscratch.utils import UserError
+from llmscratch.utils import UserError, check_input_file
 
 _NONE = type(None)
 
@@ -274,9 +275,12 @@ def _add(target, flag: Flag, default) -> None:
     switches = m.get("switches")
     if switches:
         group = target.add_mutually_exclusive_group()
-        for option, const in switches.items():
+        first = next(iter(switches))
+        for option, const in switches.items():  # "--a: what a does; --b: what b does" -> each its own part
+            own = re.search(rf"(?:^|; ){re.escape(option)}: (.*?)(?=; --|$)", help_text)
+            text = own.group(1) if own else help_text if option == first else f"see {first}"
             group.add_argument(option, dest=flag.dest, action=_Given, nargs=0, const=const, default=default,
-                               help=help_text)
+                               help=text.replace("%", "%%"))
         return
     options = (*m.get("aliases", ()), flag.option)
     if _parts(flag.type)[0] is bool:
@@ -360,9 +364,7 @@ def _from_file(path, flags: list[Flag]) -> dict[str, object]:
 
 def read_config_file(path: str | Path) -> dict:
     """The mapping of a YAML (.yaml, .yml) or JSON config file; UserError when it is missing or unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file not found: {path}")
+    path = check_input_file(path, "config")
     try:
         data = _parse(path.read_text(encoding="utf-8"), path.suffix.lower())
     except (UnicodeDecodeError, ValueError) as e:

@@ -62,6 +62,25 @@ def check_not_input(outputs: list[str | os.PathLike], inputs: list[str | os.Path
                                 "the input; choose another output path")
 
 
+def check_input_file(path: str | os.PathLike, what: str) -> Path:
+    """`path` as a Path when it is a file to read; else a UserError: "`what` file not found" or "is a folder"."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder, not a file")
+    if not path.is_file():
+        raise UserError(f"{what} file not found: {path}")
+    return path
+
+
+def read_text_file(path: str | os.PathLike, what: str) -> str:
+    """The UTF-8 text of the file `path` (see `check_input_file`); a file that is not UTF-8 is a UserError naming it."""
+    path = check_input_file(path, what)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def check_output_file(path: str | os.PathLike) -> None:
     """Refuse, before any work, an output file path that cannot be written: an existing folder, a path below
     something that is not a folder, or a folder where no file can be created (read-only, no permission: an
@@ -103,7 +122,12 @@ def folder_problem(folder: str | os.PathLike, ours: frozenset[str] = OUTPUT_FILE
 
 
 def check_replaceable(folder: str | os.PathLike, overwrite: bool = False, ours: frozenset[str] = OUTPUT_FILES) -> None:
-    """Raise FolderInUse unless `folder` may be replaced by a new output (see `folder_problem`) or `overwrite`."""
+    """Raise FolderInUse unless `folder` may be replaced by a new output (see `folder_problem`) or `overwrite`;
+    a UserError when it cannot be made at all (a file above it)."""
+    folder = Path(folder)
+    above = next((p for p in folder.parents if p.exists() or p.is_symlink()), None)
+    if not folder.exists() and above is not None and not above.is_dir():
+        raise UserError(f"cannot make the folder {folder}: {above} is a file")
     if not overwrite and (reason := folder_problem(folder, ours)) is not None:
         raise FolderInUse(Path(folder), reason)
 

@@ -38,11 +38,10 @@ def register(subparsers) -> None:
 
 
 def _chat(args: argparse.Namespace) -> None:
-    from pathlib import Path
 
     from llmscratch.chat import ChatSession
     from llmscratch.generate import SamplingConfig
-    from llmscratch.utils import UserError, pick_device
+    from llmscratch.utils import UserError, pick_device, read_text_file
 
     sampling = SamplingConfig(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -51,9 +50,7 @@ def _chat(args: argparse.Namespace) -> None:
     sampling.validate()
     template = None
     if args.template:
-        if not Path(args.template).is_file():
-            raise UserError(f"chat template file not found: {args.template}")
-        template = Path(args.template).read_text(encoding="utf-8")
+        template = read_text_file(args.template, "chat template")
     from llmscratch.model.quant_kernel import prepare_decoding
     from llmscratch.weights import load_model
     from llmscratch.weights.registry import resolve

@@ -28,6 +28,7 @@ def register(subparsers) -> None:
 def _export(args: argparse.Namespace) -> None:
     from pathlib import Path
 
+    from llmscratch.model.base import model_size
     from llmscratch.utils import check_replaceable
     from llmscratch.weights import load_model
     from llmscratch.weights.hf import export_hf
@@ -41,7 +42,10 @@ def _export(args: argparse.Namespace) -> None:
         folder = save_pretrained(loaded.model, loaded.tokenizer, args.out, loaded.chat_template, args.overwrite)
     files = sorted(Path(folder).iterdir())
     size = sum(f.stat().st_size for f in files)
-    print(f"exported {loaded.name} ({loaded.model.num_params():,} parameters) to {folder} as {args.format}: "
+    quantized = getattr(loaded.model, "quantization", None)  # its weights are buffers: count the float model's
+    params = model_size(loaded.model.config).params if quantized else loaded.model.num_params()
+    kind = f", {quantized['format']} weights" if quantized else ""
+    print(f"exported {loaded.name} ({params:,} parameters{kind}) to {folder} as {args.format}: "
           f"{', '.join(f.name for f in files)} ({size / 1e6:.1f} MB)")
     if loaded.tokenizer is None:
         print("note: this model has no tokenizer, so none was written")

@@ -23,14 +23,13 @@ def register(subparsers) -> None:
 
 def serve(config: ServeConfig) -> None:
     """Listen, load the model in the background, serve until SIGTERM or Ctrl-C."""
-    from pathlib import Path
 
     from llmscratch.serve.server import bound_socket, build_server
-    from llmscratch.utils import UserError
+    from llmscratch.utils import UserError, read_text_file
 
     config.validate()
-    if config.chat_template and not Path(config.chat_template).is_file():
-        raise UserError(f"chat template file not found: {config.chat_template}")
+    if config.chat_template:
+        read_text_file(config.chat_template, "chat template")  # before the model loads
     port = config.resolved_port()
     try:
         sock = bound_socket(config.host, port)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
-from pathlib import Path
 
-from llmscratch.utils import UserError
+from llmscratch.utils import UserError, read_text_file
 
 
 def register(subparsers) -> None:
@@ -60,13 +60,7 @@ def _tokenizer_flag(parser: argparse.ArgumentParser) -> None:
 def _read_text(path: str | None) -> str:
     if path is None:
         return sys.stdin.read()
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"input file not found: {p}")
-    try:
-        return p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{p} is not UTF-8 text: {e}") from None
+    return read_text_file(path, "input")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -101,8 +95,11 @@ def _encode(args: argparse.Namespace) -> None:
     try:
         ids = tok.encode(text, allowed_special="all" if args.allow_special else ())
     except ValueError as e:
-        hint = " (on the command line: --allow-special)" if "allowed_special" in str(e) else ""
-        raise UserError(f"{e}{hint}") from None
+        m = re.match(r"text contains the special token ('[^']*'|\"[^\"]*\")", str(e))
+        if m is None:
+            raise UserError(str(e)) from None
+        raise UserError(f"the text contains the special token {m.group(1)}: pass --allow-special to encode it as "
+                        "that token (one id)") from None
     print(len(ids) if args.count else " ".join(map(str, ids)))
 
 

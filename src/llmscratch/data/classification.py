@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from llmscratch.tokenizer import encode_prompt
-from llmscratch.utils import UserError
+from llmscratch.utils import UserError, check_input_file
 
 SMS_SPAM_LABELS = ("ham", "spam")
 
@@ -200,18 +200,19 @@ def load_table(
     Errors (missing columns, empty texts, unknown labels, fewer than two classes) raise `UserError` naming
     the file, row and column.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"data file {path} not found")
+    path = check_input_file(path, "data")
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        rows = _read_json_records(path, str(text_column), str(label_column))
-    else:
-        if delimiter is None:
-            delimiter = "," if suffix == ".csv" else "\t"
-        if quoting is None:
-            quoting = delimiter == ","
-        rows = _read_delimited(path, delimiter, quoting, header, text_column, label_column)
+    try:
+        if suffix in (".jsonl", ".json"):
+            rows = _read_json_records(path, str(text_column), str(label_column))
+        else:
+            if delimiter is None:
+                delimiter = "," if suffix == ".csv" else "\t"
+            if quoting is None:
+                quoting = delimiter == ","
+            rows = _read_delimited(path, delimiter, quoting, header, text_column, label_column)
+    except UnicodeDecodeError as e:
+        raise UserError(f"data file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     return _build(rows, str(path), labels, label_order, str(text_column), str(label_column))
 
 

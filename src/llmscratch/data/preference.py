@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from llmscratch.utils import UserError
+from llmscratch.utils import UserError, read_text_file
 
 REGISTRY_NAME = "instruction-data-preference"
 
@@ -38,19 +38,27 @@ def read_preference_file(path: str | Path, fields: PreferenceFields = Preference
     """The entries of a JSON list or JSONL file as {"instruction", "input", "chosen", "rejected", "where"} (the
     Alpaca fields the prompt formats read); UserError naming the file and entry for anything missing."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"preference data file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() == ".jsonl":
-            records = [(f"line {i}", json.loads(s)) for i, s in enumerate(text.splitlines(), 1) if s.strip()]
-        else:
+    text = read_text_file(path, "preference data")
+    if not text.strip():
+        raise UserError(f"{path} is empty; preference data is a JSON list of pairs or JSONL (one pair per line)")
+    records = []
+    if path.suffix.lower() == ".jsonl":
+        for i, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append((f"line {i}", json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}, line {i} is not valid JSON: {e.msg} (column {e.colno})") from None
+    else:
+        try:
             loaded = json.loads(text)
-            if not isinstance(loaded, list):
-                raise UserError(f"{path}: expected a JSON list of objects, got {type(loaded).__name__}")
-            records = [(f"entry {i}", r) for i, r in enumerate(loaded)]
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON: {e}") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
+        if not isinstance(loaded, list):
+            raise UserError(f"{path}: expected a JSON list of objects, got {type(loaded).__name__}")
+        records = [(f"entry {i}", r) for i, r in enumerate(loaded)]
+    if not records:
+        raise UserError(f"{path} holds no pairs")
     return [_entry(record, where, fields, path) for where, record in records]
 
 
@@ -95,9 +103,12 @@ class Skipped:
     def describe(self) -> str:
         parts = [f"{n} {what}" for n, what in ((self.equal, "with equal chosen and rejected answers"),
                                                (self.empty, "with an empty answer"),
-                                               (self.no_room, "whose prompt leaves no room for an answer"))
+                                               (self.no_room, "whose prompt leaves no room for an answer "
+                                                                  "within the maximum length"))
                  if n]
         firsts = ", ".join(f"{k}: {v}" for k, v in self.examples.items())
+        if not self.total:
+            return "skipped none"
         return f"skipped {self.total} pair(s): " + "; ".join(parts) + (f" (first ones: {firsts})" if firsts else "")
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmscratch.config import check_fields, setting
-from llmscratch.utils import UserError
+from llmscratch.utils import UserError, check_input_file
 
 RECORD_FIELDS = ("instruction", "input", "output", "response")
 OTHER_REFERENCES = ("chosen", "rejected")  # kept too when the entries have them (preference data), for metrics
@@ -71,9 +71,7 @@ def read_jsonl(path: str | os.PathLike, what: str = "records") -> tuple[list[dic
 
     A line that is not a JSON object (a write cut short by a crash, a stray line) is skipped and counted.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} file not found: {path}")
+    path = check_input_file(path, what)
     records, bad = [], 0
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         if not line.strip():

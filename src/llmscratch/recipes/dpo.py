@@ -103,11 +103,13 @@ def load_pair_splits(cfg: DPOConfig, fmt: str, tokenizer, chat_template: str | N
     splits = {}
     for name, part in (("train", train), ("val", val), ("test", test)):
         ds = PreferenceDataset(part, encode, max_length, end_id_of(tokenizer))
+        room = f"; max_length is {max_length} tokens" if ds.skipped.no_room else ""
         if ds.skipped.total:
-            echo(f"{name}: {ds.skipped.describe()}")
+            echo(f"{name}: {ds.skipped.describe()}{room}")
         if len(ds) == 0 and name != "test":
             raise UserError(f"{cfg.data}: no usable pairs in the {name} split ({len(part)} read, "
-                            f"{ds.skipped.describe()})")
+                            f"{ds.skipped.describe()}{room}; the split takes entries in file order: 85% train, "
+                            f"10% test, the rest validation)", params="max_length")
         splits[name] = ds
     return splits
 

@@ -42,9 +42,13 @@ def make_engine(model, config: ServeConfig):
     """The engine `config` asks for: continuous batching, or one request at a time (batching off)."""
     from llmscratch.serve.engine import Engine, SerialEngine
 
+    ctx = model.config.context_length
+    if config.max_len is not None and config.max_len > ctx:
+        raise UserError(f"max_len={config.max_len} is more than the model's context length ({ctx})",
+                        params="max_len")
     if config.batching:
-        return Engine(model, max_batch=config.max_batch, max_queue=config.max_queue)
-    return SerialEngine(model, max_queue=config.max_queue)
+        return Engine(model, max_batch=config.max_batch, max_queue=config.max_queue, max_len=config.max_len)
+    return SerialEngine(model, max_queue=config.max_queue, max_len=config.max_len)
 
 
 @dataclasses.dataclass
@@ -244,7 +248,7 @@ def _error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, e: UserError):
-        return error_response(bad_request(str(e), None, None))
+        return error_response(user_bad_request(e))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException):
@@ -373,8 +377,16 @@ def _submit_error(e: BaseException) -> BaseException:
     if isinstance(e, EngineStopped):
         return APIError(503, str(e), "service_unavailable", None, "shutting_down")
     if isinstance(e, UserError):
-        return bad_request(str(e), None, "context_length_exceeded" if "context length" in str(e) else None)
+        return user_bad_request(e)
     return e
+
+
+def user_bad_request(e: UserError) -> APIError:
+    """A 400 for a library check that failed on a request's values (sampling settings, the context length): the
+    parameter it names, when it names one."""
+    if "context length" in str(e):
+        return bad_request(str(e), None, "context_length_exceeded")
+    return bad_request(str(e), e.params[0] if e.params else None, "invalid_value" if e.params else None)
 
 
 async def _events(job: Job, gens: list[Generation], rid: str, model: str, prompt_tokens: int,

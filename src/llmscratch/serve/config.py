@@ -28,6 +28,8 @@ class ServeConfig:
                                   f"${API_KEY_ENV} when set, else no key)")
     batching: bool = setting(True, "one request at a time (for comparison)", switches={"--no-batching": False})
     max_batch: int = setting(8, "most sequences decoded together", ge=1)
+    max_len: int | None = setting(None, "most tokens per sequence, prompt + new (default: the model's context "
+                                  "length, at most 2048); the KV cache holds max-batch x max-len slots", ge=2)
     max_queue: int = setting(64, "most requests waiting; past it: 429 with Retry-After", ge=1)
     request_timeout: float = setting(60.0, "seconds a request may take before it is cut (SageMaker's limit)",
                                      flag="--timeout", gt=0)
@@ -54,6 +56,9 @@ class ServeConfig:
         check_fields(self)
         if not self.model:
             raise UserError("no model given: name one (a registered name, folder, .gguf file or preset)")
+        if self.quantize and self.dtype != "float32":
+            raise UserError(f"quantize={self.quantize} runs with float32 activations: use dtype=float32, the "
+                            "default", params=("quantize", "dtype"))
 
     @property
     def max_body_bytes(self) -> int:

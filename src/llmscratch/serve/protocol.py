@@ -90,8 +90,10 @@ def get_float(body: Mapping, name: str, default: float | None = None, label: str
     value = body.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _wrong_type(label, "a number", value)
+    if not math.isfinite(value):
+        raise bad_request(f"{label} must be a finite number, got {value}", label)
     return float(value)
 
 
@@ -111,8 +113,11 @@ def get_stops(body: Mapping, name: str = "stop", label: str | None = None) -> tu
     if value is None:
         return ()
     stops = [value] if isinstance(value, str) else value
-    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+    if not isinstance(stops, list):
         raise _wrong_type(label, "a string or a list of strings", value)
+    for i, s in enumerate(stops):
+        if not isinstance(s, str):
+            raise _wrong_type(f"{label}[{i}]", "a string", s)
     if len(stops) > MAX_STOP_STRINGS:
         raise bad_request(f"{label} takes at most {MAX_STOP_STRINGS} strings, got {len(stops)}", label)
     if any(not s for s in stops):
@@ -213,6 +218,12 @@ def _prompts(prompt: Any, vocab_size: int) -> list[Any]:
         prompts = [prompt]
     elif isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
         prompts = prompt
+    elif isinstance(prompt, list) and prompt:  # name the first element that is none of them, or the mix
+        for i, p in enumerate(prompt):
+            if isinstance(p, bool) or not isinstance(p, (str, list, int)):
+                raise _wrong_type(f"prompt[{i}]", "a string, a list of token ids, or a token id", p)
+        raise bad_request("prompt mixes token ids with strings or lists: give a list of token ids, or a list of "
+                          "prompts (strings or lists of token ids)", "prompt")
     else:
         raise _wrong_type("prompt", "a string, a list of strings, or a list of token ids", prompt)
     for p in prompts:

@@ -49,6 +49,9 @@ def load_model(
     `progress`: bars while fetching and dequantizing; `quantize`: "int8" or "int4" weights for every block
     Linear and the head (model/quant.py; a folder saved quantized loads as it was saved), or "gguf": a GGUF
     file's own quantized blocks kept as they are (weights/gguf_quant.py)."""
+    if quantize in ("int8", "int4") and dtype not in (None, torch.float32):
+        raise UserError(f"{quantize} weights run with float32 activations: use dtype=float32, the default (the "
+                        "weights are what shrinks)", params="dtype")
     paused = gc.isenabled()
     gc.disable()  # loading makes ~10^5 small objects (a vocabulary, merges): each collection walked them all
     try:

@@ -122,6 +122,8 @@ def save_classifier(model: nn.Module, folder: str | Path, info: ClassifierInfo) 
 def read_classifier_info(folder: str | Path) -> ClassifierInfo:
     """The `classifier.json` of a classifier folder (UserError when absent or not ours)."""
     path = Path(folder) / CONFIG_FILE
+    if not Path(folder).exists():
+        raise UserError(f"classifier folder not found: {folder}")
     if not path.is_file():
         raise UserError(f"{folder} is not a classifier folder: no {CONFIG_FILE} (train one with llmscratch finetune "
                         "classify)")

@@ -197,6 +197,11 @@ def export_hf(
     family = model.config.family
     if family not in EXPORTERS:
         raise UserError(f"exporting a {family!r} model to Hugging Face format is not supported")
+    quantized = getattr(model, "quantization", None)
+    if quantized:
+        raise UserError(f"this model holds {quantized['format']} weights; the Hugging Face export writes float "
+                        "weights: export the float model it was quantized from, or keep it in ours (format=ours)",
+                        params="format")
     exporter = EXPORTERS[family]
     hf_config = exporter.config_to_hf(model.config)
     tensors = exporter.state_dict_to_hf(model)

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from llmscratch.model.lora import apply_lora, lora_config, lora_layers, lora_state_dict
-from llmscratch.utils import UserError, atomic_path
+from llmscratch.utils import UserError, atomic_path, check_input_file
 
 _META_KEY = "llmscratch.lora"
 
@@ -33,9 +33,7 @@ def load_lora(model: nn.Module, path: str | Path) -> list[str]:
     Every tensor of the file must exist in the model with the same shape, and every adapter of the model must
     be in the file; otherwise a UserError names the difference. Returns the loaded names.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"LoRA adapter file not found: {path}")
+    path = check_input_file(path, "LoRA adapter")
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         tensors = {k: f.get_tensor(k) for k in f.keys()}

@@ -243,6 +243,9 @@ def load_checkpoint(folder: str | os.PathLike, device=None, dtype=None):
     quantization = data.pop("quantization", None) if isinstance(data, dict) else None
     config = checked_config(lambda: config_from_dict(data), str(folder / CONFIG))
     if quantization is not None:
+        if dtype not in (None, torch.float32):
+            raise UserError(f"{folder} holds {quantization.get('format', 'quantized')} weights, which run with "
+                            "float32 activations: use dtype=float32, the default", params="dtype")
         model = quantized_from_state_dict(config, quantization, read_weights(folder / WEIGHTS),
                                           str(folder / WEIGHTS), device)
     else:

@@ -58,6 +58,7 @@ constexpr int W = 16;
 inline vec vzero() { return _mm512_setzero_ps(); }
 inline vec vload(const float* p) { return _mm512_loadu_ps(p); }
 inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+inline vec vadd(vec a, vec b) { return _mm512_add_ps(a, b); }
 inline vec vset(float v) { return _mm512_set1_ps(v); }
 inline float vsum(vec v) { return _mm512_reduce_add_ps(v); }
 inline vec load_i8(const int8_t* p) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p))); }
@@ -73,6 +74,7 @@ constexpr int W = 8;
 inline vec vzero() { return _mm256_setzero_ps(); }
 inline vec vload(const float* p) { return _mm256_loadu_ps(p); }
 inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline vec vadd(vec a, vec b) { return _mm256_add_ps(a, b); }
 inline vec vset(float v) { return _mm256_set1_ps(v); }
 inline float vsum(vec v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -90,18 +92,34 @@ inline void load_q4(const uint8_t* p, vec& lo, vec& hi) {
 #endif
 
 #if defined(LLMS_AVX512) || defined(LLMS_AVX2)
-// R output rows n..n+R-1 at once (R independent accumulators per input row share each x load), M input rows.
+// float32: output rows n..n+R-1 one after another, each row's weights read in order, with C independent chains
+// along k (4 for one input row, 2 for 2-3, 1 beyond) so the FMAs overlap; each weight load feeds all M input rows.
+// Reading the weights as one stream, not R rows side by side, made float32 decode steps 1.16-1.22x faster on an
+// AMD EPYC VM (session 10, alternated in one process): the hardware prefetcher keeps up with one stream per core.
 
 template <int R, int M>
 void f32_block(const float* x, int64_t K, const float* w, float* y, int64_t N, int64_t n) {
-    vec acc[R][M];
-    for (int r = 0; r < R; ++r) for (int m = 0; m < M; ++m) acc[r][m] = vzero();
-    for (int64_t k = 0; k < K; k += W)
-        for (int r = 0; r < R; ++r) {
-            const vec wv = vload(w + (n + r) * K + k);
-            for (int m = 0; m < M; ++m) acc[r][m] = vfma(wv, vload(x + m * K + k), acc[r][m]);
+    constexpr int C = M == 1 ? 4 : M <= 3 ? 2 : 1;
+    for (int r = 0; r < R; ++r) {
+        const float* wr = w + (n + r) * K;
+        vec acc[C][M];
+        for (int c = 0; c < C; ++c) for (int m = 0; m < M; ++m) acc[c][m] = vzero();
+        int64_t k = 0;
+        for (; k + C * W <= K; k += C * W)
+            for (int c = 0; c < C; ++c) {
+                const vec wv = vload(wr + k + c * W);
+                for (int m = 0; m < M; ++m) acc[c][m] = vfma(wv, vload(x + m * K + k + c * W), acc[c][m]);
+            }
+        for (; k < K; k += W) {  // K is a multiple of W
+            const vec wv = vload(wr + k);
+            for (int m = 0; m < M; ++m) acc[0][m] = vfma(wv, vload(x + m * K + k), acc[0][m]);
         }
-    for (int r = 0; r < R; ++r) for (int m = 0; m < M; ++m) y[m * N + n + r] = vsum(acc[r][m]);
+        for (int m = 0; m < M; ++m) {
+            vec t = acc[0][m];
+            for (int c = 1; c < C; ++c) t = vadd(t, acc[c][m]);
+            y[m * N + n + r] = vsum(t);
+        }
+    }
 }
 
 template <int R, int M, typename S>
