@@ -289,3 +289,17 @@ def test_a_forked_child_computes_with_a_pool_of_its_own(threads):
         got = queue.get(timeout=60)
         child.join(timeout=60)
         assert child.exitcode == 0 and got == want
+
+
+def test_products_of_no_rows_are_empty_not_an_error():
+    """A selection of no positions (`model(ids, select=mask)` with an empty mask) multiplies 0 rows."""
+    w = weight(out=70, inp=96)
+    lin = nn.Linear(96, 70, bias=False)
+    lin.weight.data = w
+    x = torch.randn(0, 96)
+    with torch.no_grad():
+        assert quant_kernel.float_linear(x, w) is None  # F.linear's job
+        for fmt in ("int8", "int4"):
+            assert QuantLinear.from_linear(lin, fmt, 32)(x).shape == (0, 70)
+        model = tiny("llama-tiny")
+        assert model.head(torch.randn(2, 0, model.config.emb_dim)).shape == (2, 0, model.config.vocab_size)

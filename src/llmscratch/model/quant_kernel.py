@@ -169,7 +169,7 @@ def inference_ops(x: torch.Tensor):
     gradients wanted, not being traced by torch.compile. None otherwise, or when there is no kernel (callers then
     run PyTorch ops)."""
     if (not INFERENCE_OPS or x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_grad_enabled()
-            or x.numel() > MAX_ROWS * x.shape[-1] or torch.compiler.is_compiling()):
+            or not 0 < x.numel() <= MAX_ROWS * x.shape[-1] or torch.compiler.is_compiling()):
         return None
     return _module if _module is not None else kernel(build=False)
 
@@ -216,7 +216,7 @@ def linear(x: torch.Tensor, layer) -> torch.Tensor | None:
     k = x.shape[-1]
     rows = x.numel() // k
     int8_x = _int8_x(layer)
-    if rows > PASS_ROWS:  # compute-bound: make the float weight (fast, in C++) and let F.linear multiply
+    if rows > PASS_ROWS or rows == 0:  # compute-bound (or empty): the float weight (in C++), then F.linear
         return torch.nn.functional.linear(quantize_activations(x) if int8_x else x, dequantize(layer), layer.bias)
     x2 = x.reshape(rows, k)  # (rows, in)
     if not x2.is_contiguous():
@@ -270,7 +270,7 @@ def float_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     k = x.shape[-1]
     rows = x.numel() // k
     mod = _module if _module is not None else kernel()
-    if (mod is None or rows > MAX_ROWS or x.dtype != torch.float32 or not _float_kernel_takes(weight)
+    if (mod is None or not 1 <= rows <= MAX_ROWS or x.dtype != torch.float32 or not _float_kernel_takes(weight)
             or x.device.type != "cpu" or torch.is_grad_enabled()):
         return None
     x2 = x.reshape(rows, k)
