@@ -331,3 +331,16 @@ def test_library_messages_name_no_flags():
                 if re.search(r"(^|[\s(])--[a-z]", text):
                     found.append(f"{rel}:{node.lineno}: {text}")
     assert not found, "\n".join(found)
+
+
+def test_more_mistakes_are_one_clear_line(capsys, tmp_path):
+    """Found by a new-user pass (session 10): each was several lines, a misleading message, or no error at all."""
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    assert "see: llmscratch export --help" in _error(capsys, "export", "--model", "x", "--format", "gguf", "-o", "y")
+    assert "afile: a file is already there, where a folder is needed" in _error(capsys, "demo", "--quick", "--out",
+                                                                               afile)
+    assert afile.read_text() == "mine"
+    assert "is a file; verify checks the model folder" in _error(capsys, "deploy", "verify", afile)
+    assert "neither a registered model" in _error(capsys, "demo", "--real-model", "nosuch", "--out", tmp_path / "d")
+    assert not (tmp_path / "d").exists()  # refused before any work

@@ -217,6 +217,13 @@ def test_generate_is_resumable_and_checks_the_file(tmp_path):
     data.write_text(json.dumps([{"instruction": "Other.", "input": "", "output": "x"}] * 7))
     with pytest.raises(UserError, match="another data set"):
         run_generate(spec)
+    corpus = tmp_path / "corpus.txt"  # a user's text given as -o by mistake: never appended to
+    corpus.write_text("Every effort moves you.\nAnd on.\n")
+    with pytest.raises(UserError, match="not a responses file"):
+        run_generate(GenerateSpec(**{**spec.__dict__, "out": str(corpus)}))
+    assert corpus.read_text() == "Every effort moves you.\nAnd on.\n"
+    with pytest.raises(UserError, match="the test split of .* is empty .*split=all"):  # 7 entries: none in test
+        run_generate(GenerateSpec(**{**spec.__dict__, "split": "test"}))
 
 
 def test_metrics_reference_loss(tmp_path):

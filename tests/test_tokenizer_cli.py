@@ -103,3 +103,11 @@ def test_benchmark_function_reports_both_encoders():
     assert result.same_ids is True and result.ours_mb_s > 0 and result.ratio is not None
     report = result.format()
     assert "ratio" in report and "load average" in report and "train: 300 tokens" in report
+
+
+def test_an_empty_special_token_is_refused(tmp_path, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text("hello world " * 20, encoding="utf-8")
+    err = fails(capsys, "tokenizer", "train", "--input", str(src), "--vocab-size", "270", "-o",
+                str(tmp_path / "t.json"), "--special-token", "")
+    assert "special token must not be empty" in err and not (tmp_path / "t.json").exists()

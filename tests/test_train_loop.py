@@ -295,3 +295,35 @@ def test_move_to_handles_nested_batches():
     batch = {"a": torch.ones(2), "b": [torch.zeros(1), (torch.ones(1), 3)], "c": "text"}
     moved = move_to(batch, torch.device("cpu"))
     assert moved["c"] == "text" and moved["b"][1][1] == 3 and torch.equal(moved["a"], batch["a"])
+
+
+def test_ctrl_c_finishes_the_step_saves_and_resume_continues(tmp_path):
+    import os
+    import signal
+
+    from llmscratch.train.callbacks import Callback
+
+    class CtrlCAtStep3(Callback):
+        def on_train_step(self, trainer, record):
+            if record["step"] == 3 and not trainer.resume:
+                os.kill(os.getpid(), signal.SIGINT)  # as a user's Ctrl-C: delivered to the main thread
+
+    model, task = tiny_setup()
+    cfg = cfg_for(tmp_path, max_steps=6, eval_every=100)
+    with pytest.raises(KeyboardInterrupt):
+        train(model, task, cfg, callbacks=[CtrlCAtStep3()])
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000003"]
+    assert not (run / "final").exists()  # an interrupted run is not a finished one
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works as before afterwards
+    model, task = tiny_setup()
+    r = train(model, task, cfg, resume=True)
+    assert r.steps == 6 and r.stop_reason is None
+    model, task = tiny_setup()  # the same 6 steps without the interruption end with the same loss
+    assert train(model, task, cfg_for(tmp_path / "b", max_steps=6, eval_every=100)).last_train_loss == r.last_train_loss
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path):
+    model, task = tiny_setup()
+    with pytest.raises(UserError, match="resume=True .* overwrite=True"):
+        train(model, task, cfg_for(tmp_path, max_steps=1), resume=True, overwrite=True)

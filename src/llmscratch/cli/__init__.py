@@ -26,10 +26,17 @@ from llmscratch import __version__
 from llmscratch.utils import UserError
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are one line, as every other error of ours: no usage block before it."""
+
+    def error(self, message: str):
+        self.exit(2, f"llmscratch: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole command line; with `command` (e.g. "generate"), only the module of that name registers when it
     defines the command (start-up: `llmscratch generate` does not import what `bench` or `serve` need)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="llmscratch",
         description="Large language models from scratch: tokenizers, GPT-2 and Llama models, training, "
         "fine-tuning, real weights, generation and benchmarks.",
@@ -111,6 +118,8 @@ _OS_HINTS = {
 def os_error_message(e: OSError) -> str:
     """One line for a file system error: the path(s) and what went wrong."""
     what = _OS_HINTS.get(e.errno, e.strerror or str(e) or type(e).__name__)
+    if e.errno == errno.EEXIST and e.filename is not None and os.path.isfile(e.filename):
+        what = "a file is already there, where a folder is needed"
     paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
     return f"{paths}: {what}" if paths else what
 

@@ -18,7 +18,10 @@ def register(subparsers) -> None:
     )
     sub = parser.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
 
-    p = sub.add_parser("train", help="learn a BPE vocabulary from a text file and save it")
+    p = sub.add_parser("train", help="learn a BPE vocabulary from a text file and save it",
+                       description="Learn byte-level BPE merges from a UTF-8 text file (split into words first "
+                       "by --pre's pattern) and save the tokenizer as one JSON file (and a readable .vocab beside it). "
+                       "Example: llmscratch tokenizer train --input the-verdict.txt --vocab-size 1000 -o tok.json")
     p.add_argument("--input", required=True, metavar="FILE", help="UTF-8 text file to learn from")
     p.add_argument("--vocab-size", required=True, type=int, metavar="N",
                    help="tokens in total: 256 byte tokens + merges + special tokens")
@@ -32,7 +35,10 @@ def register(subparsers) -> None:
                    help="stop when no pair occurs at least N times (default: 1)")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("encode", help="print the token ids of a text (or only their count)")
+    p = sub.add_parser("encode", help="print the token ids of a text (or only their count)",
+                       description="Print the token ids of --text, --input FILE or standard input, separated by "
+                       "spaces (--count: only how many). --tokenizer takes a file saved by `tokenizer train` or a "
+                       "name such as gpt2. Example: llmscratch tokenizer encode --tokenizer gpt2 --text 'Hello world'")
     _tokenizer_flag(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", metavar="T", help="text to encode")
@@ -43,7 +49,10 @@ def register(subparsers) -> None:
                    "(without this flag, text containing one is refused)")
     p.set_defaults(func=_encode)
 
-    p = sub.add_parser("decode", help="print the text of token ids")
+    p = sub.add_parser("decode", help="print the text of token ids",
+                       description="Print the text of token ids given with --ids or on standard input (the output "
+                       "of `tokenizer encode`). Example: llmscratch tokenizer decode --tokenizer gpt2 "
+                       "--ids '15496 995'")
     _tokenizer_flag(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--ids", metavar='"1 2 3"', help="token ids, separated by spaces or commas")

@@ -185,7 +185,17 @@ def run_generate(spec: GenerateSpec) -> dict:
     from llmscratch.utils import pick_device
     from llmscratch.weights import load_model
 
-    entries = split_entries(load_entries(spec.data), spec.split)[: spec.limit]
+    every = load_entries(spec.data)
+    entries = split_entries(every, spec.split)[: spec.limit]
+    if not entries:
+        raise UserError(f"the {spec.split} split of {spec.data} is empty ({len(every)} entries in all; the book's "
+                        "split takes 85% for train, 10% for test, the rest for validation): split=all answers every "
+                        "entry", params="split")
+    out = Path(spec.out)
+    existing, bad = read_jsonl(out) if out.is_file() else ([], 0)
+    if bad > 1 or (bad and not existing):  # one cut last line is a crash's; more, and it is someone else's file
+        raise UserError(f"{out} is not a responses file ({bad} line(s) are not JSON records); answers are only "
+                        "appended to a file of earlier answers: write to another file (-o)")
     loaded = load_model(spec.model, device=pick_device(spec.device))
     if loaded.tokenizer is None:
         raise UserError(f"the model {spec.model!r} has no tokenizer; give a model folder that has one")
@@ -193,8 +203,7 @@ def run_generate(spec: GenerateSpec) -> dict:
         spec.model, loaded.chat_template)
     check_format(fmt, loaded.chat_template)
     meta = {"model": spec.model, "prompt_format": fmt, "data": spec.data, "split": spec.split}
-    out = Path(spec.out)
-    done = check_existing(read_jsonl(out)[0], out, entries, meta) if out.is_file() else set()
+    done = check_existing(existing, out, entries, meta)
     todo = [i for i in range(len(entries)) if i not in done]
     bar = tqdm(total=len(entries), initial=len(done), desc="responses", unit="entry", disable=not spec.progress)
     started = time.perf_counter()

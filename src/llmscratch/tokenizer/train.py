@@ -68,6 +68,9 @@ def train(
     least `min_frequency` times; the tokenizer is then smaller than asked (see its `vocab_size`).
     """
     specials = list(dict.fromkeys(special_tokens))
+    if any(not t for t in specials):
+        raise ValueError("a special token must not be empty: the empty string would match between every two "
+                         "characters")
     n_regular = vocab_size - len(specials)
     if n_regular < 256:
         raise ValueError(

@@ -21,6 +21,8 @@ import json
 import math
 import random
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +86,9 @@ class Trainer:
                  tokenizer_ref: str | None = None, resume: bool = False, overwrite: bool = False,
                  dist_info: dist_.DistInfo | None = None, callbacks: list[Callback] | None = None):
         cfg.validate()
+        if resume and overwrite:
+            raise UserError("resume=True continues the run in the folder and overwrite=True starts a new one there: "
+                            "give one of them", params=("resume", "overwrite"))
         self.model, self.task, self.cfg = model, task, cfg
         self.tokenizer, self.tokenizer_ref = tokenizer, tokenizer_ref
         self.resume, self.overwrite = resume, overwrite
@@ -122,14 +127,40 @@ class Trainer:
         """Run to cfg's end (steps, epochs, time limit or early stopping); the run's outputs and figures."""
         try:
             self._start()
-            while self.state.step < self.total and self.stop_reason is None:
-                self._epoch()
+            with self._ctrl_c_stops_after_a_checkpoint():
+                while self.state.step < self.total and self.stop_reason is None:
+                    self._epoch()
+            if self.stop_reason == "interrupted":  # saved: not a finished run, so no final model
+                self.echo(f"checkpoint of step {self.state.step} saved in {self.out / 'checkpoints'}: the same "
+                          "command with --resume continues from it")
+                raise KeyboardInterrupt
             self._emit("on_fit_end")
         finally:
             for cb in self.callbacks:
                 cb.close()
         dist_.barrier()
         return self._result()
+
+    @contextlib.contextmanager
+    def _ctrl_c_stops_after_a_checkpoint(self):
+        """While training: a first Ctrl-C ends the run after the current step, evaluated and saved (then
+        KeyboardInterrupt); a second one stops at once. One process only (DDP ranks would disagree on the step),
+        on the main thread (where Python delivers signals)."""
+        if self.info.enabled or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def first(signum, frame):
+            signal.signal(signal.SIGINT, previous)
+            self.echo(f"Ctrl-C: stopping after step {self.state.step + 1} with a checkpoint (Ctrl-C again: stop "
+                      "now, losing the steps since the last checkpoint)")
+            self.stop("interrupted")
+
+        previous = signal.signal(signal.SIGINT, first)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def _epoch(self) -> None:
         """The steps left in the current epoch (or up to the end of the run)."""
@@ -284,6 +315,9 @@ class Trainer:
         self._emit("on_fit_start")
 
     def _prepare_out_dir(self) -> None:
+        above = next((p for p in (self.out, *self.out.parents) if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise UserError(f"the output folder {self.out} cannot be made: {above} is a file")
         existing = ckpt.list_checkpoints(self.out / "checkpoints")
         if existing and not self.resume and not self.overwrite:
             raise UserError(f"{self.out} already holds checkpoints ({existing[-1].name}); resume=True continues that "

@@ -92,8 +92,8 @@ def hub_download(repo_id: str, revision: str | None = None) -> Path:
         except Exception as e:  # network errors, unknown repository, gated repository
             first = (str(e).strip().splitlines() or ["no details"])[0][:200]
             raise UserError(
-                f"cannot download {repo_id} from the Hugging Face Hub ({type(e).__name__}: {first}); "
-                "pass a local model folder instead"
+                f"{repo_id} is not a local file or folder, and it could not be downloaded as a Hugging Face Hub "
+                f"id ({type(e).__name__}: {first}); check the path, or pass a local model folder"
             ) from None
     if not list(path.glob("*.safetensors")):
         raise UserError(f"Hub repository {repo_id} has no safetensors weights (pickled .bin files are not loaded)")
