@@ -106,6 +106,20 @@ inline float row_total(vec (&acc)[C][M], int m) {
     return vsum(t);
 }
 
+// acc[p][m] += the weights k..end (read in order, W at a time as floats by load(k)) times x row m, in P chains
+template <int P, int M, typename Load>
+inline void chain_dot(const float* x, int64_t K, int64_t k, int64_t end, Load load, vec (&acc)[P][M]) {
+    for (; k + P * W <= end; k += P * W)
+        for (int p = 0; p < P; ++p) {
+            const vec wv = load(k + p * W);
+            for (int m = 0; m < M; ++m) acc[p][m] = vfma(wv, vload(x + m * K + k + p * W), acc[p][m]);
+        }
+    for (; k < end; k += W) {  // the rest: lengths are multiples of W
+        const vec wv = load(k);
+        for (int m = 0; m < M; ++m) acc[0][m] = vfma(wv, vload(x + m * K + k), acc[0][m]);
+    }
+}
+
 template <int R, int M>
 void f32_block(const float* x, int64_t K, const float* w, float* y, int64_t N, int64_t n) {
     constexpr int C = chains<M>();
@@ -113,16 +127,7 @@ void f32_block(const float* x, int64_t K, const float* w, float* y, int64_t N, i
         const float* wr = w + (n + r) * K;
         vec acc[C][M];
         for (int c = 0; c < C; ++c) for (int m = 0; m < M; ++m) acc[c][m] = vzero();
-        int64_t k = 0;
-        for (; k + C * W <= K; k += C * W)
-            for (int c = 0; c < C; ++c) {
-                const vec wv = vload(wr + k + c * W);
-                for (int m = 0; m < M; ++m) acc[c][m] = vfma(wv, vload(x + m * K + k + c * W), acc[c][m]);
-            }
-        for (; k < K; k += W) {  // K is a multiple of W
-            const vec wv = vload(wr + k);
-            for (int m = 0; m < M; ++m) acc[0][m] = vfma(wv, vload(x + m * K + k), acc[0][m]);
-        }
+        chain_dot<C, M>(x, K, 0, K, [wr](int64_t k) { return vload(wr + k); }, acc);
         for (int m = 0; m < M; ++m) y[m * N + n + r] = row_total(acc, m);
     }
 }
@@ -134,17 +139,7 @@ template <int P, int M>
 inline void q8_group(const float* x, int64_t K, int64_t G, const int8_t* wr, int64_t g, float scale, vec (&acc)[M]) {
     vec part[P][M];
     for (int p = 0; p < P; ++p) for (int m = 0; m < M; ++m) part[p][m] = vzero();
-    int64_t k = g * G;
-    const int64_t end = k + G;
-    for (; k + P * W <= end; k += P * W)
-        for (int p = 0; p < P; ++p) {
-            const vec wv = load_i8(wr + k + p * W);
-            for (int m = 0; m < M; ++m) part[p][m] = vfma(wv, vload(x + m * K + k + p * W), part[p][m]);
-        }
-    for (; k < end; k += W) {  // G is a multiple of W
-        const vec wv = load_i8(wr + k);
-        for (int m = 0; m < M; ++m) part[0][m] = vfma(wv, vload(x + m * K + k), part[0][m]);
-    }
+    chain_dot<P, M>(x, K, g * G, (g + 1) * G, [wr](int64_t k) { return load_i8(wr + k); }, part);
     const vec sc = vset(scale);
     for (int m = 0; m < M; ++m) {
         vec t = part[0][m];
