@@ -146,7 +146,8 @@ class Trainer:
         """While training: a first Ctrl-C ends the run after the current step, evaluated and saved (then
         KeyboardInterrupt); a second one stops at once. One process only (DDP ranks would disagree on the step),
         on the main thread (where Python delivers signals)."""
-        if self.info.enabled or threading.current_thread() is not threading.main_thread():
+        if (self.info.enabled or threading.current_thread() is not threading.main_thread()
+                or signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None)):  # ignored, or set outside Python
             yield
             return
 
