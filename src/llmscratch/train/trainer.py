@@ -303,6 +303,9 @@ class Trainer:
         seed_everything(cfg.seed + info.rank)
         if self.resume:
             self._resume()
+            if self.state.step >= self.total:
+                self.echo(f"the checkpoint is at step {self.state.step}, the run has {self.total} steps: nothing "
+                          "left to train (more steps or epochs continue it)")
         if info.is_main:
             cfg.save(self.out / "train_config.json")
         self.ddp_model = dist_.wrap(self.model, info)
