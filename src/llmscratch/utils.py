@@ -81,6 +81,14 @@ def read_text_file(path: str | os.PathLike, what: str) -> str:
         raise UserError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
+def file_in_the_way(path: str | os.PathLike) -> Path | None:
+    """The nearest existing part of `path` (itself, else the closest folder above) when it is a file: what stops a
+    folder from being made at `path`; None when there is none."""
+    path = Path(path)
+    near = next((p for p in (path, *path.parents) if p.exists()), None)
+    return near if near is not None and not near.is_dir() else None
+
+
 def check_output_file(path: str | os.PathLike) -> None:
     """Refuse, before any work, an output file path that cannot be written: an existing folder, a path below
     something that is not a folder, or a folder where no file can be created (read-only, no permission: an
@@ -88,9 +96,9 @@ def check_output_file(path: str | os.PathLike) -> None:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"the output {path} is a folder; give a file path")
+    if (blocked := file_in_the_way(path.parent)) is not None:
+        raise UserError(f"cannot write {path}: {blocked} is a file, not a folder")
     parent = next((p for p in path.parents if p.exists()), Path("."))
-    if not parent.is_dir():
-        raise UserError(f"cannot write {path}: {parent} is a file, not a folder")
     with _named(path):
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     os.close(fd)
@@ -125,9 +133,8 @@ def check_replaceable(folder: str | os.PathLike, overwrite: bool = False, ours: 
     """Raise FolderInUse unless `folder` may be replaced by a new output (see `folder_problem`) or `overwrite`;
     a UserError when it cannot be made at all (a file above it)."""
     folder = Path(folder)
-    above = next((p for p in folder.parents if p.exists() or p.is_symlink()), None)
-    if not folder.exists() and above is not None and not above.is_dir():
-        raise UserError(f"cannot make the folder {folder}: {above} is a file")
+    if not folder.exists() and (blocked := file_in_the_way(folder.parent)) is not None:
+        raise UserError(f"cannot make the folder {folder}: {blocked} is a file")
     if not overwrite and (reason := folder_problem(folder, ours)) is not None:
         raise FolderInUse(Path(folder), reason)
 

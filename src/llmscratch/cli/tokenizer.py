@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 
 from llmscratch.utils import UserError, read_text_file
@@ -98,17 +97,17 @@ def _train(args: argparse.Namespace) -> None:
 
 def _encode(args: argparse.Namespace) -> None:
     from llmscratch.tokenizer import load_tokenizer
+    from llmscratch.tokenizer.bpe import DisallowedSpecialToken
 
     tok = load_tokenizer(args.tokenizer)
     text = args.text if args.text is not None else _read_text(args.input)
     try:
         ids = tok.encode(text, allowed_special="all" if args.allow_special else ())
-    except ValueError as e:
-        m = re.match(r"text contains the special token ('[^']*'|\"[^\"]*\")", str(e))
-        if m is None:
-            raise UserError(str(e)) from None
-        raise UserError(f"the text contains the special token {m.group(1)}: pass --allow-special to encode it as "
+    except DisallowedSpecialToken as e:
+        raise UserError(f"the text contains the special token {e.token!r}: pass --allow-special to encode it as "
                         "that token (one id)") from None
+    except ValueError as e:
+        raise UserError(str(e)) from None
     print(len(ids) if args.count else " ".join(map(str, ids)))
 
 

@@ -186,6 +186,9 @@ def _normalize_messages(item: Mapping, require_output: bool) -> dict:
     return entry
 
 
+SPLIT_RULE = "in file order: 85% train, then 10% test, the rest validation"  # book_split, for messages
+
+
 class BookSplit(NamedTuple):
     """The book's split, in file order: first 85% train, next 10% test, last 5% validation."""
 

@@ -101,14 +101,14 @@ class Skipped:
         return self.equal + self.empty + self.no_room
 
     def describe(self) -> str:
+        if not self.total:
+            return "skipped none"
         parts = [f"{n} {what}" for n, what in ((self.equal, "with equal chosen and rejected answers"),
                                                (self.empty, "with an empty answer"),
                                                (self.no_room, "whose prompt leaves no room for an answer "
                                                                   "within the maximum length"))
                  if n]
         firsts = ", ".join(f"{k}: {v}" for k, v in self.examples.items())
-        if not self.total:
-            return "skipped none"
         return f"skipped {self.total} pair(s): " + "; ".join(parts) + (f" (first ones: {firsts})" if firsts else "")
 
 

@@ -249,7 +249,7 @@ def verify_model_dir(folder: str | os.PathLike) -> Path:
     """Check an unpacked archive against its manifest; return the path `llmscratch serve --model` takes."""
     folder = Path(folder)
     if not folder.is_dir():
-        if Path(folder).is_file():
+        if folder.is_file():
             raise UserError(f"{folder} is a file; verify checks the model folder that SageMaker unpacks from "
                             f"model.tar.gz into /opt/ml/model (unpack it first: tar -xzf {folder} -C FOLDER)")
         raise UserError(f"model folder {folder} does not exist (SageMaker unpacks model.tar.gz into /opt/ml/model)")

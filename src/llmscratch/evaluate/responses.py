@@ -181,7 +181,7 @@ def run_generate(spec: GenerateSpec) -> dict:
 
     from tqdm.auto import tqdm
 
-    from llmscratch.data.instruction import check_format, load_entries, split_entries
+    from llmscratch.data.instruction import SPLIT_RULE, check_format, load_entries, split_entries
     from llmscratch.utils import pick_device
     from llmscratch.weights import load_model
 
@@ -189,8 +189,7 @@ def run_generate(spec: GenerateSpec) -> dict:
     entries = split_entries(every, spec.split)[: spec.limit]
     if not entries:
         raise UserError(f"the {spec.split} split of {spec.data} is empty ({len(every)} entries in all; the book's "
-                        "split takes 85% for train, 10% for test, the rest for validation): split=all answers every "
-                        "entry", params="split")
+                        f"split, {SPLIT_RULE}): split=all answers every entry", params="split")
     out = Path(spec.out)
     existing, bad = read_jsonl(out) if out.is_file() else ([], 0)
     if bad > 1 or (bad and not existing):  # one cut last line is a crash's; more, and it is someone else's file

@@ -88,7 +88,7 @@ def load_pair_splits(cfg: DPOConfig, fmt: str, tokenizer, chat_template: str | N
 
     Skipped pairs are reported (one line per split); an empty train or validation split is a UserError.
     """
-    from llmscratch.data.instruction import book_split, check_format, encode_example, end_id_of
+    from llmscratch.data.instruction import SPLIT_RULE, book_split, check_format, encode_example, end_id_of
     from llmscratch.data.preference import PreferenceDataset, PreferenceFields, load_preference_entries
 
     check_format(fmt, chat_template)
@@ -108,8 +108,7 @@ def load_pair_splits(cfg: DPOConfig, fmt: str, tokenizer, chat_template: str | N
             echo(f"{name}: {ds.skipped.describe()}{room}")
         if len(ds) == 0 and name != "test":
             raise UserError(f"{cfg.data}: no usable pairs in the {name} split ({len(part)} read, "
-                            f"{ds.skipped.describe()}{room}; the split takes entries in file order: 85% train, "
-                            f"10% test, the rest validation)", params="max_length")
+                            f"{ds.skipped.describe()}{room}; the book's split, {SPLIT_RULE})", params="max_length")
         splits[name] = ds
     return splits
 

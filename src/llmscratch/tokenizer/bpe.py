@@ -35,6 +35,16 @@ from llmscratch.tokenizer.byte_level import texts_to_tokens, token_to_text
 from llmscratch.tokenizer.pretokenize import IGNORE_MERGES_BY_DEFAULT, PreTokenizer, get_pre_tokenizer
 from llmscratch.utils import UserError, atomic_write_text
 
+
+class DisallowedSpecialToken(ValueError):
+    """Text holds a special token that encode() was not allowed to encode as one (`token`)."""
+
+    def __init__(self, token: str):
+        super().__init__(f"text contains the special token {token!r}, which is not allowed. To encode it as the "
+                         f"special token, pass allowed_special={{{token!r}}} or allowed_special='all'; to encode it "
+                         "as ordinary text, pass disallowed_special=().")
+        self.token = token
+
 MergeRule = Literal["merges", "tokens"]
 FORMAT = "llmscratch-bpe"  # our tokenizer file (see `tokenizer_to_dict`)
 VERSION = 1
@@ -369,11 +379,7 @@ def split_special(
     if disallowed:
         m = _special_regex(frozenset(disallowed), patterns).search(text)
         if m:
-            raise ValueError(
-                f"text contains the special token {m.group()!r}, which is not allowed. To encode it as "
-                f"the special token, pass allowed_special={{{m.group()!r}}} or allowed_special='all'; to "
-                "encode it as ordinary text, pass disallowed_special=()."
-            )
+            raise DisallowedSpecialToken(m.group())
     if not allowed:
         yield text, None
         return

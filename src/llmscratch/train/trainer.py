@@ -45,7 +45,14 @@ from llmscratch.train.callbacks import (
 from llmscratch.train.config import TrainConfig, lr_at
 from llmscratch.train.evaluate import means, merge_sums, task_sums
 from llmscratch.train.tasks import Task, move_to
-from llmscratch.utils import FolderInUse, UserError, atomic_folder, atomic_write_text, folder_problem
+from llmscratch.utils import (
+    FolderInUse,
+    UserError,
+    atomic_folder,
+    atomic_write_text,
+    file_in_the_way,
+    folder_problem,
+)
 
 
 @dataclass
@@ -319,9 +326,8 @@ class Trainer:
         self._emit("on_fit_start")
 
     def _prepare_out_dir(self) -> None:
-        above = next((p for p in (self.out, *self.out.parents) if p.exists()), None)
-        if above is not None and not above.is_dir():
-            raise UserError(f"the output folder {self.out} cannot be made: {above} is a file")
+        if (blocked := file_in_the_way(self.out)) is not None:
+            raise UserError(f"the output folder {self.out} cannot be made: {blocked} is a file")
         existing = ckpt.list_checkpoints(self.out / "checkpoints")
         if existing and not self.resume and not self.overwrite:
             raise UserError(f"{self.out} already holds checkpoints ({existing[-1].name}); resume=True continues that "
