@@ -36,13 +36,19 @@ def main() -> None:
     args = p.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     torch.set_num_threads(args.threads)
-    from llmscratch.model.base import set_weight_layout
     from llmscratch.weights import load_model
 
     print(f"load average {os.getloadavg()[0]:.2f}, {args.threads} threads, torch {torch.__version__}")
     model = load_model(args.model, progress=False, quantize=args.quantize).model.eval()
-    if not args.quantize:
-        set_weight_layout(model)  # what generate does for a float model on a CPU
+    try:  # what generate does before decoding (keeps our float32 kernel's layout where it is built)
+        from llmscratch.model.quant_kernel import prepare_decoding
+    except ImportError:  # older checkouts: the (in, out) layout for torch's matmul
+        from llmscratch.model.base import set_weight_layout
+
+        if not args.quantize:
+            set_weight_layout(model)
+    else:
+        prepare_decoding("cpu", model)
     cache = model.new_cache(args.batch, 16 + 10 + args.rounds * args.steps + 20)
     ids = torch.randint(0, 1000, (args.batch, 16))
     tok = torch.full((args.batch, 1), 5)

@@ -43,7 +43,11 @@ class ByteTokenizer:
     pad_id = None
     spec = "bytes"
 
-    def encode(self, text, allowed_special=frozenset()):
+    def encode(self, text, allowed_special=frozenset(), disallowed_special="all"):
+        """<|endoftext|> in the text is the end token, or its bytes with disallowed_special=() (as our tokenizers,
+        but for the error that encode raises there when it is neither allowed nor passed as text)."""
+        if disallowed_special == () and allowed_special != "all" and "<|endoftext|>" not in allowed_special:
+            return list(text.encode("utf-8"))
         out = []
         for i, part in enumerate(text.split("<|endoftext|>")):
             if i:

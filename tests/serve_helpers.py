@@ -72,7 +72,7 @@ def loaded_tiny(model=None, template: str | None = CHATML, name: str = "tiny-cha
 @contextlib.contextmanager
 def running_server(loaded: LoadedModel | None = None, loader=None, **config) -> Iterator[tuple[str, object]]:
     """A real server on 127.0.0.1:<free port>, on a thread: yields (base URL, the uvicorn server)."""
-    cfg = ServeConfig(model="test", **{"log_level": "warning", **config})
+    cfg = ServeConfig(**{"model": "tiny-chat", "log_level": "warning", **config})
     errors: list[BaseException] = []
     server = build_server(cfg, loader or (lambda: loaded or loaded_tiny()), errors.append)
     sock = bound_socket("127.0.0.1", 0)

@@ -57,6 +57,30 @@ def test_tokenizer_train_refuses_its_input_as_output(capsys, tmp_path):
     assert text.read_text() == "hello hello world\n" and vocab.read_text() == "hello\n"
 
 
+def test_tokenizer_and_token_files_replace_only_their_own_kind(capsys, tmp_path):
+    """-o over a user's file is refused (--overwrite replaces it); over an earlier output of the same command it is
+    replaced."""
+    text = tmp_path / "a.txt"
+    text.write_text("hello hello world " * 20)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    train = ["tokenizer", "train", "--input", text, "--vocab-size", "260", "-o"]
+    assert "notes.txt exists and is not a tokenizer file of ours" in _error(capsys, *train, notes)
+    assert "--overwrite" in _error(capsys, *train, notes)
+    (tmp_path / "tok.vocab").write_text("mine")  # a .vocab with no tokenizer of ours beside it
+    assert "tok.vocab exists" in _error(capsys, *train, tmp_path / "tok.json")
+    (tmp_path / "tok.vocab").unlink()
+    main([str(a) for a in (*train, tmp_path / "tok.json")])
+    main([str(a) for a in (*train, tmp_path / "tok.json")])  # an earlier tokenizer of ours: replaced
+    tokenize = ["data", "tokenize", text, "--tokenizer", tmp_path / "tok.json", "--quiet", "-o"]
+    assert "is not a token file of ours" in _error(capsys, *tokenize, notes)
+    assert notes.read_text() == "mine"
+    main([str(a) for a in (*tokenize, tmp_path / "t.bin")])
+    main([str(a) for a in (*tokenize, tmp_path / "t.bin")])
+    main([str(a) for a in (*tokenize, notes, "--overwrite")])
+    assert notes.read_bytes() == (tmp_path / "t.bin").read_bytes()
+
+
 # ------------------------------------------------------------------------------- folders that are not ours
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from llmscratch.chat import ChatSession, end_of_turn_ids, render_chat
+from llmscratch.chat import ChatSession, chat_prompt_ids, end_of_turn_ids, render_chat
 from llmscratch.cli import main
 from llmscratch.generate import SamplingConfig
 from llmscratch.model.base import LanguageModel
@@ -147,3 +147,13 @@ def test_cli_exit_command_and_bad_flags(tiny_gguf, capsys, monkeypatch):
     with pytest.raises(SystemExit) as e:
         main(["chat", "--model", str(tiny_gguf), "--template", "missing.jinja", "--message", "x"])
     assert e.value.code == 2 and "chat template file not found" in capsys.readouterr().err
+
+
+def test_bos_comes_first_for_models_that_expect_it_also_with_a_template_without_it():
+    tok = byte_tokenizer()
+    plain = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    assert chat_prompt_ids(tok, plain, [{"role": "user", "content": "hi"}]) == list(b"hi")
+    tok.add_bos = True  # as Gemma's tokenizer: BOS (here 257) first, once
+    assert chat_prompt_ids(tok, plain, [{"role": "user", "content": "hi"}]) == [257, *b"hi"]
+    with_bos = "{{ bos_token }}" + plain
+    assert chat_prompt_ids(tok, with_bos, [{"role": "user", "content": "hi"}]) == [257, *b"hi"]

@@ -177,6 +177,16 @@ def test_other_mistakes_fail_early(tmp_path):
         finetune_classifier(config(tmp_path, data, epochs=0, overwrite=True), base=NoModel())
 
 
+def test_a_users_file_by_a_name_the_run_writes_is_kept(tmp_path):
+    data = write_csv(tmp_path / "d.csv", learnable_rows(30))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "report.json").write_text("mine")
+    with pytest.raises(UserError, match="report.json is not from one of our runs"):
+        finetune_classifier(config(tmp_path, data, epochs=1), base=NoModel())  # refused before the model loads
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["report.json"]
+    assert (tmp_path / "run" / "report.json").read_text() == "mine"
+
+
 def test_resume_continues_a_run(tmp_path):
     data = write_csv(tmp_path / "d.csv", learnable_rows(30))
     first = finetune_classifier(config(tmp_path, data, epochs=1, eval_every=0), base=base())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from llmscratch.data.classification import (
     ClassificationDataset,
     balance_classes,
     collate_classification,
+    encode_text,
     load_sms_spam,
     load_table,
     pad_id_of,
@@ -209,13 +211,27 @@ def test_classification_batches_are_resumable():
     assert rows(task.train_batches(0, 4, start=3)) == epoch0[3:]
 
 
-def test_encode_failure_names_the_row():
-    class Strict(ByteTokenizer):
-        def encode(self, text, allowed_special=frozenset()):
-            if "<|endoftext|>" in text:
-                raise ValueError("text contains the special token '<|endoftext|>'")
-            return super().encode(text)
-
+def test_a_text_that_spells_a_special_token_is_plain_text():
+    """Texts to classify are data: "<|endoftext|>" in one is its characters, not the end token (which our
+    tokenizers would otherwise refuse with an error a command-line user cannot act on)."""
     data = ClassificationData(["fine", "bad <|endoftext|>"], [0, 1], ["a", "b"])
-    with pytest.raises(UserError, match="row 1: cannot encode"):
-        ClassificationDataset(data, Strict())
+    ds = ClassificationDataset(data, ByteTokenizer())
+    assert ds[1][0].tolist() == list(b"bad <|endoftext|>") and ByteTokenizer.eos_id not in ds[1][0].tolist()
+    from llmscratch.tokenizer import load_tokenizer
+
+    gpt2 = load_tokenizer("gpt2")
+    assert encode_text(gpt2, "x <|endoftext|>") == gpt2.encode_ordinary("x <|endoftext|>")
+
+
+def test_json_records_need_string_texts_and_string_or_integer_labels(tmp_path):
+    path = tmp_path / "d.JSON"  # the extension in capitals is still a JSON list, not JSON lines
+    ok = [{"text": "a", "label": "pos"}, {"text": "b", "label": " neg"}, {"text": "c", "label": "neg "}]
+    path.write_text(json.dumps(ok))
+    data = load_table(path)
+    assert data.label_names == ["neg", "pos"] and data.labels == [1, 0, 0]  # labels read without their spaces
+    for bad, what in (({"text": None, "label": "pos"}, "the text field 'text' must be a string, not null"),
+                      ({"text": "x", "label": None}, "'label' must be a string or an integer, not null"),
+                      ({"text": "x", "label": True}, "not true")):
+        path.write_text(json.dumps([*ok, bad]))
+        with pytest.raises(UserError, match=re.escape(what)):
+            load_table(path)

@@ -24,6 +24,7 @@ from llmscratch.data.pretrain import (
     split_train_val,
     tokenize_corpus,
 )
+from llmscratch.tokenizer import fingerprint
 from llmscratch.train.tasks.pretrain import PretrainTask
 from llmscratch.utils import UserError
 
@@ -206,7 +207,7 @@ def test_tokenize_corpus_equals_in_memory_encode(tmp_path, pattern, chunk_chars)
     tok = PieceTokenizer(pattern)
     out = tmp_path / "tokens.bin"
     header = tokenize_corpus(corpus, out, tok, chunk_chars=chunk_chars, progress=False)
-    expected = tok.encode(corpus.read_text(encoding="utf-8"))  # universal newlines, like read_text
+    expected = tok.encode(corpus.read_bytes().decode("utf-8"))  # the text as it is: CRLF and lone CR kept
     tf = TokenFile(out)
     assert len(tf) == header.count == len(expected)
     assert tf[:].tolist() == expected
@@ -220,7 +221,7 @@ def test_tokenize_corpus_random_texts(tmp_path_factory, text, chunk):
     (d / "c.txt").write_bytes(text.encode("utf-8"))
     for tok in (PieceTokenizer(GPT2_PATTERN), PieceTokenizer(LLAMA3_PATTERN)):
         tokenize_corpus(d / "c.txt", d / "t.bin", tok, chunk_chars=chunk, progress=False)
-        assert TokenFile(d / "t.bin")[:].tolist() == tok.encode((d / "c.txt").read_text(encoding="utf-8"))
+        assert TokenFile(d / "t.bin")[:].tolist() == tok.encode((d / "c.txt").read_bytes().decode("utf-8"))
 
 
 def test_safe_cut_rule():
@@ -241,7 +242,7 @@ def test_token_file_header_and_windows(tmp_path):
     header = json.loads(header_path(out).read_text())
     assert header["format"] == "llmscratch-tokens" and header["version"] == 1
     assert header["dtype"] == "uint16" and header["count"] == out.stat().st_size // 2
-    assert header["tokenizer"] == {"spec": "bytes", "vocab_size": 257, "eos_id": 256}
+    assert header["tokenizer"] == {"spec": "bytes", "vocab_size": 257, "eos_id": 256, "fingerprint": None}
     assert header["source"]["bytes"] == corpus.stat().st_size
 
     ids = tok.encode(corpus.read_text(encoding="utf-8"))
@@ -314,7 +315,8 @@ def test_real_tokenizer_the_verdict_book_loaders(tmp_path):
     out = tmp_path / "verdict.bin"
     header = tokenize_corpus(mirror_file("the-verdict.txt"), out, tok, spec="gpt2", chunk_chars=1000, progress=False)
     assert TokenFile(out)[:].tolist() == ids
-    assert header.tokenizer == {"spec": "gpt2", "vocab_size": 50257, "eos_id": 50256}
+    assert header.tokenizer == {"spec": "gpt2", "vocab_size": 50257, "eos_id": 50256,
+                                "fingerprint": fingerprint(tok)}
 
     # Book ch05: 90/10 split of the characters, context 256, stride 256, batch 2.
     train_text, val_text = split_train_val(text, 0.9)

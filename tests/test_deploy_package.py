@@ -191,6 +191,15 @@ def test_verify_names_the_damaged_or_missing_file(tiny_folder, tmp_path, capsys)
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "model.safetensors does not match its sha256" in err and "corrupted" in err
+    (folder / "model.safetensors").write_bytes(bytes(data[:-10]))  # cut short
+    cut = r"model.safetensors has size [\d,]+ bytes, its manifest says [\d,]+ \(the file was cut short"
+    with pytest.raises(UserError, match=cut):
+        verify_model_dir(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "model": "../../etc"}))
+    with pytest.raises(UserError, match="model path '../../etc' points outside the archive"):
+        verify_model_dir(folder)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
     (folder / "model.safetensors").unlink()
     with pytest.raises(UserError, match="model.safetensors is missing"):
         verify_model_dir(folder)

@@ -144,6 +144,31 @@ def test_autoscaling_registers_the_variant_and_tracks_invocations(aws, archive):
     assert sm.list_endpoint_configs()["EndpointConfigs"] == []
 
 
+def test_a_failed_update_puts_autoscaling_back_and_removes_what_it_made(aws, archive):
+    """moto has no UpdateEndpoint, so a second deploy to the endpoint fails after it has uploaded the archive and
+    made a model and config, and taken the autoscaling target off: all of that is undone."""
+    first = sm_mod.deploy(cfg(archive, max_instances=3), say=lambda s: None)
+    s3, sm = boto3.client("s3"), boto3.client("sagemaker")
+    bucket = f"sagemaker-{REGION}-{ACCOUNT}"
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    with pytest.raises(NotImplementedError, match="update_endpoint"):  # moto in process; its server answers 500
+        sm_mod.deploy(cfg(archive), say=lambda s: None)
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == keys
+    assert [m["ModelName"] for m in sm.list_models()["Models"]] == [first.model_name]
+    assert [c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]] == [first.config_name]
+    scaling = boto3.client("application-autoscaling")
+    target = scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
+    assert [(t["MinCapacity"], t["MaxCapacity"]) for t in target] == [(1, 3)]
+    policies = scaling.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]
+    assert [p["PolicyName"] for p in policies] == ["tiny-invocations-per-instance"]
+
+
+def test_an_instance_type_that_is_not_sagemakers_is_refused_before_anything_is_made(aws, archive, capsys):
+    err = one_line_error(deploy_argv(archive, "--instance-type", "m5.xlarge"), capsys)
+    assert "--instance-type 'm5.xlarge' is not a SageMaker instance type" in err
+    assert boto3.client("sagemaker").list_models()["Models"] == []
+
+
 def test_cli_deploy_invoke_delete(aws, archive, capsys):
     main(["deploy", "sagemaker", "--model-data", str(archive), "--image-uri", IMAGE, "--role", ROLE,
           "--endpoint-name", "tiny", "--wait", "--poll-seconds", "0", "--no-progress"])
@@ -352,6 +377,19 @@ def test_invoke_request_body():
     assert json.loads(body) == {"inputs": "Hi", "parameters": {"max_new_tokens": 3}}
     assert sm_mod.generated_text(b'[{"generated_text": "x"}]') == "x"
     assert sm_mod.generated_text(b"plain") == "plain"
+    chat = InvokeConfig(endpoint_name="e", prompt="Hi", max_new_tokens=3, temperature=0, chat=True)
+    assert json.loads(sm_mod.request_body(chat, stream=True)) == {
+        "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "temperature": 0, "stream": True}
+    answer = {"object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant",
+                                                                                "content": "Paris."}}]}
+    assert sm_mod.generated_text(json.dumps(answer).encode()) == "Paris."
+    chunks = [json.dumps({"choices": [{"index": 0, "delta": d}]}) for d in ({"role": "assistant", "content": ""},
+                                                                           {"content": "Par"}, {"content": "is."})]
+    assert list(sm_mod.stream_texts([*chunks, "[DONE]"])) == ["Par", "is."]
+    with pytest.raises(UserError, match="prompt is empty"):
+        InvokeConfig(endpoint_name="e", prompt="  ")
+    with pytest.raises(UserError, match="endpoint name 'bad_name' is not valid"):
+        InvokeConfig(endpoint_name="bad_name", prompt="Hi")
 
 
 def test_an_error_from_the_container_is_one_line(aws_env, monkeypatch, capsys):

@@ -104,7 +104,7 @@ def test_cli(tmp_path, tiny_folder, capsys):
         main(base + ["--max-steps", "1"])  # the folder holds a run
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert "already holds a run; --resume continues it, --overwrite starts again there" in err  # flags, by the CLI
+    assert "already holds checkpoints (step-00000002); --resume continues that run, --overwrite starts again" in err
     with pytest.raises(SystemExit) as e:
         main(base + ["--beta", "0", "--overwrite"])
     assert e.value.code == 2 and "beta must be > 0" in capsys.readouterr().err

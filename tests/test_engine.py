@@ -142,6 +142,23 @@ def test_queue_full_past_max_queue_and_prompts_that_do_not_fit():
         engine.submit([1], SamplingConfig(temperature=-1), ignore, ignore)
 
 
+def test_requests_being_prefilled_count_against_the_queue():
+    """A request the engine thread has taken off the queue but not yet prefilled still holds its place: with one
+    row and one queue place, a third request is refused while the first is being prefilled."""
+    engine = Engine(varied_tiny_model("gpt2"), max_batch=1, max_queue=1, max_len=32)  # not started: we step it
+    cfg = SamplingConfig(max_new_tokens=4)
+    engine.submit([1, 2], cfg, ignore, ignore)
+    engine.submit([3], cfg, ignore, ignore)
+    taken = engine._next_work()  # what the engine thread does first: the first request, about to be prefilled
+    assert len(taken) == 1 and engine.stats().queued == 1
+    with pytest.raises(QueueFull):
+        engine.submit([4], cfg, ignore, ignore)
+    engine._join(taken)  # prefilled: now it holds a row instead
+    assert engine.stats().active == 1
+    with pytest.raises(QueueFull):
+        engine.submit([4], cfg, ignore, ignore)
+
+
 def test_seeded_requests_are_reproducible_in_a_batch():
     model = varied_tiny_model("llama", 9)
     p = prompts(1, 10)[0]

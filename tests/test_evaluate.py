@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -212,6 +213,10 @@ def test_generate_is_resumable_and_checks_the_file(tmp_path):
     assert (again["answered"], again["already"]) == (3, 4)
     by_index = {r["index"]: r["response"] for r in read_jsonl(out)[0]}
     assert by_index == {r["index"]: r["response"] for r in rows}  # greedy: the same answers, batched or not
+    relative = os.path.relpath(folder)  # the same model folder named another way: the same run, nothing to do
+    assert run_generate(GenerateSpec(**{**spec.__dict__, "model": relative}))["answered"] == 0
+    with pytest.raises(UserError, match="same file as the input"):
+        run_generate(GenerateSpec(**{**spec.__dict__, "out": str(data)}))
     with pytest.raises(UserError, match="prompt_format 'alpaca'"):
         run_generate(GenerateSpec(**{**spec.__dict__, "prompt_format": "phi3"}))
     data.write_text(json.dumps([{"instruction": "Other.", "input": "", "output": "x"}] * 7))
@@ -242,6 +247,16 @@ def test_metrics_reference_loss(tmp_path):
     full = run_metrics(MetricsSpec(str(responses), model=str(folder), include_prompt=True, progress=False))
     assert full["reference_tokens"] > r["reference_tokens"]
     assert json.loads((tmp_path / "r.metrics.json").read_text())["reference_masked_prompt"] is False
+    # -o never replaces the responses file, nor a user's file without overwrite; an earlier metrics file it does
+    with pytest.raises(UserError, match="same file as the input"):
+        run_metrics(MetricsSpec(str(responses), out=str(responses), progress=False))
+    data = tmp_path / "data.json"
+    data.write_text("[1, 2]")
+    with pytest.raises(UserError, match="data.json exists and is not a metrics file of ours"):
+        run_metrics(MetricsSpec(str(responses), out=str(data), progress=False))
+    assert data.read_text() == "[1, 2]"
+    run_metrics(MetricsSpec(str(responses), out=str(tmp_path / "r.metrics.json"), progress=False))
+    run_metrics(MetricsSpec(str(responses), out=str(data), overwrite=True, progress=False))
 
 
 def test_preference_answers_are_recorded_and_metrics_compare_with_them(tmp_path):

@@ -60,6 +60,28 @@ def test_quantize_cli_errors_are_one_line(tmp_path, capsys):
     assert e.value.code == 2 and "saved quantized as int4" in capsys.readouterr().err
 
 
+def test_quantize_refuses_int4_options_for_int8_its_own_input_and_says_what_stayed_float(tmp_path, capsys):
+    def error(*argv) -> str:
+        with pytest.raises(SystemExit) as e:
+            main(["quantize", *argv])
+        assert e.value.code == 2
+        return capsys.readouterr().err
+
+    assert "--group applies to int4 only" in error("--model", "gpt2-tiny", "--to", "int8", "--group", "64", "-o",
+                                                   str(tmp_path / "a"))
+    assert "--symmetric applies to int4 only" in error("--model", "gpt2-tiny", "--to", "int8", "--symmetric", "-o",
+                                                       str(tmp_path / "a"))
+    main(["export", "--model", "gpt2-tiny", "--format", "ours", "-o", str(tmp_path / "m")])
+    before = (tmp_path / "m" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    model = ["--model", str(tmp_path / "m"), "--to", "int8", "-o"]
+    assert "would destroy the input" in error(*model, str(tmp_path / "m"))
+    assert "holds the input" in error(*model, str(tmp_path), "--overwrite")
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == before
+    main(["quantize", "--model", "gpt2-tiny", "--to", "int4", "--group", "64", "-o", str(tmp_path / "q")])
+    assert "3 layers; 6 kept in float32 (inputs not a multiple of the group, 64)" in capsys.readouterr().out
+
+
 def test_generate_with_quantize_flag(capsys):
     main(["generate", "--model", "gpt2-tiny", "--prompt", "hello", "--max-new-tokens", "5", "--quantize", "int8"])
     out, err = capsys.readouterr()

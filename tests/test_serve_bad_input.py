@@ -59,6 +59,12 @@ CASES = {
     "SageMaker parameters.top_p above 1": ("POST", INVOKE, {"inputs": "hi", "parameters": {"top_p": 2}}, {}),
     "SageMaker stream with a list of inputs": ("POST", INVOKE, {"inputs": ["a", "b"], "stream": True}, {}),
     "a file path as the model": ("POST", INVOKE, {"inputs": "hi", "model": "/etc/passwd"}, {}),
+    "seed NaN": ("POST", CHAT, {"messages": USER, "seed": float("nan")}, {}),
+    "max_tokens Infinity": ("POST", COMPLETE, {"prompt": "x", "max_tokens": float("inf")}, {}),
+    "logprobs asked for": ("POST", CHAT, {"messages": USER, "logprobs": True}, {}),
+    "response_format json_object": ("POST", CHAT, {"messages": USER, "response_format": {"type": "json_object"}}, {}),
+    "more sequences than the server takes": ("POST", COMPLETE, {"prompt": ["a"] * 100, "max_tokens": 1}, {}),
+    "SageMaker parameters a list": ("POST", INVOKE, {"inputs": "hi", "parameters": []}, {}),
     "a path out of the page's folder": ("GET", "/static/%2e%2e/app.py", None, {}),
 }
 
@@ -106,6 +112,10 @@ def test_bad_input(server, case):
     if case == "prompt longer than the context":
         assert "300 tokens" in err["message"] and "256" in err["message"]
     messages = {"temperature NaN": ("temperature", "must be a finite number, got nan"),
+                "seed NaN": ("seed", "seed must be an integer, not nan"),
+                "max_tokens Infinity": ("max_tokens", "max_tokens must be an integer, not inf"),
+                "logprobs asked for": ("logprobs", "logprobs is not supported"),
+                "more sequences than the server takes": ("prompt", "asks for 100 sequences"),
                 "temperature between 0 and 1e-6": ("temperature", "temperature must be"),
                 "a stop that is not a string": ("stop[1]", "stop[1] must be a string, not an integer"),
                 "a prompt element that is neither text nor a token id": ("prompt[0]", "prompt[0] must be")}

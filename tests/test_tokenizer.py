@@ -55,7 +55,10 @@ FRAGMENTS = st.sampled_from([
     EOT, "<|endoftext", "|>", "<|", "'s", "'ll", "'S", " ", "  ", "\n", "\n\n", "\t", " \n ", "\r\n", "   x",
     "123", " 4567", "1,000", "😀", "👍🏽", "🇩🇪", "é", "ß", "日本語", "Ω", "\u00a0", "\u3000", "٣",
 ])
-TEXTS = st.lists(st.one_of(st.text(st.characters(codec="utf-8"), max_size=12), FRAGMENTS),
+# Characters unassigned in Python's Unicode tables (Cn) are left out: the `regex` package and the oracles carry
+# Unicode tables of different versions, so a code point assigned lately (U+3D000, a letter to regex 2026.11 and
+# unassigned to tiktoken) splits differently before the text even reaches BPE.
+TEXTS = st.lists(st.one_of(st.text(st.characters(codec="utf-8", exclude_categories=("Cn",)), max_size=12), FRAGMENTS),
                  max_size=12).map("".join)
 
 

@@ -15,6 +15,20 @@ def run(capsys, *argv: str) -> str:
     return capsys.readouterr().out
 
 
+def test_a_file_is_encoded_as_it_is_crlf_included(trained_file, capsys, tmp_path, monkeypatch):
+    import io
+
+    text = "line one\r\nline two\r\n\rend"
+    path = tmp_path / "crlf.txt"
+    path.write_bytes(text.encode("utf-8"))
+    from_file = run(capsys, "tokenizer", "encode", "--tokenizer", str(trained_file), "--input", str(path))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(text.encode("utf-8")), newline=""))
+    from_stdin = run(capsys, "tokenizer", "encode", "--tokenizer", str(trained_file))
+    assert from_file == from_stdin and [int(i) for i in from_file.split()] == Tokenizer.load(trained_file).encode(text)
+    decoded = run(capsys, "tokenizer", "decode", "--tokenizer", str(trained_file), "--ids", from_file)
+    assert decoded == text
+
+
 def fails(capsys, *argv: str) -> str:
     """Run a command that must fail as a user error: exit status 2, one line on stderr."""
     with pytest.raises(SystemExit) as exit_info:
@@ -42,7 +56,7 @@ def test_train_encode_decode_round_trip(trained_file, capsys):
     count = run(capsys, "tokenizer", "encode", "--tokenizer", str(trained_file), "--text", text, "--count")
     assert int(count) == len(ids)
     decoded = run(capsys, "tokenizer", "decode", "--tokenizer", str(trained_file), "--ids", ",".join(ids))
-    assert decoded == text + "\n"
+    assert decoded == text  # exactly the input: no newline added (stdout is not a terminal here)
 
 
 def test_encode_special_tokens_needs_the_flag(trained_file, tmp_path, capsys):
@@ -111,3 +125,13 @@ def test_an_empty_special_token_is_refused(tmp_path, capsys):
     err = fails(capsys, "tokenizer", "train", "--input", str(src), "--vocab-size", "270", "-o",
                 str(tmp_path / "t.json"), "--special-token", "")
     assert "special token must not be empty" in err and not (tmp_path / "t.json").exists()
+
+
+def test_the_tokenizer_of_a_gguf_file(tiny_gguf, capsys):
+    from llmscratch.weights import load_model
+
+    text = "hello <|im_end|>"
+    ids = run(capsys, "tokenizer", "encode", "--tokenizer", str(tiny_gguf), "--text", text, "--allow-special")
+    assert [int(i) for i in ids.split()] == load_model(tiny_gguf, progress=False).tokenizer.encode(
+        text, allowed_special="all")
+    assert "not a registered model" in fails(capsys, "tokenizer", "encode", "--tokenizer", "nope", "--text", "x")

@@ -69,6 +69,56 @@ def test_cli_errors_print_one_line(tmp_path, corpus, capsys):
     assert "neither a file nor a data set name" in capsys.readouterr().err
 
 
+def test_an_earlier_model_or_a_users_files_in_out_are_kept(tmp_path, corpus, capsys):
+    """A folder whose train_config.json is not ours, or that holds a trained model of an earlier run (no
+    checkpoints left), is not started over without --overwrite."""
+    users = tmp_path / "users"
+    users.mkdir()
+    for name, text in (("train_config.json", "keep"), ("metrics.jsonl", '{"mine": 1}\n'), ("loss.png", "x")):
+        (users / name).write_text(text)
+    with pytest.raises(SystemExit) as e:
+        main(args_for(corpus, users, "--max-steps", "1"))
+    assert e.value.code == 2 and "train_config.json is not from one of our runs" in capsys.readouterr().err
+    assert (users / "train_config.json").read_text() == "keep" and (users / "loss.png").read_text() == "x"
+    run = tmp_path / "run"
+    main(args_for(corpus, run, "--max-steps", "2", "--sample-tokens", "0"))
+    import shutil
+
+    shutil.rmtree(run / "checkpoints")  # e.g. a run stopped before its first checkpoint: best/ and final/ stay
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(args_for(corpus, run, "--max-steps", "1"))
+    assert "already holds a trained model (final/)" in capsys.readouterr().err and (run / "final").is_dir()
+    main(args_for(corpus, run, "--max-steps", "1", "--overwrite"))
+
+
+def test_a_token_file_of_another_tokenizer_is_refused(tmp_path, corpus, capsys):
+    """Same vocabulary size, other tokens: the ids would mean other tokens, so pretrain refuses before training."""
+    from llmscratch.tokenizer import train as train_bpe
+
+    other = tmp_path / "other.json"
+    train_bpe("a b c d e f g " * 300 + (corpus / "corpus.txt").read_text()[:3000], 300,
+              special_tokens=["<|endoftext|>"]).save(other)
+    tokens = tmp_path / "tokens.bin"
+    main(["data", "tokenize", str(corpus / "corpus.txt"), "-o", str(tokens), "--tokenizer", str(corpus / "tok.json")])
+    capsys.readouterr()
+    argv = args_for(corpus, tmp_path / "o", "--data", str(tokens), "--max-steps", "1", "--sample-tokens", "0")
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--tokenizer", str(other)])
+    assert e.value.code == 2 and "was tokenized with another tokenizer" in capsys.readouterr().err
+    main(argv)  # the tokenizer it was made with
+
+
+def test_resume_on_other_data_says_so(tmp_path, corpus, capsys):
+    main(args_for(corpus, tmp_path / "o", "--max-steps", "2", "--sample-tokens", "0"))
+    other = tmp_path / "other.txt"
+    other.write_text((corpus / "corpus.txt").read_text()[::-1])
+    capsys.readouterr()
+    main(args_for(corpus, tmp_path / "o", "--max-steps", "3", "--sample-tokens", "0", "--resume", "--data",
+                  str(other)))
+    assert "warning: the data was" in capsys.readouterr().out
+
+
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, corpus, capsys, kill_script):
     main(args_for(corpus, tmp_path / "full"))
     full = read_metrics(tmp_path / "full" / "metrics.jsonl")

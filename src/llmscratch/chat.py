@@ -78,17 +78,53 @@ def _token_text(tokenizer, token_id: int | None) -> str | None:
     return None if token_id is None else tokenizer.decode([token_id])
 
 
+# Wraps each message's content while rendering, so that the rendered text can be cut into template and content
+# (a character from Unicode's private use area, which no template writes)
+_CONTENT_MARK = "\ue000"
+
+
 def chat_prompt_ids(tokenizer, template: str, messages: Sequence[Mapping[str, str]]) -> list[int]:
     """Token ids of `messages` rendered with chat `template`, ending with the assistant's turn opener (what the
-    chat session and the server's chat route feed the model)."""
-    text = render_chat(
-        template,
-        messages,
-        add_generation_prompt=True,
-        bos_token=_token_text(tokenizer, tokenizer.bos_id),
-        eos_token=_token_text(tokenizer, tokenizer.eos_id),
-    )
-    return tokenizer.encode(text, allowed_special="all")
+    chat session and the server's chat route feed the model).
+
+    Special tokens come from the template only: a message that spells one ("<|im_end|>") gets it as plain text,
+    so that no message can end its turn or open another one. Where a template changes the content it renders
+    (so the content cannot be told apart from the template), such a message is refused. BOS comes first for
+    models that expect it, also when the template does not write it."""
+    specials = [t for t in (getattr(tokenizer, "special_tokens", None) or {}) if t]
+
+    def render(msgs) -> str:
+        return render_chat(template, msgs, add_generation_prompt=True,
+                           bos_token=_token_text(tokenizer, tokenizer.bos_id),
+                           eos_token=_token_text(tokenizer, tokenizer.eos_id))
+
+    text = render(messages)
+    spelled = [i for i, m in enumerate(messages) if any(t in str(m.get("content", "")) for t in specials)]
+    if not spelled:  # the usual case
+        return _with_bos(tokenizer, tokenizer.encode(text, allowed_special="all"))
+    if any(_CONTENT_MARK in str(m.get("content", "")) for m in messages):
+        raise UserError(f"messages[{spelled[0]}].content spells a special token of this model's tokenizer, and "
+                        "another message holds the character U+E000", params=f"messages[{spelled[0]}].content")
+    marked = [{**m, "content": f"{_CONTENT_MARK}{m['content']}{_CONTENT_MARK}"} if i in spelled else m
+              for i, m in enumerate(messages)]
+    parts = render(marked).split(_CONTENT_MARK)  # template, content, template, ...
+    if "".join(parts) != text or len(parts) != 2 * len(spelled) + 1:
+        where = f"messages[{spelled[0]}].content"
+        raise UserError(f"{where} spells a special token of this model's tokenizer, which this chat template does not "
+                        "let it keep as plain text", params=where)
+    ids: list[int] = []
+    for i, part in enumerate(parts):
+        ids += tokenizer.encode(part, allowed_special="all") if i % 2 == 0 else tokenizer.encode_ordinary(part)
+    return _with_bos(tokenizer, ids)
+
+
+def _with_bos(tokenizer, ids: list[int]) -> list[int]:
+    """`ids` with the BOS token first when the tokenizer's model expects one (Gemma) and a template (one of the
+    user's, say) did not write it."""
+    bos = getattr(tokenizer, "bos_id", None)
+    if getattr(tokenizer, "add_bos", False) and bos is not None and ids[:1] != [bos]:
+        return [bos, *ids]
+    return ids
 
 
 class ChatSession:

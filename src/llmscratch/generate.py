@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from llmscratch.tokenizer import encode_prompt
-from llmscratch.utils import UserError
+from llmscratch.utils import UserError, derived_seed
 
 MIN_TEMPERATURE = 1e-6  # smallest temperature above 0: logits / it stay finite in float32
 
@@ -120,14 +120,16 @@ def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
     return picked[:, 0].clamp(max=probs.shape[-1] - 1)  # (B,)
 
 
-def check_fits(model, prompt_len: int, max_new_tokens: int, limit: int | None = None) -> None:
-    """Refuse, before any work, a request that would run past the model's context length (or `limit` slots)."""
+def check_fits(model, prompt_len: int, max_new_tokens: int, limit: int | None = None,
+               name: str = "max_new_tokens") -> None:
+    """Refuse, before any work, a request that would run past the model's context length (or `limit` slots);
+    `name`: what the caller calls max_new_tokens (a server's request field)."""
     ctx = model.config.context_length
     room, what = (ctx, "the model's context length") if limit is None or limit >= ctx else (limit, "the cache length")
     if prompt_len + max_new_tokens > room:
         raise UserError(
-            f"the prompt ({prompt_len} tokens) plus max_new_tokens ({max_new_tokens}) exceeds {what} of {room} "
-            f"tokens; shorten the prompt or ask for fewer new tokens"
+            f"the prompt ({prompt_len} token{'s' if prompt_len != 1 else ''}) plus {name} ({max_new_tokens}) "
+            f"exceeds {what} of {room} tokens; shorten the prompt or ask for fewer new tokens", params=(name,)
         )
 
 
@@ -324,8 +326,8 @@ def generate_steps(
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every prompt, (B,) per step, until max_new_tokens or every row has stopped.
 
-    Each prompt joins one `DecodeBatch` (row i samples with seed `cfg.seed + i`); a row that stopped (a stop id)
-    leaves the batch and repeats its stop id in what is yielded, which callers ignore.
+    Each prompt joins one `DecodeBatch` (row i samples with seed `row_seed(cfg.seed, i)`); a row that stopped (a
+    stop id) leaves the batch and repeats its stop id in what is yielded, which callers ignore.
     """
     cfg.validate()
     check_prompts(model, prompts)
@@ -357,9 +359,15 @@ def generate_steps(
         model.train(was_training)
 
 
+def row_seed(seed: int, i: int) -> int:
+    """The seed of row (or choice) i of a request seeded `seed`: `seed` itself for row 0, for the others one derived
+    from both (`utils.derived_seed`), so that no row repeats row 0 of a request seeded seed + i."""
+    return seed if i == 0 else derived_seed(seed, f"row {i}")
+
+
 def _row_config(cfg: SamplingConfig, i: int) -> SamplingConfig:
-    """The settings of row i of a batch: its own seed (cfg.seed + i), so rows draw different samples."""
-    return cfg if cfg.seed is None or i == 0 else dataclasses.replace(cfg, seed=cfg.seed + i)
+    """The settings of row i of a batch: its own seed (`row_seed`), so rows draw different samples."""
+    return cfg if cfg.seed is None or i == 0 else dataclasses.replace(cfg, seed=row_seed(cfg.seed, i))
 
 
 def _stop_index(text: str, stop_strings: Sequence[str]) -> int:

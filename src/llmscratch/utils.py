@@ -62,6 +62,17 @@ def check_not_input(outputs: list[str | os.PathLike], inputs: list[str | os.Path
                                 "the input; choose another output path")
 
 
+def check_folder_spares(out: str | os.PathLike, source: str | os.PathLike) -> None:
+    """Refuse an output folder that is the input `source` (a model folder or file) or holds it: replacing it would
+    destroy the input. Nothing to check when `source` is not a path (a registered name, a preset)."""
+    if not Path(source).expanduser().exists():
+        return
+    src, dst = Path(source).expanduser().resolve(), Path(out).expanduser().resolve()
+    if same_file(out, source) or dst in src.parents:
+        raise UserError(f"the output {out} {'is' if same_file(out, source) else 'holds'} the input {source}: writing "
+                        "it would destroy the input; choose another output folder")
+
+
 def check_input_file(path: str | os.PathLike, what: str) -> Path:
     """`path` as a Path when it is a file to read; else a UserError: "`what` file not found" or "is a folder"."""
     path = Path(path)
@@ -72,11 +83,14 @@ def check_input_file(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
-def read_text_file(path: str | os.PathLike, what: str) -> str:
-    """The UTF-8 text of the file `path` (see `check_input_file`); a file that is not UTF-8 is a UserError naming it."""
+def read_text_file(path: str | os.PathLike, what: str, exact: bool = False) -> str:
+    """The UTF-8 text of the file `path` (see `check_input_file`); a file that is not UTF-8 is a UserError naming it.
+    `exact`: line ends as they are in the file (CRLF stays CRLF: text to tokenize), else "\n" (universal newlines:
+    templates, settings)."""
     path = check_input_file(path, what)
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8", newline="" if exact else None) as f:
+            return f.read()
     except UnicodeDecodeError as e:
         raise UserError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
@@ -87,6 +101,27 @@ def file_in_the_way(path: str | os.PathLike) -> Path | None:
     path = Path(path)
     near = next((p for p in (path, *path.parents) if p.exists()), None)
     return near if near is not None and not near.is_dir() else None
+
+
+def json_format_of(path: str | os.PathLike) -> str | None:
+    """The "format" entry of the JSON object in file `path` (how our files say what they are), or None."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.loads(f.read(1 << 26))
+    except (OSError, ValueError):
+        return None
+    return data.get("format") if isinstance(data, dict) else None
+
+
+def check_file_replaceable(path: str | os.PathLike, ours: bool, what: str, overwrite: bool = False) -> None:
+    """Refuse, before any work, to replace an existing file `path` that is not one of ours (`ours`: it is `what`,
+    written by llmscratch) unless `overwrite`."""
+    path = Path(path)
+    if (path.exists() or path.is_symlink()) and not path.is_dir() and not ours and not overwrite:
+        raise UserError(f"{path} exists and is not {what}; refusing to replace it: choose another output path, or "
+                        "pass overwrite=True to replace it anyway", params="overwrite")
 
 
 def check_output_file(path: str | os.PathLike) -> None:
@@ -233,6 +268,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` (UTF-8) to `path` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def derived_seed(seed: int, key: object) -> int:
+    """A 63-bit seed that depends on (seed, key) only: the seed of one epoch, one row of a batch... Unlike
+    seed + key, (1, 0) and (0, 1) get unrelated seeds."""
+    import hashlib
+
+    digest = hashlib.sha256(f"llmscratch:{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def pick_device(name: str | None = None):

@@ -48,9 +48,13 @@ def _chat(args: argparse.Namespace) -> None:
         seed=args.seed,
     )
     sampling.validate()
+    if args.message is not None and not args.message.strip():
+        raise UserError("--message is empty: give the text to send (or leave --message out to chat on stdin)")
     template = None
     if args.template:
         template = read_text_file(args.template, "chat template")
+        if not template.strip():
+            raise UserError(f"the chat template {args.template} is empty")
     from llmscratch.model.quant_kernel import prepare_decoding
     from llmscratch.weights import load_model
     from llmscratch.weights.registry import resolve

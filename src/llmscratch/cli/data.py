@@ -39,6 +39,8 @@ def register(subparsers) -> None:
     p.add_argument("--tokenizer", default="gpt2", help="'gpt2' or a tokenizer file (default: gpt2)")
     p.add_argument("--chunk-chars", type=int, default=1 << 22, help="bytes read per step (default: 4 MiB)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace -o (and its .json header) even when they are not a token file of ours")
     p.set_defaults(func=_tokenize)
 
 
@@ -64,10 +66,10 @@ def _path(args: argparse.Namespace) -> None:
 
 
 def _tokenize(args: argparse.Namespace) -> None:
-    from llmscratch.data.pretrain import tokenize_corpus
+    from llmscratch.data.pretrain import TOKEN_FILE_FORMAT, header_path, tokenize_corpus
     from llmscratch.data.registry import DATASETS, fetch
     from llmscratch.tokenizer import load_tokenizer
-    from llmscratch.utils import UserError
+    from llmscratch.utils import UserError, check_file_replaceable, check_not_input, json_format_of
 
     if args.corpus in DATASETS:
         info = DATASETS[args.corpus]
@@ -78,6 +80,10 @@ def _tokenize(args: argparse.Namespace) -> None:
         corpus = Path(args.corpus)
         if not corpus.is_file():
             raise UserError(f"{args.corpus} is neither a data set name nor a file (data sets: {', '.join(DATASETS)})")
+    check_not_input([args.output, header_path(args.output)], [corpus])  # this one first: it says more
+    ours = json_format_of(header_path(args.output)) == TOKEN_FILE_FORMAT  # an earlier token file may be replaced
+    check_file_replaceable(args.output, ours, "a token file of ours (no token file header beside it)", args.overwrite)
+    check_file_replaceable(header_path(args.output), ours, "a token file header of ours", args.overwrite)
     t0 = time.perf_counter()
     spec = str(Path(args.tokenizer).resolve()) if Path(args.tokenizer).exists() else args.tokenizer
     header = tokenize_corpus(

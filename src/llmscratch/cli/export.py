@@ -29,11 +29,12 @@ def _export(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from llmscratch.model.base import model_size
-    from llmscratch.utils import check_replaceable
+    from llmscratch.utils import check_folder_spares, check_replaceable
     from llmscratch.weights import load_model
     from llmscratch.weights.hf import export_hf
     from llmscratch.weights.ours import save_pretrained
 
+    check_folder_spares(args.out, args.model)
     check_replaceable(args.out, args.overwrite)  # before the model is loaded
     loaded = load_model(args.model)
     if args.format == "hf":

@@ -68,7 +68,9 @@ def _run_instruct(cfg: InstructConfig) -> None:
               f"{after['response'][:120]!r}")
     if t["first_val_loss"] is not None:
         stopped = f", stopped: {t['stop_reason']}" if t["stop_reason"] else ""
-        print(f"validation loss {t['first_val_loss']:.4f} -> {t['last_val_loss']:.4f} in {t['steps']} steps, "
+        print(f"validation loss {t['first_val_loss']:.4f} (after step {t.get('first_eval_step') or 1}) -> "
+              f"{t['last_val_loss']:.4f} in "
+              f"{t['steps']} steps, "
               f"{t['seconds']:.0f} s{stopped}")
     print(f"tuned model in {r['files']['model']} (llmscratch chat --model {r['files']['model']}); report.json and "
           f"loss.png in {cfg.train.out_dir}")

@@ -55,6 +55,8 @@ def _info(args: argparse.Namespace) -> None:
     print(f"parameters: {size.params:,} ({_count(size.params)}), of which {embedding:,} "
           f"({100 * embedding / size.params:.0f}%) in the {config.vocab_size:,}-token embedding table")
     print(f"weights: {_size(size.weight_bytes(4))} in float32, {_size(size.weight_bytes(2))} in bfloat16")
+    if (q := _stored_quantized(args.name)) is not None:
+        print(f"stored quantized: {q}")
     print(f"KV cache at full context ({config.context_length} tokens, batch 1): "
           f"{_size(size.kv_cache_bytes(4))} in float32, {_size(size.kv_cache_bytes(2))} in bfloat16")
     per_token = size.kv_cache_bytes(4, tokens=1)
@@ -70,6 +72,24 @@ def _info(args: argparse.Namespace) -> None:
         print(f"KV cache per token: {_size(per_token)} in float32")
     print(f"read per generated token (batch 1): {_size(size.bytes_read_per_token(4))} in float32, "
           f"{_size(size.bytes_read_per_token(2))} in bfloat16")
+
+
+def _stored_quantized(name: str) -> str | None:
+    """How a model folder saved by `llmscratch quantize` holds its weights ("int4, group 32: 93.1 MB of
+    safetensors"); None for anything else."""
+    import json
+    from pathlib import Path
+
+    folder = Path(name).expanduser()
+    try:
+        q = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("quantization")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(q, dict):
+        return None
+    on_disk = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    group = f", group {q['group']}" if q.get("group") else ""
+    return f"{q.get('format', '?')}{group}: {_size(on_disk)} of safetensors on disk"
 
 
 def _list(args: argparse.Namespace) -> None:

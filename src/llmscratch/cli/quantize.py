@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 from llmscratch.config import add_command, check_fields, setting
@@ -18,7 +17,7 @@ class QuantizeConfig:
                              choices=("int8", "int4"), required=True)
     out: str | None = setting(None, "output folder (one of our model folders; written atomically)", flag="--out",
                               aliases=("-o",), required=True)
-    group: int = setting(32, "int4: inputs per scale (32, 64 or 128)", choices=(32, 64, 128))
+    group: int | None = setting(None, "int4: inputs per scale (32, the default, 64 or 128)", choices=(32, 64, 128))
     symmetric: bool = setting(False, "int4: no minimums (W ~ (n - 8) * scale, as GGUF's Q4_0)")
     head: bool = setting(True, "keep the output head in float32", switches={"--no-quantize-head": False})
     head_format: str | None = setting(None, "the head's format (default: int8, also for --to int4)",
@@ -27,6 +26,12 @@ class QuantizeConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        from llmscratch.utils import UserError
+
+        if self.to == "int8" and self.group is not None:
+            raise UserError("group applies to int4 only: int8 has one scale per output channel", params="group")
+        if self.to == "int8" and self.symmetric:
+            raise UserError("symmetric applies to int4 only: int8 is always symmetric", params="symmetric")
 
 
 def register(subparsers) -> None:
@@ -43,18 +48,28 @@ def register(subparsers) -> None:
 
 
 def quantize(config: QuantizeConfig) -> None:
-    from llmscratch.model.quant import HEAD_FORMAT, quantize_model, quantized_bytes
-    from llmscratch.utils import UserError, check_replaceable
+    from llmscratch.model.quant import HEAD_FORMAT, quantizable_layers, quantize_model, quantized_bytes
+    from llmscratch.utils import UserError, check_folder_spares, check_replaceable
     from llmscratch.weights import load_model
     from llmscratch.weights.ours import save_pretrained
 
+    check_folder_spares(config.out, config.model)
     check_replaceable(config.out, config.overwrite)
     loaded = load_model(config.model)
     if getattr(loaded.model, "quantization", None):
         raise UserError(f"{config.model} is already quantized ({loaded.model.quantization['format']})")
     before = quantized_bytes(loaded.model)
-    quantize_model(loaded.model, config.to, config.group, config.symmetric, config.head,
+    candidates = len(quantizable_layers(loaded.model, config.head))
+    group = config.group or 32
+    quantize_model(loaded.model, config.to, group, config.symmetric, config.head,
                    config.head_format or HEAD_FORMAT[config.to])
     folder = save_pretrained(loaded.model, loaded.tokenizer, config.out, loaded.chat_template, config.overwrite)
-    print(f"wrote {folder}: {config.to}, {len(loaded.model.quantization['layers'])} layers, weights "
-          f"{before / 2**20:.0f} MiB -> {quantized_bytes(loaded.model) / 2**20:.0f} MiB", file=sys.stderr)
+    done = len(loaded.model.quantization["layers"])
+    kept = f"; {candidates - done} kept in float32 (inputs not a multiple of the group, {group})" if done < candidates \
+        else ""
+    print(f"wrote {folder}: {config.to}, {done} layers{kept}, weights {_mb(before)} -> "
+          f"{_mb(quantized_bytes(loaded.model))}")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"

@@ -26,10 +26,13 @@ def serve(config: ServeConfig) -> None:
 
     from llmscratch.serve.server import bound_socket, build_server
     from llmscratch.utils import UserError, read_text_file
+    from llmscratch.weights import check_model_name
 
     config.validate()
+    check_model_name(config.model)  # a typo is one line, before the server starts
     if config.chat_template:
-        read_text_file(config.chat_template, "chat template")  # before the model loads
+        if not read_text_file(config.chat_template, "chat template").strip():  # before the model loads
+            raise UserError(f"the chat template {config.chat_template} is empty")
     port = config.resolved_port()
     try:
         sock = bound_socket(config.host, port)

@@ -30,6 +30,8 @@ def register(subparsers) -> None:
                    help="a special token, e.g. '<|endoftext|>' (repeat for more); gets an id after the merges")
     p.add_argument("--pre", default="gpt2", choices=["gpt2", "smollm", "llama-bpe"],
                    help="pre-tokenizer that cuts text into chunks before merging (default: gpt2)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace -o (and its .vocab) even when they are not a tokenizer of ours")
     p.add_argument("--min-frequency", type=int, default=1, metavar="N",
                    help="stop when no pair occurs at least N times (default: 1)")
     p.set_defaults(func=_train)
@@ -68,19 +70,25 @@ def _tokenizer_flag(parser: argparse.ArgumentParser) -> None:
 def _read_text(path: str | None) -> str:
     if path is None:
         return sys.stdin.read()
-    return read_text_file(path, "input")
+    return read_text_file(path, "input", exact=True)  # as stdin: CRLF is text to encode too
 
 
 def _train(args: argparse.Namespace) -> None:
     import time
 
     from llmscratch.tokenizer import train
-    from llmscratch.tokenizer.bpe import vocab_view_path
-    from llmscratch.utils import check_not_input, check_output_file
+    from llmscratch.tokenizer.bpe import FORMAT, vocab_view_path
+    from llmscratch.utils import check_file_replaceable, check_not_input, check_output_file, json_format_of
 
     check_not_input([args.output, vocab_view_path(args.output)], [args.input])
     check_output_file(args.output)
+    ours = json_format_of(args.output) == FORMAT  # an earlier tokenizer of ours (and its .vocab) may be replaced
+    check_file_replaceable(args.output, ours, "a tokenizer file of ours", args.overwrite)
+    check_file_replaceable(vocab_view_path(args.output), ours, "the .vocab of a tokenizer file of ours",
+                           args.overwrite)
     text = _read_text(args.input)
+    if not text:
+        raise UserError(f"the input {args.input} is empty: there is nothing to learn merges from")
     start = time.perf_counter()
     try:
         tok = train(text, args.vocab_size, args.special_token, pre=args.pre,
@@ -124,4 +132,5 @@ def _decode(args: argparse.Namespace) -> None:
         text = tok.decode(ids)
     except ValueError as e:
         raise UserError(str(e)) from None
-    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    # the text as it is (encode | decode gives the input back); a newline after it only on a terminal
+    sys.stdout.write(text + ("\n" if sys.stdout.isatty() and not text.endswith("\n") else ""))

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from llmscratch.tokenizer import encode_prompt
 from llmscratch.utils import UserError, check_input_file
 
 SMS_SPAM_LABELS = ("ham", "spam")
@@ -89,6 +88,7 @@ def _build(rows: list[tuple[str, str, str]], source: str, labels: Sequence[str] 
     """rows: (where, text, label value) -> checked ClassificationData."""
     if not rows:
         raise UserError(f"{source} holds no rows")
+    rows = [(where, text, value.strip()) for where, text, value in rows]  # " neg" is "neg" (as --labels reads)
     for where, text, value in rows:
         if not text.strip():
             raise UserError(f"{source}, {where}: empty text in column {text_column!r}")
@@ -159,7 +159,7 @@ def _read_json_records(path: Path, text_column: str, label_column: str):
     source = str(path)
     text = path.read_text(encoding="utf-8")
     try:
-        if path.suffix == ".json":
+        if path.suffix.lower() == ".json":
             records = [(f"entry {i}", r) for i, r in enumerate(json.loads(text))]
         else:
             records = [(f"line {i}", json.loads(line)) for i, line in enumerate(text.splitlines(), start=1)
@@ -173,8 +173,14 @@ def _read_json_records(path: Path, text_column: str, label_column: str):
         for column, kind in ((text_column, "text"), (label_column, "label")):
             if column not in record:
                 raise UserError(f"{source}, {where}: no {kind} field {column!r}; fields: {sorted(record)}")
-        value = record[label_column]
-        rows.append((where, str(record[text_column]), value if isinstance(value, str) else json.dumps(value)))
+        text, value = record[text_column], record[label_column]
+        if not isinstance(text, str):
+            raise UserError(f"{source}, {where}: the text field {text_column!r} must be a string, not "
+                            f"{json.dumps(text)[:40]}")
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise UserError(f"{source}, {where}: the label field {label_column!r} must be a string or an integer, "
+                            f"not {json.dumps(value)[:40]}")
+        rows.append((where, text, value if isinstance(value, str) else str(value)))
     return rows
 
 
@@ -321,12 +327,14 @@ def load_classification_splits(
 
 
 def encode_text(tokenizer, text: str) -> list[int]:
-    """Ids of one text to classify: special-token strings refused (ValueError), the BOS token first for models
-    that expect it (Gemma); [] when the text itself has no tokens."""
-    ids = encode_prompt(tokenizer, text, allowed_special=frozenset())
-    if getattr(tokenizer, "add_bos", False) and ids == [tokenizer.bos_id]:
+    """Ids of one text to classify: the text as plain text (a special token it spells, "<|endoftext|>", is encoded
+    as its characters: texts are data, not markup), the BOS token first for models that expect it (Gemma); []
+    when the text itself has no tokens."""
+    ids = list(tokenizer.encode(text, allowed_special=frozenset(), disallowed_special=()))
+    if not ids:
         return []
-    return ids
+    bos = getattr(tokenizer, "bos_id", None)
+    return [bos, *ids] if getattr(tokenizer, "add_bos", False) and bos is not None else ids
 
 
 class ClassificationDataset(Dataset):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-import io
 import json
 import math
 import os
@@ -26,7 +25,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from llmscratch.utils import UserError, atomic_path, atomic_write_text, check_not_input, check_output_file
+from llmscratch.tokenizer import fingerprint
+from llmscratch.utils import (
+    UserError,
+    atomic_path,
+    atomic_write_text,
+    check_not_input,
+    check_output_file,
+    derived_seed,
+)
 
 TOKEN_FILE_FORMAT = "llmscratch-tokens"
 TOKEN_FILE_VERSION = 1
@@ -48,7 +55,7 @@ class TokenFileHeader:
 
     dtype: str
     count: int
-    tokenizer: dict[str, Any]  # {"spec": "gpt2" or a path, "vocab_size": int, "eos_id": int | None}
+    tokenizer: dict[str, Any]  # {"spec": "gpt2" or a path, "vocab_size", "eos_id", "fingerprint"}
     source: dict[str, Any] = field(default_factory=dict)  # {"path", "bytes", "sha256"} of the input text
     format: str = TOKEN_FILE_FORMAT
     version: int = TOKEN_FILE_VERSION
@@ -211,12 +218,6 @@ def split_train_val(data, train_ratio: float = 0.9):
     return data[:cut], data[cut:]
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """A 63-bit seed that depends on (seed, epoch) only, with no collisions like seed + epoch would have."""
-    digest = hashlib.sha256(f"llmscratch:{seed}:{epoch}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
 class EpochSampler(Sampler[int]):
     """Indices of one epoch: a pure function of (seed, epoch), sharded over ranks, able to start mid-epoch.
 
@@ -253,7 +254,7 @@ class EpochSampler(Sampler[int]):
     def order(self, epoch: int) -> list[int]:
         n, w = self.num_items, self.world_size
         if self.shuffle:
-            g = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+            g = torch.Generator().manual_seed(derived_seed(self.seed, epoch))
             perm = torch.randperm(n, generator=g).tolist()
         else:
             perm = list(range(n))
@@ -315,9 +316,9 @@ def tokenize_corpus(
 ) -> TokenFileHeader:
     """Encode a UTF-8 text file into a flat token file `out_path` (+ `out_path.json` header), streaming.
 
-    The text is read in pieces of about `chunk_chars` bytes, decoded like `Path.read_text()` (universal
-    newlines), and cut only at points where encoding in pieces gives the same ids as encoding the whole text
-    (see `_safe_cut`), so the file holds exactly `tokenizer.encode(Path(input_path).read_text(), ...)`. The
+    The text is read in pieces of about `chunk_chars` bytes, decoded as UTF-8 with line ends as they are (CRLF
+    stays CRLF), and cut only at points where encoding in pieces gives the same ids as encoding the whole text
+    (see `_safe_cut`), so the file holds exactly `tokenizer.encode(the file's text, ...)`. The
     tokenizer must not add BOS/EOS or a leading space per call. A text without any cut point is held whole.
     Ids are stored as uint16 when the vocabulary has at most 65,536 entries, else uint32. Both files are
     written atomically. `spec` names the tokenizer in the header ("gpt2", a path; default: the tokenizer's
@@ -340,7 +341,7 @@ def tokenize_corpus(
 
     count = 0
     digest = hashlib.sha256()
-    decoder = io.IncrementalNewlineDecoder(codecs.getincrementaldecoder("utf-8")(), translate=True)
+    decoder = codecs.getincrementaldecoder("utf-8")()  # line ends as they are: CRLF is text to encode too
     total_bytes = input_path.stat().st_size
     with (
         atomic_path(out_path) as tmp,
@@ -378,7 +379,8 @@ def tokenize_corpus(
     header = TokenFileHeader(
         dtype=dtype.name,
         count=count,
-        tokenizer={"spec": spec, "vocab_size": vocab_size, "eos_id": getattr(tok, "eos_id", None)},
+        tokenizer={"spec": spec, "vocab_size": vocab_size, "eos_id": getattr(tok, "eos_id", None),
+                   "fingerprint": fingerprint(tok)},
         source={"path": str(input_path.resolve()), "bytes": total_bytes, "sha256": digest.hexdigest()},
     )
     atomic_write_text(header_path(out_path), json.dumps(asdict(header), indent=2) + "\n")

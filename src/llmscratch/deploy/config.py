@@ -4,6 +4,7 @@ keys and defaults (through llmscratch.config's generator)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 from llmscratch.config import check_fields, nested, setting
@@ -103,6 +104,9 @@ class SageMakerConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if not re.fullmatch(r"ml\.[a-z0-9-]+\.[a-z0-9-]+", self.instance_type or ""):
+            raise UserError(f"instance_type {self.instance_type!r} is not a SageMaker instance type: they look like "
+                            "ml.m5.xlarge or ml.g5.2xlarge", params="instance_type")
         if self.max_instances is None and (self.min_instances is not None or self.target_invocations is not None):
             raise UserError("autoscaling needs max_instances; min_instances and target_invocations are optional",
                             params=("max_instances", "min_instances", "target_invocations"))
@@ -126,10 +130,19 @@ class InvokeConfig:
     max_new_tokens: int | None = setting(None, "new tokens (default: the endpoint's)", ge=1)
     temperature: float | None = setting(None, "sampling temperature, 0 for greedy (default: the endpoint's)", ge=0)
     stream: bool = setting(False, "print tokens as they come (InvokeEndpointWithResponseStream)")
+    chat: bool = setting(False, "send the prompt as a user message of a chat (OpenAI's messages, rendered with the "
+                         "model's chat template: what instruction-tuned models answer); without it the prompt is "
+                         "continued as plain text")
     region: str | None = setting(None, REGION_HELP)
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.prompt is not None and not self.prompt.strip():
+            raise UserError("prompt is empty: give some text to send", params="prompt")
+        if self.endpoint_name is not None:
+            from llmscratch.deploy.sagemaker import check_endpoint_name
+
+            check_endpoint_name(self.endpoint_name)
 
 
 @dataclass

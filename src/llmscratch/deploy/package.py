@@ -240,7 +240,9 @@ def check_archive(path: str | os.PathLike) -> dict:
     with tarfile.open(path, "r:gz") as tar:
         for member in tar:
             if member.isfile() and member.name != MANIFEST:
-                seen[member.name] = _stream_sha256(tar.extractfile(member))
+                want = manifest.get("files", {}).get(member.name, {}).get("size")
+                seen[member.name] = (f"size {member.size:,} bytes" if want is not None and member.size != want
+                                     else _stream_sha256(tar.extractfile(member)))
     _compare(str(path), manifest, seen)
     return manifest
 
@@ -266,7 +268,8 @@ def verify_model_dir(folder: str | os.PathLike) -> Path:
     for name, info in manifest["files"].items():
         p = folder / name
         if p.is_file():
-            seen[name] = file_sha256(p) if p.stat().st_size == info.get("size") else "size differs"
+            size = p.stat().st_size
+            seen[name] = file_sha256(p) if info.get("size") in (None, size) else f"size {size:,} bytes"
     pickles = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and is_pickle(p)]
     if pickles:
         raise UserError(f"{folder} holds pickled files that are not part of the model: {', '.join(pickles)}")
@@ -278,12 +281,18 @@ def _compare(where: str, manifest: dict, seen: dict[str, str]) -> None:
     """UserError naming the first file missing or differing from the manifest."""
     files = manifest.get("files", {})
     model = manifest.get("model")
+    if isinstance(model, str) and (model.startswith("/") or ".." in Path(model).parts):
+        raise UserError(f"{where}: its manifest's model path {model!r} points outside the archive (the manifest was "
+                        "changed after packaging); package it again with `llmscratch deploy package`")
     if not files or model is None or (model != "." and model not in files):
         raise UserError(f"{where} holds no model: its manifest lists no model files")
     for name, info in files.items():
         if name not in seen:
             raise UserError(f"{where}: {name} is missing (the archive is incomplete); package it again with "
                             "`llmscratch deploy package`")
+        if seen[name].startswith("size "):
+            raise UserError(f"{where}: {name} has {seen[name]}, its manifest says {info.get('size'):,} (the file was "
+                            "cut short or changed after packaging); package it again with `llmscratch deploy package`")
         if seen[name] != info["sha256"]:
             raise UserError(f"{where}: {name} does not match its sha256 in {MANIFEST} (the archive is corrupted "
                             "or was changed after packaging); package it again with `llmscratch deploy package`")

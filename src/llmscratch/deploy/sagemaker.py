@@ -163,21 +163,34 @@ def _deploy(cfg: SageMakerConfig, say: Callable[[str], None]) -> DeployResult:
         raise UserError(f"endpoint {endpoint} has failed ({existing.get('FailureReason', 'no reason given')}): "
                         f"remove it with `llmscratch deploy delete --endpoint-name {endpoint}`, then deploy again")
     uri = model_data_uri(sess, cfg, endpoint)
+    uploaded = uri if uri != cfg.model_data else None
     stamp = _stamp()
     model_name = config_name = resource_name(endpoint, stamp)
-    create_model(sm, cfg, model_name, uri, endpoint)
-    create_endpoint_config(sm, cfg, config_name, model_name, endpoint)
+    scaling = sess.client("application-autoscaling")
+    made: list[str] = []  # what this deploy created, removed again if a later step fails
+    old_scaling = None
+    try:
+        create_model(sm, cfg, model_name, uri, endpoint)
+        made.append("model")
+        create_endpoint_config(sm, cfg, config_name, model_name, endpoint)
+        made.append("config")
+        with aws_errors(f"{'updating' if existing else 'creating'} the endpoint {endpoint}"):
+            if existing:
+                old_scaling = autoscaling_settings(scaling, endpoint)
+                deregister_autoscaling(scaling, endpoint)  # an update that changes the instance type needs this
+                sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=config_name)
+            else:
+                sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=config_name,
+                                   Tags=[{"Key": TAG, "Value": endpoint}])
+    except BaseException:
+        _undo(sess, sm, scaling, endpoint, made, model_name, config_name, uploaded, old_scaling)
+        raise
     result = DeployResult(endpoint, model_name, config_name, uri, updated=existing is not None, status="",
                           previous_config=existing["EndpointConfigName"] if existing else None)
-    scaling = sess.client("application-autoscaling")
-    with aws_errors(f"{'updating' if existing else 'creating'} the endpoint {endpoint}"):
-        if existing:
-            deregister_autoscaling(scaling, endpoint)  # an update that changes the instance type needs this
-            sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=config_name)
-        else:
-            sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=config_name,
-                               Tags=[{"Key": TAG, "Value": endpoint}])
     say(f"{'updating' if existing else 'creating'} endpoint {endpoint} (model {model_name}, {cfg.instance_type})")
+    if old_scaling and not cfg.autoscaling:
+        say(f"the endpoint's autoscaling ({old_scaling['MinCapacity']}-{old_scaling['MaxCapacity']} instances) was "
+            "removed for the update; deploy with --max-instances to have it again")
     if not (cfg.wait or cfg.autoscaling):
         result.status = describe_endpoint(sm, endpoint)["EndpointStatus"]
         return result
@@ -288,6 +301,56 @@ def configure_autoscaling(scaling, endpoint: str, cfg: SageMakerConfig) -> dict:
     return {"min": low, "max": high, "target_invocations_per_minute": target, "policy": policy}
 
 
+def autoscaling_settings(scaling, endpoint: str) -> dict | None:
+    """The variant's scalable target (MinCapacity, MaxCapacity) with its scaling policies, or None."""
+    with aws_errors(f"reading the autoscaling target of {endpoint}"):
+        found = scaling.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[resource_id(endpoint)],
+                                                  ScalableDimension=SCALABLE_DIMENSION)["ScalableTargets"]
+        if not found:
+            return None
+        policies = scaling.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=resource_id(endpoint),
+                                                     ScalableDimension=SCALABLE_DIMENSION)["ScalingPolicies"]
+    return {"MinCapacity": found[0]["MinCapacity"], "MaxCapacity": found[0]["MaxCapacity"], "policies": policies}
+
+
+def restore_autoscaling(scaling, endpoint: str, settings: dict) -> None:
+    """Register the scalable target and put back the policies that `autoscaling_settings` read."""
+    scaling.register_scalable_target(ServiceNamespace="sagemaker", ResourceId=resource_id(endpoint),
+                                     ScalableDimension=SCALABLE_DIMENSION, MinCapacity=settings["MinCapacity"],
+                                     MaxCapacity=settings["MaxCapacity"])
+    for p in settings["policies"]:
+        kw = {k: p[k] for k in ("PolicyType", "TargetTrackingScalingPolicyConfiguration",
+                                "StepScalingPolicyConfiguration") if k in p}
+        scaling.put_scaling_policy(PolicyName=p["PolicyName"], ServiceNamespace="sagemaker",
+                                   ResourceId=resource_id(endpoint), ScalableDimension=SCALABLE_DIMENSION, **kw)
+
+
+def _undo(sess, sm, scaling, endpoint: str, made: list[str], model_name: str, config_name: str,
+          uploaded: str | None, old_scaling: dict | None) -> None:
+    """After a failed deploy: put back the endpoint's autoscaling, remove the config, model and upload this deploy
+    made. Best effort: a step that fails here is logged, and the deploy's own error is what the user sees."""
+    import logging
+
+    log = logging.getLogger(__name__)
+    steps = []
+    if old_scaling:
+        steps.append((f"restoring the autoscaling of {endpoint}", lambda: restore_autoscaling(scaling, endpoint,
+                                                                                            old_scaling)))
+    if "config" in made:
+        steps.append((f"removing the endpoint config {config_name}",
+                      lambda: sm.delete_endpoint_config(EndpointConfigName=config_name)))
+    if "model" in made:
+        steps.append((f"removing the model {model_name}", lambda: sm.delete_model(ModelName=model_name)))
+    if uploaded:
+        bucket, key = parse_s3_uri(uploaded)
+        steps.append((f"removing {uploaded}", lambda: sess.client("s3").delete_object(Bucket=bucket, Key=key)))
+    for what, step in steps:
+        try:
+            step()
+        except Exception as e:  # noqa: BLE001 - cleanup must not hide the deploy's error
+            log.warning("after the failed deploy, %s failed: %s", what, e)
+
+
 def deregister_autoscaling(scaling, endpoint: str) -> bool:
     """Remove the variant's scalable target (and with it its policies) if there is one; True if there was."""
     with aws_errors(f"reading the autoscaling target of {endpoint}"):
@@ -354,10 +417,15 @@ def _delete(cfg: DeleteConfig) -> list[str]:
 
 
 def request_body(cfg: InvokeConfig, stream: bool) -> bytes:
-    """The JSON the container's /invocations takes: {"inputs", "parameters"} (and "stream")."""
-    params = {k: v for k, v in (("max_new_tokens", cfg.max_new_tokens), ("temperature", cfg.temperature))
-              if v is not None}
-    body = {"inputs": cfg.prompt, "parameters": params}
+    """The JSON the container's /invocations takes: {"inputs", "parameters"} (and "stream"), or with `cfg.chat`
+    an OpenAI chat completion body {"messages", "max_tokens", "temperature"}."""
+    if cfg.chat:
+        body = {"messages": [{"role": "user", "content": cfg.prompt}], **{k: v for k, v in (
+            ("max_tokens", cfg.max_new_tokens), ("temperature", cfg.temperature)) if v is not None}}
+    else:
+        params = {k: v for k, v in (("max_new_tokens", cfg.max_new_tokens), ("temperature", cfg.temperature))
+                  if v is not None}
+        body = {"inputs": cfg.prompt, "parameters": params}
     if stream:
         body["stream"] = True
     return json.dumps(body).encode()
@@ -383,6 +451,11 @@ def generated_text(raw: bytes) -> str:
         return data[0]["generated_text"]
     if isinstance(data, dict) and "generated_text" in data:
         return data["generated_text"]
+    if isinstance(data, dict) and isinstance(data.get("choices"), list) and data["choices"]:  # OpenAI's answers
+        c = data["choices"][0]
+        text = c.get("message", {}).get("content") if isinstance(c.get("message"), dict) else c.get("text")
+        if isinstance(text, str):
+            return text
     return json.dumps(data)
 
 
@@ -424,8 +497,8 @@ def sse_data(chunks: Iterable[bytes]) -> Iterator[str]:
 
 
 def stream_texts(datas: Iterable[str]) -> Iterator[str]:
-    """Text pieces from SSE data: {"token": {"text"}} or {"text"} per event, until [DONE] or a final
-    {"generated_text"}; an {"error"} event is a UserError."""
+    """Text pieces from SSE data: {"token": {"text"}}, {"text"} or OpenAI chunks ({"choices": [{"delta"}]}) per
+    event, until [DONE] or a final {"generated_text"}; an {"error"} event is a UserError."""
     for data in datas:
         if data.strip() == "[DONE]":
             return
@@ -438,7 +511,14 @@ def stream_texts(datas: Iterable[str]) -> Iterator[str]:
             continue
         if "error" in obj:
             raise UserError(f"the endpoint reported an error: {obj['error']}")
-        token = obj.get("token")
+        token, choices = obj.get("token"), obj.get("choices")
+        if isinstance(choices, list):  # an OpenAI chunk: chat delta or completion text
+            c = choices[0] if choices and isinstance(choices[0], dict) else {}
+            delta = c.get("delta")
+            text = delta.get("content") if isinstance(delta, dict) else c.get("text")
+            if text:
+                yield text
+            continue
         text = token.get("text") if isinstance(token, dict) else obj.get("text")
         if text:
             yield text

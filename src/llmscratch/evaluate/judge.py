@@ -28,7 +28,7 @@ from pathlib import Path
 
 from llmscratch.config import check_fields, setting
 from llmscratch.evaluate.responses import append_jsonl, read_jsonl, read_responses
-from llmscratch.utils import UserError, atomic_path, atomic_write_text
+from llmscratch.utils import UserError, atomic_path, atomic_write_text, check_not_input
 
 
 def judge_prompt(record: Mapping) -> str:
@@ -263,6 +263,7 @@ def run_judge(spec: JudgeSpec) -> dict:
     client = spec.client()
     records = {r["index"]: r for r in read_responses(spec.responses)}
     out = Path(spec.out) if spec.out else beside(spec.responses, ".scores.jsonl")
+    check_not_input([out, beside(out, ".summary.json"), beside(out, ".png")], [spec.responses])
     scored = _previous(out, records, spec.model)
     todo = [records[i] for i in sorted(records) if i not in scored]
     bar = tqdm(total=len(records), initial=len(scored), desc="judge", unit="response", disable=not spec.progress)
@@ -345,6 +346,7 @@ def run_compare(spec: JudgeSpec, a_path: str, b_path: str) -> dict:
     client = spec.client()
     pairs = paired(a_path, b_path)
     out = Path(spec.out) if spec.out else beside(a_path, f".vs.{Path(b_path).name.removesuffix('.jsonl')}.jsonl")
+    check_not_input([out], [a_path, b_path])
     done_rows = _previous(out, {a["index"]: a for a, _ in pairs}, spec.model, key="winner")
     swap = swapped_indices([a["index"] for a, _ in pairs], spec.seed)
     todo = [(a, b) for a, b in pairs if a["index"] not in done_rows]

@@ -115,18 +115,38 @@ class MetricsSpec:
     batch_size: int = setting(8, "entries per forward pass", ge=1)
     device: str = setting("auto", "cpu, cuda, mps or auto")
     out: str | None = setting(None, "metrics file (default: RESPONSES.metrics.json)", flag="--out", aliases=("-o",))
+    overwrite: bool = setting(False, "replace -o even when it is not a metrics file of ours")
     progress: bool = setting(True, "no progress bar", switches={"--no-progress": False})
 
     def __post_init__(self) -> None:
         check_fields(self)
 
 
+def _is_metrics_file(path: Path) -> bool:
+    """Whether `path` holds what `run_metrics` writes (a JSON object with its keys)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"responses", "reference", "rouge_l_f1"} <= set(data)
+
+
 def run_metrics(spec: MetricsSpec) -> dict:
     """ROUGE-L, exact match and (with a model) the reference loss of a responses file; written as JSON too."""
     from llmscratch.evaluate.judge import beside
     from llmscratch.evaluate.responses import read_responses
-    from llmscratch.utils import atomic_write_text, pick_device
+    from llmscratch.utils import (
+        atomic_write_text,
+        check_file_replaceable,
+        check_not_input,
+        check_output_file,
+        pick_device,
+    )
 
+    out = Path(spec.out) if spec.out else beside(spec.responses, ".metrics.json")
+    check_not_input([out], [spec.responses])  # before any work
+    check_output_file(out)
+    check_file_replaceable(out, _is_metrics_file(out), "a metrics file of ours", spec.overwrite)
     records = read_responses(spec.responses)
     if spec.reference != "output":
         lacking = sum(not isinstance(r.get(spec.reference), str) for r in records)
@@ -147,7 +167,6 @@ def run_metrics(spec: MetricsSpec) -> dict:
             f"reference_{k}": v for k, v in reference_loss(
                 loaded.model, loaded.tokenizer, records, fmt, loaded.chat_template, not spec.include_prompt,
                 spec.batch_size, progress=spec.progress).items()})
-    out = Path(spec.out) if spec.out else beside(spec.responses, ".metrics.json")
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     result["file"] = str(out)
     return result

@@ -159,12 +159,22 @@ def default_prompt_format(model_spec: str, chat_template: str | None) -> tuple[s
     return "alpaca", "the model has no chat template"
 
 
+def _same(a, b, paths: bool) -> bool:
+    """Equal values; for `paths` (a model or data given as a name or a path), also the same file or folder named
+    two ways (relative and absolute)."""
+    from llmscratch.utils import same_file
+
+    if a == b:
+        return True
+    return paths and isinstance(a, str) and isinstance(b, str) and Path(a).exists() and same_file(a, b)
+
+
 def check_existing(records: list[dict], path: Path, entries: Sequence[Mapping], meta: Mapping) -> set[int]:
     """Indices already answered in `path`; UserError when its records come from another model, format or data."""
     done = set()
     for rec in records:
         for key in ("model", "prompt_format", "data", "split"):
-            if key in rec and rec[key] != meta[key]:
+            if key in rec and not _same(rec[key], meta[key], key in ("model", "data")):
                 raise UserError(f"{path} holds responses with {key} {rec[key]!r}, this run has {meta[key]!r}; "
                                 "write to another file (-o) or delete it")
         i = rec.get("index")
@@ -182,7 +192,7 @@ def run_generate(spec: GenerateSpec) -> dict:
     from tqdm.auto import tqdm
 
     from llmscratch.data.instruction import SPLIT_RULE, check_format, load_entries, split_entries
-    from llmscratch.utils import pick_device
+    from llmscratch.utils import check_not_input, pick_device
     from llmscratch.weights import load_model
 
     every = load_entries(spec.data)
@@ -191,6 +201,7 @@ def run_generate(spec: GenerateSpec) -> dict:
         raise UserError(f"the {spec.split} split of {spec.data} is empty ({len(every)} entries in all; the book's "
                         f"split, {SPLIT_RULE}): split=all answers every entry", params="split")
     out = Path(spec.out)
+    check_not_input([out], [spec.data])
     existing, bad = read_jsonl(out) if out.is_file() else ([], 0)
     if bad > 1 or (bad and not existing):  # one cut last line is a crash's; more, and it is someone else's file
         raise UserError(f"{out} is not a responses file ({bad} line(s) are not JSON records); answers are only "

@@ -58,19 +58,23 @@ class ClassifyConfig:
             raise UserError("resume and overwrite exclude each other")
 
 
+OUTPUTS = ("report.json", "classifier.json", "classifier.safetensors")  # the recipe's files in the run folder
+
+
 def run(cfg: ClassifyConfig, base=None, command: str | None = None) -> dict:
     """Fine-tune a classifier as `cfg` says; write the classifier folder, report.json and loss.png into
     cfg.train.out_dir and return the report. `base`: an already loaded base model (anything with `.model` and
     `.tokenizer`) instead of loading cfg.model. Every user mistake raises UserError before training starts."""
     from llmscratch.model.heads import add_classifier_head, parse_trainable, set_trainable
     from llmscratch.train.tasks.classify import ClassificationTask
-    from llmscratch.train.trainer import Trainer, seed_everything
+    from llmscratch.train.trainer import Trainer, check_run_folder, seed_everything
     from llmscratch.weights.classifier import save_classifier, write_classifier_info
 
     timer = Timer()
     spec = parse_trainable(cfg.trainable, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
     out = Path(cfg.train.out_dir)
     previous = earlier_run(out, cfg)
+    check_run_folder(out, cfg.resume, cfg.overwrite, OUTPUTS)  # before anything is loaded or written
     splits, data_desc = load_data(cfg, previous)
     loaded = timer.time("load_model", lambda: base if base is not None else load_base(cfg))
     model, tokenizer = loaded.model, loaded.tokenizer

@@ -170,6 +170,9 @@ def peak_memory_mb(device: torch.device) -> float:
 # ---------------------------------------------------------------------------------------------------------
 
 
+OUTPUTS = ("report.json", "dpo.png", "reference_logprobs.safetensors")  # the recipe's files in the run folder
+
+
 def run(cfg: DPOConfig, command: str | None = None, echo=print, base=None) -> dict:
     """Load, check the data, set up the reference, train, evaluate validation and test pairs, write OUT/final
     (LoRA merged), OUT/report.json and OUT/dpo.png. Returns the report. `base`: the starting model already
@@ -179,13 +182,11 @@ def run(cfg: DPOConfig, command: str | None = None, echo=print, base=None) -> di
     from llmscratch.model.heads import apply_trainable
     from llmscratch.recipes.instruct import save_tuned
     from llmscratch.train.tasks.dpo import DPOTask
-    from llmscratch.train.trainer import seed_everything
+    from llmscratch.train.trainer import check_run_folder, seed_everything
 
     started = time.perf_counter()
     out = Path(cfg.train.out_dir)
-    if (out / "checkpoints").exists() and not (cfg.resume or cfg.overwrite):
-        raise UserError(f"{out} already holds a run; resume=True continues it, overwrite=True starts again there, "
-                        "or choose another output folder", params=("resume", "overwrite"))
+    check_run_folder(out, cfg.resume, cfg.overwrite, OUTPUTS)  # before the models load
     loaded = base or load_start(cfg)
     device = next(loaded.model.parameters()).device
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -219,7 +220,9 @@ def run(cfg: DPOConfig, command: str | None = None, echo=print, base=None) -> di
         "command": command, "config": flat_settings(cfg), "model": {"start": cfg.model, **summary},
         "data": {name: {"pairs": len(ds), "skipped": ds.skipped.total} for name, ds in splits.items()},
         "prompt_format": fmt, "reference": cfg.reference,
-        "reference_way": type(reference).__name__ if cfg.reference == "live" else "precomputed tables",
+        "reference_way": ("precomputed tables" if cfg.reference != "live" else f"the model {cfg.reference_model}"
+                          if cfg.reference_model else "a frozen copy of the model"
+                          if type(reference).__name__ == "FrozenReference" else "the policy with its adapters off"),
         "steps": result.steps, "stop_reason": result.stop_reason,
         "before": {"test": before} if before else None, "after": after, "timings_s": timings,
         "seconds_per_step": result.seconds / max(result.steps, 1), "peak_memory_mb": peak_memory_mb(device),

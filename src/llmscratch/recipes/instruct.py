@@ -79,6 +79,9 @@ class AnswerSamples(Callback):
                 trainer.echo(f"    {a['instruction'][:60]!r} -> {a['response'][:120]!r}")
 
 
+OUTPUTS = ("report.json",)  # the recipe's files beside the Trainer's in the run folder
+
+
 def run(cfg: InstructConfig, base=None, command: str | None = None) -> dict:
     """Fine-tune as `cfg` says; write OUT/final (the tuned model), report.json, loss.png, metrics.jsonl and
     checkpoints; return the report. `base`: an already loaded model instead of loading cfg.model."""
@@ -86,8 +89,9 @@ def run(cfg: InstructConfig, base=None, command: str | None = None) -> dict:
     from llmscratch.data.instruction import end_id_of
     from llmscratch.model.heads import apply_trainable
     from llmscratch.train.tasks.instruct import InstructionTask
-    from llmscratch.train.trainer import Trainer, seed_everything
+    from llmscratch.train.trainer import Trainer, check_run_folder, seed_everything
 
+    check_run_folder(cfg.train.out_dir, cfg.resume, cfg.overwrite, OUTPUTS)  # before the model loads
     loaded = base if base is not None else load_base(cfg)
     model, tokenizer, template = loaded.model, loaded.tokenizer, loaded.chat_template
     fmt = cfg.prompt_format or ("chat" if template else "alpaca")
@@ -193,6 +197,7 @@ def make_report(cfg, command, loaded, fmt, summary, data_desc, result, before, a
         "data": data_desc,
         "train": {"steps": result.steps, "tokens_seen": result.tokens_seen, "seconds": result.seconds,
                   "stop_reason": result.stop_reason, "first_val_loss": evals[0]["val_loss"] if evals else None,
+                  "first_eval_step": evals[0]["step"] if evals else None,
                   "last_val_loss": evals[-1]["val_loss"] if evals else None, "best_val_loss": result.best_val_loss,
                   "resumed_from": str(result.resumed_from) if result.resumed_from else None},
         "samples": {"before": before, "after": after},

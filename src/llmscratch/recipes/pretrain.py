@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from llmscratch.config import check_fields, nested, setting
 from llmscratch.train.config import TrainConfig
+from llmscratch.utils import UserError
 
 INITS = ("gpt2", "torch")
 TRAIN_FLAGS = ("batch_size", "grad_accum", "epochs", "max_steps", "max_seconds", "lr", "min_lr", "schedule",
@@ -39,6 +40,9 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.resume and self.overwrite:
+            raise UserError("resume=True continues the run in the folder and overwrite=True starts a new one there: "
+                            "give one of them", params=("resume", "overwrite"))
 
     def description(self) -> dict:
         """The settings that are not the Trainer's, saved with the run (TrainConfig.extra)."""
@@ -51,9 +55,10 @@ def run(cfg: PretrainConfig, callbacks=None) -> str | None:
     from llmscratch.tokenizer import load_tokenizer
     from llmscratch.train import distributed
     from llmscratch.train.tasks.pretrain import PretrainTask, check_data_spec, load_pretrain_data
-    from llmscratch.train.trainer import Trainer, seed_everything
+    from llmscratch.train.trainer import Trainer, check_run_folder, seed_everything
 
     check_data_spec(cfg.data)  # a mistyped path is reported before the tokenizer is fetched
+    check_run_folder(cfg.train.out_dir, cfg.resume, cfg.overwrite)  # and a folder in use before the data is read
     info = distributed.setup(cfg.train.device)
     try:
         seed_everything(cfg.train.seed)
@@ -116,7 +121,8 @@ def summarize(r) -> str:
                      + (f" (eval mode {first['eval_train_loss']:.3f} -> {last['eval_train_loss']:.3f})"
                         if last.get("eval_train_loss") is not None else ""))
         if r.best_val_loss is not None:
-            lines.append(f"validation loss {first['val_loss']:.3f} -> {last['val_loss']:.3f}; best "
+            lines.append(f"validation loss {first['val_loss']:.3f} (after step {first['step']}) -> "
+                         f"{last['val_loss']:.3f}; best "
                          f"{r.best_val_loss:.3f} at step {r.best_step}")
     lines.append(f"outputs in {r.out_dir}: loss plot {r.plot}, metrics {r.metrics_path}, checkpoints "
                  f"{r.out_dir / 'checkpoints'}, final model {r.final_model}"

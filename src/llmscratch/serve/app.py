@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmscratch.chat import chat_prompt_ids, end_of_turn_ids
-from llmscratch.generate import check_fits, with_eos
+from llmscratch.generate import check_fits, row_seed, with_eos
 from llmscratch.serve import protocol
 from llmscratch.serve.config import ServeConfig
 from llmscratch.serve.errors import TYPES, APIError, bad_request
@@ -63,6 +63,13 @@ class ServerState:
     load_error: BaseException | None = None
     draining: bool = False  # SIGTERM: requests in flight finish, new ones get 503
     inflight: int = 0  # HTTP requests being answered (streams included)
+
+    @property
+    def model_id(self) -> str:
+        """The model's id in answers and /v1/models: --model as given (a registered name, a Hub id), or for a file
+        or folder the name the model carries."""
+        given = self.config.model
+        return self.loaded.name if not given or Path(given).exists() else given
 
     def load(self, loader: Callable[[], Any], on_error: Callable[[BaseException], None] | None = None) -> None:
         """Load the model and start its engine (on the calling thread); /ping turns 200 after."""
@@ -179,7 +186,7 @@ def _routes(app: FastAPI, state: ServerState) -> None:
     async def body_of(request: Request) -> dict:
         return protocol.parse_json(await read_body(request, config.max_body_bytes))
 
-    @app.get("/ping")
+    @app.api_route("/ping", methods=["GET", "HEAD"])
     async def ping():
         if not state.ready:
             return JSONResponse({"status": "loading"}, status_code=503)
@@ -208,11 +215,11 @@ def _routes(app: FastAPI, state: ServerState) -> None:
     async def models(request: Request):
         need_key(state, request)
         st = need_ready(state)
-        return {"object": "list", "data": [{"id": st.loaded.name, "object": "model", "created": 0,
+        return {"object": "list", "data": [{"id": st.model_id, "object": "model", "created": 0,
                                             "owned_by": "llmscratch", "context_length": _ctx(st),
                                             "chat": st.template is not None}]}
 
-    @app.get("/")
+    @app.api_route("/", methods=["GET", "HEAD"])
     async def page():
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
@@ -304,7 +311,7 @@ def prepare(state: ServerState, job: Job) -> tuple[list[list[int]], list[str], i
     ctx = _ctx(state)
     max_new = job.max_tokens or max(1, min(state.config.default_max_tokens, ctx - longest))
     try:
-        check_fits(model, longest, max_new, ctx)
+        check_fits(model, longest, max_new, ctx, "parameters.max_new_tokens" if job.kind == "hf" else "max_tokens")
     except UserError as e:
         raise bad_request(str(e), "messages" if job.kind == "chat" else "prompt", "context_length_exceeded") from None
     return ids, texts, max_new
@@ -315,7 +322,7 @@ def sampling_for(state: ServerState, job: Job, max_new: int, choice: int):
     tok = state.loaded.tokenizer
     cfg = dataclasses.replace(job.sampling, max_new_tokens=max_new, stop_strings=())
     if job.sampling.seed is not None:
-        cfg = dataclasses.replace(cfg, seed=job.sampling.seed + choice)
+        cfg = dataclasses.replace(cfg, seed=row_seed(job.sampling.seed, choice))
     if job.ignore_eos:
         return cfg
     if job.kind == "chat":
@@ -329,6 +336,11 @@ async def run_job(state: ServerState, job: Job, request: Request | None = None) 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + state.config.request_timeout
     ids, texts, max_new = await run_in_threadpool(prepare, state, job)
+    capacity = state.engine.max_batch + state.engine.max_queue
+    if len(ids) * job.n > capacity:  # could never be taken whole: a 400, not a 429 to retry in vain
+        raise bad_request(f"this request asks for {len(ids) * job.n} sequences ({len(ids)} prompt(s) x n={job.n}); "
+                          f"this server takes at most {capacity} at a time (its max_batch + max_queue)",
+                          "n" if job.n > 1 else "prompt", "too_many_sequences")
     gens: list[Generation] = []
     try:
         for p in ids:
@@ -341,7 +353,7 @@ async def run_job(state: ServerState, job: Job, request: Request | None = None) 
             g.cancel()
         raise _submit_error(e) from None
     prompt_tokens = sum(len(p) for p in ids)
-    rid, model = protocol.new_id(job.kind), state.loaded.name
+    rid, model = protocol.new_id(job.kind), state.model_id
     if job.stream:
         return SSEResponse(_events(job, gens, rid, model, prompt_tokens, texts, deadline),
                            on_close=lambda: [g.cancel() for g in gens])
@@ -393,13 +405,17 @@ async def _events(job: Job, gens: list[Generation], rid: str, model: str, prompt
                   texts: list[str], deadline: float) -> AsyncIterator[bytes]:
     """The stream: OpenAI chunks then [DONE], or TGI's token events; an error event if the request fails."""
     try:
-        if job.kind == "hf":
-            g, pieces = gens[0], []
+        if job.kind == "hf":  # each piece one event behind, so that the last one goes out with the final event
+            g, pieces, held = gens[0], [], None
             async for piece in g.pieces(deadline):
+                if held is not None:
+                    yield sse(protocol.hf_token_event(*held))
+                held = (g.last_token, piece)
                 pieces.append(piece)
-                yield sse(protocol.hf_token_event(g.last_token, piece))
             full = (texts[0] if job.return_full_text else "") + "".join(pieces)
-            yield sse(protocol.hf_final_event(g.last_token, "", full, g.finish_reason, g.completion_tokens))
+            last_id, last = held if held is not None else (g.last_token, "")
+            yield sse(protocol.hf_final_event(last_id, last, full, g.finish_reason, g.completion_tokens,
+                                              g.stop_sequence))
             return
         if job.kind == "chat":
             for i in range(len(gens)):

@@ -108,6 +108,7 @@ class Engine:
         self.batch = DecodeBatch(model, max_batch, self.max_len)
         self._queue: deque[Handle] = deque()
         self._rows: dict[int, Handle] = {}  # id(request) -> handle, for requests in the batch
+        self._joining: list[Handle] = []  # taken off the queue, being prefilled (in neither of the above yet)
         self._cond = threading.Condition()
         self._accepting, self._drain, self._stop = True, True, False
         self._thread: threading.Thread | None = None
@@ -154,11 +155,15 @@ class Engine:
         with self._cond:
             if not self._accepting:
                 raise EngineStopped("the server is shutting down and takes no new requests")
-            if len(self._queue) >= self.max_queue + self.max_batch - len(self._rows):  # rows busy, queue full
+            if self.in_flight() >= self.max_queue + self.max_batch:  # every row busy, max_queue waiting
                 raise QueueFull(len(self._queue), self._retry_after())
             self._queue.append(handle)
             self._cond.notify_all()
         return handle
+
+    def in_flight(self) -> int:
+        """Requests accepted and not finished: waiting, being prefilled, or generating (call under the lock)."""
+        return len(self._queue) + len(self._joining) + len(self._rows)
 
     def stats(self) -> EngineStats:
         with self._cond:
@@ -191,10 +196,11 @@ class Engine:
             log.exception("the engine thread failed")
             with self._cond:
                 self._accepting = False
-                for h in [*self._queue, *self._rows.values()]:
+                for h in [*self._queue, *self._joining, *self._rows.values()]:
                     self._finish(h, "error")
                 self._queue.clear()
                 self._rows.clear()
+                self._joining = []
 
     def _next_work(self) -> list[Handle] | None:
         """Wait for something to do; take the waiting requests that fit the free rows. None: time to exit."""
@@ -208,7 +214,8 @@ class Engine:
                     return None
                 if self._queue or self._rows:
                     n = min(self.batch.free, len(self._queue))
-                    return [self._queue.popleft() for _ in range(n)]
+                    self._joining = [self._queue.popleft() for _ in range(n)]
+                    return list(self._joining)
                 if self._stop:
                     return None
                 self._cond.wait()
@@ -236,8 +243,11 @@ class Engine:
             log.exception("prefill failed")
             for h in handles:
                 self._finish(h, "error")
+            with self._cond:
+                self._joining = []
             return
         with self._cond:
+            self._joining = []
             for h, req in zip(handles, reqs):
                 h.request = req
                 if req.row >= 0:

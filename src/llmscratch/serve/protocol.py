@@ -74,6 +74,8 @@ def get_int(body: Mapping, name: str, default: int | None = None, lo: int | None
     value = body.get(name)
     if value is None:
         return default
+    if isinstance(value, float) and not math.isfinite(value):  # NaN, Infinity, 1e400 (JSON as Python reads it)
+        raise bad_request(f"{label} must be an integer, not {value}", label, "invalid_type")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
         raise _wrong_type(label, "an integer", value)
     value = int(value)
@@ -137,8 +139,25 @@ def _sampling(temperature: float, top_p: float | None, top_k: int | None, seed: 
                           stop_strings=stops)
 
 
+# OpenAI fields we do not implement, with the values that ask for nothing (accepted); any other value is a 400
+# rather than an answer that silently lacks what was asked for
+_UNSUPPORTED = {"logprobs": (None, False, 0), "top_logprobs": (None, 0), "tools": (None, []), "functions": (None, []),
+                "tool_choice": (None, "none", "auto"), "function_call": (None, "none", "auto"), "suffix": (None, ""),
+                "best_of": (None, 1), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
+                "logit_bias": (None, {}), "response_format": (None, {"type": "text"})}
+
+
+def _refuse_unsupported(body: Mapping) -> None:
+    for name, fine in _UNSUPPORTED.items():
+        value = body.get(name)
+        if not any(value == f and isinstance(value, bool) == isinstance(f, bool) for f in fine):
+            raise bad_request(f"{name} is not supported by this server (got {json.dumps(value)[:80]})", name,
+                              "unsupported")
+
+
 def _openai_common(body: Mapping, kind: str, max_n: int, max_tokens_limit: int) -> Job:
     """The fields chat completions and completions share."""
+    _refuse_unsupported(body)
     max_tokens = get_int(body, "max_completion_tokens", label="max_completion_tokens")
     name = "max_completion_tokens" if max_tokens is not None else "max_tokens"
     if max_tokens is None:
@@ -248,7 +267,8 @@ def parse_hf(body: Mapping, max_tokens_limit: int) -> Job:
         raise _wrong_type("inputs", "a string or a non-empty list of strings", inputs)
     if any(not p for p in prompts):
         raise bad_request("inputs must not be empty; give some text to continue", "inputs", "empty")
-    params = body.get("parameters") or {}
+    params = body.get("parameters")
+    params = {} if params is None else params
     if not isinstance(params, dict):
         raise _wrong_type("parameters", "an object", params)
     p = "parameters."
@@ -352,11 +372,13 @@ def hf_token_event(token_id: int | None, text: str) -> dict:
             "details": None}
 
 
-def hf_final_event(token_id: int | None, text: str, full_text: str, finish_reason: str, tokens: int) -> dict:
-    """TGI's last event: the last piece plus the whole generated text and details."""
+def hf_final_event(token_id: int | None, text: str, full_text: str, finish_reason: str, tokens: int,
+                   stop_sequence: bool = False) -> dict:
+    """TGI's last event: the last piece plus the whole generated text and details (finish reason eos_token,
+    stop_sequence when a stop string ended it, or length)."""
+    reason = "length" if finish_reason != "stop" else "stop_sequence" if stop_sequence else "eos_token"
     return {"token": {"id": token_id, "text": text, "logprob": None, "special": False}, "generated_text": full_text,
-            "details": {"finish_reason": "eos_token" if finish_reason == "stop" else "length",
-                        "generated_tokens": tokens}}
+            "details": {"finish_reason": reason, "generated_tokens": tokens}}
 
 
 def sse(data: Any) -> bytes:

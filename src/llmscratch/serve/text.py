@@ -34,6 +34,7 @@ class Generation:
         self.finish_reason: str | None = None
         self.completion_tokens = 0
         self.last_token: int | None = None
+        self.stop_sequence = False  # a stop string ended it (finish_reason "stop" too)
         self.done = False  # the engine has finished with this sequence
 
     def submit(self, engine, prompt_ids: Sequence[int], cfg) -> None:
@@ -65,6 +66,10 @@ class Generation:
                 item = await asyncio.wait_for(self.queue.get(), timeout=max(remaining, 0.0))
             except asyncio.TimeoutError:
                 self.cancel()
+                if self.completion_tokens == 0:  # it never got a row: the server is busy, not the request long
+                    raise APIError(504, "the request waited longer than the server's time limit without getting its "
+                                   "turn (the server is busy); try again later", "timeout_error", None,
+                                   "timeout") from None
                 raise APIError(504, "the request took longer than the server's time limit and was cut; ask for "
                                "fewer tokens (max_tokens)", "timeout_error", None, "timeout") from None
             if isinstance(item, _Done):
@@ -80,7 +85,7 @@ class Generation:
         self.last_token = token_id
         piece = self.text.feed(token_id)
         if self.text.stopped:
-            self.finish_reason = "stop"
+            self.finish_reason, self.stop_sequence = "stop", True
             self.cancel()
         return piece
 

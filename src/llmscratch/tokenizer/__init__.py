@@ -14,6 +14,25 @@ from llmscratch.tokenizer.sentencepiece import SentencePieceTokenizer
 from llmscratch.tokenizer.train import train
 
 
+def fingerprint(tokenizer) -> str | None:
+    """A short hash of what each id of `tokenizer` stands for (its bytes or piece, in id order): two tokenizers
+    with one fingerprint give ids the same meaning. None for an object that is not one of our tokenizers."""
+    import hashlib
+
+    h = hashlib.sha256()
+    if isinstance(tokenizer, Tokenizer):
+        for i in range(tokenizer.vocab_size):
+            b = tokenizer._id_to_bytes[i]
+            h.update(b"\xff" if b is None else len(b).to_bytes(4, "little") + b)
+    elif isinstance(tokenizer, SentencePieceTokenizer):
+        for p in tokenizer.pieces:
+            b = p.encode("utf-8")
+            h.update(len(b).to_bytes(4, "little") + b)
+    else:
+        return None
+    return h.hexdigest()[:16]
+
+
 def encode_prompt(tokenizer, text: str, allowed_special="all") -> list[int]:
     """Ids of a prompt: special tokens in the text allowed (or only `allowed_special`, as `encode` takes it), and
     the BOS token first when the tokenizer's model expects one (`add_bos`, Gemma) and the ids do not already start
@@ -26,6 +45,6 @@ def encode_prompt(tokenizer, text: str, allowed_special="all") -> list[int]:
 
 
 __all__ = [
-    "PreTokenizer", "SentencePieceTokenizer", "Tokenizer", "encode_prompt", "get_pre_tokenizer", "load_tokenizer",
-    "train",
+    "PreTokenizer", "SentencePieceTokenizer", "Tokenizer", "encode_prompt", "fingerprint", "get_pre_tokenizer",
+    "load_tokenizer", "train",
 ]

@@ -48,13 +48,21 @@ def read_gpt2_folder(folder: str | os.PathLike) -> Tokenizer:
 # ---------------------------------------------------------------------- load_tokenizer
 
 
+def _gguf_tokenizer(path: Path):
+    """The tokenizer in a .gguf file's metadata (no weights read)."""
+    from llmscratch.weights.gguf import open_gguf, tokenizer_from_gguf
+
+    return tokenizer_from_gguf(open_gguf(path))
+
+
 def load_tokenizer(spec: str | os.PathLike):
     """A tokenizer from a short spec.
 
     - "gpt2": GPT-2's tokenizer (files fetched through the data registry, entry "gpt2-bpe");
     - a file saved by `Tokenizer.save` or `SentencePieceTokenizer.save`;
     - a Hugging Face tokenizer.json, or a folder that holds one;
-    - a folder holding GPT-2-style encoder.json and vocab.bpe.
+    - a folder holding GPT-2-style encoder.json and vocab.bpe;
+    - a .gguf file, or a registered model's name (`llmscratch models list`): the tokenizer it carries.
     """
     spec = os.fspath(spec)
     if canonical_name(spec) == "gpt2" and not Path(spec).exists():
@@ -70,6 +78,8 @@ def load_tokenizer(spec: str | os.PathLike):
         if (path / "encoder.json").is_file() and (path / "vocab.bpe").is_file():
             return read_gpt2_folder(path)
         raise UserError(f"tokenizer folder {path} holds neither tokenizer.json nor encoder.json + vocab.bpe")
+    if path.is_file() and path.suffix == ".gguf":
+        return _gguf_tokenizer(path)
     if path.is_file():
         data = read_json(path, "tokenizer file")
         if isinstance(data, dict) and data.get("format") == FORMAT:
@@ -79,6 +89,13 @@ def load_tokenizer(spec: str | os.PathLike):
         if isinstance(data, dict) and "model" in data:
             return read_hf_tokenizer_json(path)
         raise UserError(f"{path} is neither an llmscratch tokenizer file nor a Hugging Face tokenizer.json")
+    from llmscratch.weights.registry import MODELS  # the tokenizer of a registered model
+
+    if spec in MODELS:
+        from llmscratch.weights.registry import fetch
+
+        return load_tokenizer(fetch(spec))  # a .gguf file or a folder
     raise UserError(
-        f"unknown tokenizer {spec!r}: tried the name 'gpt2', then a file or folder at {path} (not found)"
+        f"unknown tokenizer {spec!r}: not 'gpt2', not a registered model ({', '.join(MODELS)}), and no file or "
+        f"folder at {path}"
     )

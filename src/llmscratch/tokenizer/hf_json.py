@@ -181,7 +181,8 @@ def pre_tokenizer_to_hf(pre: PreTokenizer) -> dict:
 def hf_tokenizer_json(tok) -> dict:
     """The content of a Hugging Face tokenizer.json equivalent to our byte-level BPE tokenizer `tok`.
 
-    Merges are written in our priority order; special tokens become added tokens. UserError for a vocabulary
+    Merges are written in our priority order; special tokens are in the vocabulary with their ids and are added
+    tokens. UserError for a vocabulary
     that lists the same bytes under two ids (tokenizer.json cannot say that).
     """
     specials = dict(tok.special_tokens)
@@ -196,6 +197,8 @@ def hf_tokenizer_json(tok) -> dict:
         vocab[text] = i
     by_id = {i: t for t, i in vocab.items()}
     merges = [f"{by_id[a]} {by_id[b]}" for a, b in tok.merges]
+    for t, i in specials.items():  # in the vocabulary too (as Hugging Face's own files have them): an added token
+        vocab.setdefault(t, i)     # missing from it gets a new id after the vocabulary, not its own
     added = [
         {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
          "special": True}

@@ -62,7 +62,7 @@ class TrainConfig:
         """Raise UserError for settings that cannot work, before any work starts."""
         check_fields(self)
         if self.min_lr is not None and self.min_lr > self.lr:
-            raise UserError(f"min_lr must be <= lr ({self.lr:g}), got {self.min_lr:g}")
+            raise UserError(f"min_lr must be <= lr ({self.lr:g}), got {self.min_lr:g}", params=("min_lr", "lr"))
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

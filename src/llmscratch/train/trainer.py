@@ -77,6 +77,60 @@ class TrainResult:
     stop_reason: str | None = None  # "early stopping", "time limit", or None (all steps done)
 
 
+RUN_FOLDERS = ("checkpoints", "final", "best", "tensorboard")  # a run's own: a new run (not resumed) deletes them
+RUN_FILES = ("metrics.jsonl", "loss.png")
+
+
+def check_run_folder(out: str | Path, resume: bool = False, overwrite: bool = False, outputs: tuple[str, ...] = ()
+                     ) -> None:
+    """Refuse, before any work, a run folder `out` that a new run (not `resume`) would damage without
+    `overwrite`: a file in the way, checkpoints or a trained model (final/, best/) of an earlier run, or files by the
+    names a run writes (its own, and the recipe's `outputs`: report.json...) that are not from one of our runs.
+    The Trainer checks its own when it starts; recipes call this first with theirs, before they load or write
+    anything."""
+    out = Path(out)
+    if (blocked := file_in_the_way(out)) is not None:
+        raise UserError(f"the output folder {out} cannot be made: {blocked} is a file")
+    if resume or overwrite:
+        return
+    existing = ckpt.list_checkpoints(out / "checkpoints")
+    if existing:
+        raise UserError(f"{out} already holds checkpoints ({existing[-1].name}); resume=True continues that run, "
+                        "overwrite=True starts again there, or choose another output folder",
+                        params=("resume", "overwrite"))
+    models = [n for n in ("final", "best") if (out / n).exists()]
+    if models:
+        raise UserError(f"{out} already holds a trained model ({models[0]}/) from an earlier run; overwrite=True "
+                        "starts again there (and deletes it), or choose another output folder", params=("overwrite",))
+    config = out / "train_config.json"
+    ours_beside = _is_train_config(config)
+    if (config.exists() or config.is_symlink()) and not ours_beside:
+        raise FolderInUse(config, "is not from one of our runs")
+    for name in (*RUN_FOLDERS, *RUN_FILES, *outputs):
+        path = out / name
+        if not path.exists() and not path.is_symlink():
+            continue
+        if name in ("final", "best"):
+            reason = folder_problem(path)
+        else:
+            reason = None if ours_beside and not path.is_symlink() else "is not from one of our runs"
+        if reason is not None:
+            raise FolderInUse(path, reason)
+
+
+def _is_train_config(path: Path) -> bool:
+    """Whether `path` is a train_config.json one of our runs wrote (a regular file holding a TrainConfig)."""
+    import json
+
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"lr", "batch_size", "seed"} <= set(data)
+
+
 class Trainer:
     """Train `model` on `task` as `cfg` says; checkpoints, metrics.jsonl, loss.png and final/ go to cfg.out_dir.
 
@@ -160,8 +214,8 @@ class Trainer:
 
         def first(signum, frame):
             signal.signal(signal.SIGINT, previous)
-            self.echo(f"Ctrl-C: stopping after step {self.state.step + 1} with a checkpoint (Ctrl-C again: stop "
-                      "now, losing the steps since the last checkpoint)")
+            self.echo("Ctrl-C: stopping after the current step with a checkpoint (Ctrl-C again: stop now, losing "
+                      "the steps since the last checkpoint)")
             self.stop("interrupted")
 
         previous = signal.signal(signal.SIGINT, first)
@@ -326,41 +380,15 @@ class Trainer:
         self._emit("on_fit_start")
 
     def _prepare_out_dir(self) -> None:
-        if (blocked := file_in_the_way(self.out)) is not None:
-            raise UserError(f"the output folder {self.out} cannot be made: {blocked} is a file")
-        existing = ckpt.list_checkpoints(self.out / "checkpoints")
-        if existing and not self.resume and not self.overwrite:
-            raise UserError(f"{self.out} already holds checkpoints ({existing[-1].name}); resume=True continues that "
-                            "run, overwrite=True starts again there, or choose another output folder",
-                            params=("resume", "overwrite"))
+        check_run_folder(self.out, self.resume, self.overwrite)
         if self.info.is_main:
-            if not self.resume and not self.overwrite:
-                self._check_outputs_are_ours()
             self.out.mkdir(parents=True, exist_ok=True)
             if not self.resume:
-                for name in self.RUN_FOLDERS:
+                for name in RUN_FOLDERS:
                     shutil.rmtree(self.out / name, ignore_errors=True)
-                for name in self.RUN_FILES:
+                for name in RUN_FILES:
                     (self.out / name).unlink(missing_ok=True)
         dist_.barrier()
-
-    RUN_FOLDERS = ("checkpoints", "final", "best", "tensorboard")
-    RUN_FILES = ("metrics.jsonl", "loss.png")
-
-    def _check_outputs_are_ours(self) -> None:
-        """Refuse to start over in a folder whose run outputs (final/, best/, metrics.jsonl...) are not ours: a
-        model folder of our format may go, anything else stays unless overwrite=True."""
-        ours_beside = (self.out / "train_config.json").is_file()
-        for name in self.RUN_FOLDERS + self.RUN_FILES:
-            path = self.out / name
-            if not path.exists() and not path.is_symlink():
-                continue
-            if name in ("final", "best"):
-                reason = folder_problem(path)
-            else:
-                reason = None if ours_beside and not path.is_symlink() else "is not from one of our runs"
-            if reason is not None:
-                raise FolderInUse(path, reason)
 
     def _resume(self) -> None:
         """Load the newest good checkpoint (the same one on every rank) and restore the RNGs."""
@@ -404,6 +432,10 @@ class Trainer:
             if saved.get(key) != getattr(self.cfg, key):
                 self.echo(f"warning: {key} was {saved.get(key)!r} in the checkpoint and is {getattr(self.cfg, key)!r} "
                           "now; the continuation will differ from the original run")
+        was, now = (saved.get("extra") or {}).get("data"), (self.cfg.extra or {}).get("data")
+        if was is not None and now is not None and str(was) != str(now):
+            self.echo(f"warning: the data was {was!r} in the checkpoint and is {now!r} now; the continuation trains "
+                      "on other data than the original run")
         if state.world_size != self.info.world_size:
             self.echo(f"warning: the checkpoint was written by {state.world_size} processes, now "
                       f"{self.info.world_size}: the data order of the current epoch changes")
@@ -461,7 +493,8 @@ def plan_steps(task: Task, cfg: TrainConfig, world_size: int) -> tuple[int, int]
     if per_epoch == 0:
         raise UserError(
             f"not enough training data for one optimizer step: {n_batches} batch(es) of {cfg.batch_size} per "
-            f"process, {cfg.grad_accum} needed per step; use a smaller batch size, context or grad_accum, or more data"
+            f"process, {cfg.grad_accum} needed per step; use a smaller batch_size, context or grad_accum, or more data",
+            params=("batch_size", "grad_accum"),
         )
     total = cfg.epochs * per_epoch
     return per_epoch, total if cfg.max_steps is None else min(total, cfg.max_steps)

@@ -83,6 +83,19 @@ def _load_model(spec, device, dtype, progress: bool, gguf_blocks: bool = False) 
         from llmscratch.weights.hf import hub_download
 
         return load_path(hub_download(text), text, device, dtype, f"hub:{text}", progress)
+    check_model_name(text)
+    raise AssertionError("unreachable")
+
+
+def check_model_name(spec: str | os.PathLike) -> None:
+    """A UserError unless `spec` names a model `load_model` can look for: an existing file or folder, a registered
+    model, a preset or a Hugging Face Hub id (checked without loading or downloading anything)."""
+    from llmscratch.model import PRESETS
+    from llmscratch.weights.registry import MODELS
+
+    text = os.fspath(spec)
+    if Path(text).expanduser().exists() or text in MODELS or text in PRESETS or _looks_like_hub_id(text):
+        return
     raise UserError(
         f"unknown model {text!r}: not a file or folder, not a registered model ({', '.join(MODELS)}), not a "
         f"preset ({', '.join(PRESETS)}), not a Hugging Face Hub id (owner/name)"
@@ -102,7 +115,8 @@ def load_path(
         from llmscratch.weights.gguf import load_gguf
 
         g = load_gguf(path, device, dtype, progress=progress, keep_quantized=gguf_blocks)
-        return LoadedModel(g.model, g.tokenizer, g.name, g.chat_template, source or f"gguf:{path}")
+        # a registered name or Hub id as the user gave it; a file by the name it carries
+        return LoadedModel(g.model, g.tokenizer, name if source else g.name, g.chat_template, source or f"gguf:{path}")
     if path.is_dir() and is_checkpoint(path):
         model, tok, template = load_checkpoint(path, device, dtype)
         return LoadedModel(model, tok, name, template, source or f"ours:{path}")
@@ -185,4 +199,5 @@ def _looks_like_hub_id(text: str) -> bool:
     return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
 
 
-__all__ = ["LoadedModel", "load_model", "load_path", "load_preset", "model_config", "registered_config"]
+__all__ = ["LoadedModel", "check_model_name", "load_model", "load_path", "load_preset", "model_config",
+           "registered_config"]

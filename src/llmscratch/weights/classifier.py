@@ -150,7 +150,8 @@ def restore_trained(model: nn.Module, folder: str | Path, info: ClassifierInfo) 
     """Put the tensors of `classifier.safetensors` into a model built as `info` says (head + trainable set)."""
     path = Path(folder) / WEIGHTS_FILE
     if not path.is_file():
-        raise UserError(f"{folder} has {CONFIG_FILE} but no {WEIGHTS_FILE}")
+        raise UserError(f"{folder} has {CONFIG_FILE} but no {WEIGHTS_FILE}: its run stopped before the end; the "
+                        "same `llmscratch finetune classify ... --resume` finishes it")
     tensors = upgrade_state_dict(load_file(str(path)))  # a classifier saved before gate and up were fused
     params = dict(model.named_parameters())
     expected = {n for n, p in params.items() if p.requires_grad}

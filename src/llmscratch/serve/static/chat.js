@@ -37,7 +37,14 @@ async function errorText(response) {
 }
 
 async function loadModel() {
-  const response = await fetch("/v1/models", { headers: headers() });
+  let response;
+  try {
+    response = await fetch("v1/models", { headers: headers() });  // relative: works behind a path prefix too
+  } catch (e) {  // the server is not reachable (yet): try again
+    $("model").textContent = "(server unreachable, retrying…)";
+    setTimeout(loadModel, 2000);
+    return;
+  }
   if (response.status === 401) {
     $("key-label").hidden = false;
     $("model").textContent = "(API key needed)";
@@ -48,7 +55,12 @@ async function loadModel() {
     setTimeout(loadModel, 2000);
     return;
   }
-  const body = await response.json();
+  const body = await response.json().catch(() => null);
+  if (!response.ok || !body || !Array.isArray(body.data) || !body.data.length) {
+    const message = body && body.error ? body.error.message : `HTTP ${response.status}`;
+    $("model").textContent = `(error: ${message})`;
+    return;
+  }
   $("model").textContent = body.data[0].id;
   const context = body.data[0].context_length;
   $("max-tokens").max = context;
@@ -88,7 +100,7 @@ async function send(text) {
   controller = new AbortController();
   let reply = "", finish = null, failed = false;
   try {
-    const response = await fetch("/v1/chat/completions", {
+    const response = await fetch("v1/chat/completions", {
       method: "POST", headers: headers(), signal: controller.signal,
       body: JSON.stringify({
         model: $("model").textContent, messages, stream: true,

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from llmscratch.data.pretrain import EpochSampler, TokenFile, WindowDataset, encode_text, split_train_val
+from llmscratch.tokenizer import fingerprint
 from llmscratch.train.tasks import BaseTask
 from llmscratch.utils import UserError
 
@@ -114,7 +115,8 @@ def load_pretrain_data(
         if path.suffix == ".bin":
             return _token_file_data(path, tokenizer, context, stride, train_ratio)
         try:
-            text = path.read_text(encoding="utf-8")
+            with open(path, encoding="utf-8", newline="") as f:  # line ends as they are (data tokenize's too)
+                text = f.read()
         except UnicodeDecodeError:
             raise UserError(f"{path} is not UTF-8 text (token files end in .bin)") from None
     train_text, val_text = split_train_val(text, train_ratio)
@@ -128,6 +130,11 @@ def _token_file_data(path: Path, tokenizer, context: int, stride: int, train_rat
     if tokenizer is not None and vocab is not None and vocab != tokenizer.vocab_size:
         raise UserError(f"{path} was tokenized with a {vocab}-token vocabulary "
                         f"({tokens.header.tokenizer.get('spec')}), but the tokenizer has {tokenizer.vocab_size}")
+    recorded = tokens.header.tokenizer.get("fingerprint")
+    if tokenizer is not None and recorded and fingerprint(tokenizer) not in (None, recorded):
+        raise UserError(f"{path} was tokenized with another tokenizer ({tokens.header.tokenizer.get('spec')}) than "
+                        "the one given: its ids would stand for other tokens; give that tokenizer, or tokenize the "
+                        "text again with this one")
     train_ids, val_ids = split_train_val(tokens, train_ratio)
     return _windows(train_ids, val_ids, context, stride, str(path), train_ratio)
 
