@@ -157,3 +157,19 @@ def test_bos_comes_first_for_models_that_expect_it_also_with_a_template_without_
     assert chat_prompt_ids(tok, plain, [{"role": "user", "content": "hi"}]) == [257, *b"hi"]
     with_bos = "{{ bos_token }}" + plain
     assert chat_prompt_ids(tok, with_bos, [{"role": "user", "content": "hi"}]) == [257, *b"hi"]
+
+
+def test_default_lengths_fit_a_small_models_context(capsys, tmp_path):
+    """Without --max-new-tokens, generate (50) and chat (256) ask for no more than a 64-token model holds; given
+    explicitly, a length that does not fit is refused."""
+    prompt = "ab " * 19  # 57 tokens of gpt2-tiny's byte-level vocabulary: 7 left
+    main(["generate", "--model", "gpt2-tiny", "--prompt", prompt])
+    err = capsys.readouterr().err
+    assert "note: at most 7 new tokens" in err and "7 tokens in" in err
+    with pytest.raises(SystemExit):
+        main(["generate", "--model", "gpt2-tiny", "--prompt", prompt, "--max-new-tokens", "50"])
+    assert "--max-new-tokens (50) exceeds" in capsys.readouterr().err
+    template = tmp_path / "t.jinja"
+    template.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    main(["chat", "--model", "gpt2-tiny", "--message", "hi", "--template", str(template)])
+    assert "replies of at most 32 tokens" in capsys.readouterr().err

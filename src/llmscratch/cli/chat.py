@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 HELP = "commands: /reset (forget the conversation), /exit (quit); Ctrl-D or Ctrl-C also quit"
@@ -26,7 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature, 0 = greedy (default 0.7)")
     p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default 0.9)")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="longest reply in tokens (default 256)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="longest reply in tokens (default 256, or half the model's context when that is less)")
     p.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
     p.add_argument("--device", default=None, help="cpu, cuda, mps or auto (default: best available)")
     p.add_argument("--source", choices=["auto", "hub", "wheel"], default=None,
@@ -44,8 +46,8 @@ def _chat(args: argparse.Namespace) -> None:
     from llmscratch.utils import UserError, pick_device, read_text_file
 
     sampling = SamplingConfig(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        seed=args.seed,
+        max_new_tokens=256 if args.max_new_tokens is None else args.max_new_tokens, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, seed=args.seed,
     )
     sampling.validate()
     if args.message is not None and not args.message.strip():
@@ -62,6 +64,11 @@ def _chat(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     loaded = load_model(resolve(args.model, args.source), device=device, quantize=args.quantize)
     prepare_decoding(device, loaded.model)
+    half = loaded.model.config.context_length // 2
+    if args.max_new_tokens is None and 0 < half < sampling.max_new_tokens:  # a small model: room for the prompt
+        sampling = dataclasses.replace(sampling, max_new_tokens=half)
+        print(f"note: replies of at most {half} tokens, half the model's context (--max-new-tokens sets it)",
+              file=sys.stderr)
     session = ChatSession(loaded.model, loaded.tokenizer, template or loaded.chat_template, sampling, args.system)
     if args.message is not None:
         _answer(session, args.message)

@@ -17,7 +17,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("--model", required=True, help="model name or path (see above)")
     p.add_argument("--prompt", required=True, help="the text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=50, help="most tokens to generate (default 50)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="most tokens to generate (default 50, or what the model's context leaves after the prompt "
+                   "when that is less)")
     p.add_argument("--temperature", type=float, default=0.0,
                    help="sampling temperature; 0 (default) picks the most likely token every time (greedy)")
     p.add_argument("--top-k", type=int, default=None, help="sample only among the K most likely tokens")
@@ -42,7 +44,12 @@ def register(subparsers) -> None:
     p.set_defaults(func=_generate)
 
 
+DEFAULT_NEW_TOKENS = 50
+
+
 def _generate(args: argparse.Namespace) -> None:
+    import dataclasses
+
     import torch
 
     from llmscratch.generate import GenerationStats, SamplingConfig, compile_decoding, generate_text, stream_text
@@ -52,8 +59,9 @@ def _generate(args: argparse.Namespace) -> None:
     from llmscratch.weights import load_model
 
     cfg = SamplingConfig(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        seed=args.seed, stop_strings=tuple(args.stop),
+        max_new_tokens=DEFAULT_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+        stop_strings=tuple(args.stop),
     )
     cfg.validate()
     if not args.prompt:
@@ -69,6 +77,12 @@ def _generate(args: argparse.Namespace) -> None:
     tok = loaded.tokenizer
     if tok is None:
         raise UserError(f"model {args.model!r} has no tokenizer, so it cannot read a text prompt")
+    if args.max_new_tokens is None:  # the default: no more than the context leaves (a small trained model's)
+        room = loaded.model.config.context_length - len(encode_prompt(tok, args.prompt))
+        if 0 < room < cfg.max_new_tokens:
+            cfg = dataclasses.replace(cfg, max_new_tokens=room)
+            print(f"note: at most {room} new tokens: the model's context holds "
+                  f"{loaded.model.config.context_length} tokens (--max-new-tokens sets it)", file=sys.stderr)
     use_cache = not args.no_kv_cache
     stats = GenerationStats()
     if args.stream:
