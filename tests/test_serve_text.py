@@ -65,3 +65,22 @@ def test_bodies_become_sampling_configs():
         parse_chat({"messages": [{"role": "user", "content": "a"}], "seed": 1.5}, 4, 100)
     with pytest.raises(APIError, match="stream_options.include_usage must be true or false"):
         parse_chat({"messages": [{"role": "user", "content": "a"}], "stream_options": {"include_usage": 1}}, 4, 100)
+
+
+def test_a_time_limit_says_whether_the_request_ever_got_a_row():
+    import asyncio
+    from types import SimpleNamespace
+
+    from llmscratch.serve.text import Generation
+
+    async def cut(request) -> str:
+        g = Generation(asyncio.get_running_loop(), byte_tokenizer())
+        g.handle = SimpleNamespace(request=request, cancel=lambda: None)
+        with pytest.raises(APIError) as e:
+            async for _ in g.pieces(asyncio.get_running_loop().time()):  # the deadline is now
+                pass
+        assert e.value.status == 504
+        return e.value.message
+
+    assert "without getting its turn (the server is busy)" in asyncio.run(cut(None))  # still waiting for a row
+    assert "ask for fewer tokens" in asyncio.run(cut(object()))  # it was generating

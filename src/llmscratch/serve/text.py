@@ -66,7 +66,7 @@ class Generation:
                 item = await asyncio.wait_for(self.queue.get(), timeout=max(remaining, 0.0))
             except asyncio.TimeoutError:
                 self.cancel()
-                if self.completion_tokens == 0:  # it never got a row: the server is busy, not the request long
+                if self.handle is not None and self.handle.request is None:  # never got a row: the server is busy
                     raise APIError(504, "the request waited longer than the server's time limit without getting its "
                                    "turn (the server is busy); try again later", "timeout_error", None,
                                    "timeout") from None
