@@ -368,3 +368,20 @@ def test_more_mistakes_are_one_clear_line(capsys, tmp_path):
     assert "is a file; verify checks the model folder" in _error(capsys, "deploy", "verify", afile)
     assert "neither a registered model" in _error(capsys, "demo", "--real-model", "nosuch", "--out", tmp_path / "d")
     assert not (tmp_path / "d").exists()  # refused before any work
+
+
+def test_bench_and_classify_mistakes_found_by_a_new_user(capsys, tmp_path):
+    """Each used to be a traceback or to fail only after the benchmark had run."""
+    assert "--clients must list at least one client count" in _error(
+        capsys, "bench", "serve", "--model", "llama-tiny", "--clients", "", "--requests", "1")
+    assert _error(capsys, "bench", "serve", "--model", "nope").startswith("llmscratch: error: unknown model 'nope'")
+    (tmp_path / "afile").write_text("x")
+    assert "cannot be made: " in _error(capsys, "bench", "train", "--quick", "--no-transformers", "--out",
+                                        tmp_path / "afile")
+    folder = tmp_path / "k1"
+    folder.mkdir()
+    (folder / "classifier.safetensors").write_bytes(b"")
+    (folder / "classifier.json").write_text(
+        '{"format": "llmscratch-classifier", "version": 1, "label_names": ["a", "b"], "max_length": 16, '
+        '"base_fingerprint": "x", "pad_id": 0, "tokenizer": "gpt2", "base_model": "llama-tiny", "trainable": "abc"}')
+    assert "classifier.json is damaged" in _error(capsys, "classify", "--model", folder, "--text", "hi")

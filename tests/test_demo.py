@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import shlex
 
+import pytest
+
 from llmscratch.cli import main
 from llmscratch.recipes.demo import DemoSettings, load_corpus, run
 
@@ -50,3 +52,22 @@ def test_corpus_choice(monkeypatch, tmp_path):
     assert len(text) > 100_000 and "pydoc" in description
     (tmp_path / "c.txt").write_text("hello")
     assert load_corpus(str(tmp_path / "c.txt"))[0] == "hello"
+
+
+def test_demo_keeps_a_users_files(tmp_path, capsys):
+    """--out over a folder that is not an earlier demo's is refused before any work; an earlier demo's is reused."""
+    user = tmp_path / "mine"
+    (user / "train" / "final").mkdir(parents=True)
+    (user / "train" / "final" / "notes.txt").write_text("mine")
+    (user / "sample.txt").write_text("notes")
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--quick", "--no-progress", "--out", str(user)])
+    assert e.value.code == 2 and "is not an earlier demo's output folder" in capsys.readouterr().err
+    assert (user / "sample.txt").read_text() == "notes" and (user / "train" / "final" / "notes.txt").exists()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "thesis.tex").write_text("x")
+    with pytest.raises(SystemExit):
+        main(["demo", "--quick", "--no-progress", "--out", str(tmp_path / "other")])
+    assert "holds thesis.tex" in capsys.readouterr().err
+    main(["demo", "--quick", "--no-progress", "--out", str(tmp_path / "d")])
+    main(["demo", "--quick", "--no-progress", "--out", str(tmp_path / "d")])  # an earlier demo: run again there

@@ -51,10 +51,12 @@ class ServeBenchConfig:
     extra_args: tuple[str, ...] = setting((), "more `llmscratch serve` flags", cli=False)
 
     def __post_init__(self) -> None:
-        check_fields(self)
+        self.validate()
 
     def validate(self) -> None:
         check_fields(self)
+        if not self.clients:
+            raise UserError("clients must list at least one client count (e.g. 1,4,8)", params="clients")
 
 
 @dataclass

@@ -37,6 +37,7 @@ class DemoSettings:
     real_model: str | None = setting("smollm2-135m-instruct", "registered chat model that answers --question at "
                                      "the end; 'none' skips that step (fetched once into the cache; --quick: none)")
     question: str = setting("What is the capital of France?", "the question for --real-model")
+    overwrite: bool = setting(False, "write into --out even when it holds files that are not an earlier demo's")
     vocab_size: int = setting(1024, "BPE vocabulary size", ge=258, cli=False)
     context: int = setting(128, "context length", ge=2, cli=False)
     stride: int = setting(16, "window stride (windows overlap: every token is seen at several positions)", ge=1,
@@ -81,6 +82,31 @@ class DemoResult:
     seconds: float = 0.0
 
 
+DEMO_OUTPUTS = {"tokenizer.json", "tokenizer.vocab", "sample.txt", "train"}  # what a demo run writes in --out
+
+
+def check_demo_folder(out: Path, overwrite: bool = False) -> None:
+    """Refuse (before any work) an --out folder that holds anything but an earlier demo's outputs, unless
+    `overwrite`: the demo replaces its outputs in place."""
+    import json
+
+    from llmscratch.utils import file_in_the_way
+
+    if (blocked := file_in_the_way(out)) is not None:
+        raise UserError(f"the output folder {out} cannot be made: {blocked} is a file")
+    if overwrite or not out.is_dir() or not any(out.iterdir()):
+        return
+    others = sorted(p.name for p in out.iterdir() if p.name not in DEMO_OUTPUTS)
+    try:
+        earlier = json.loads((out / "train" / "train_config.json").read_text(encoding="utf-8"))["extra"]["demo"]
+    except (OSError, ValueError, KeyError, TypeError):
+        earlier = False
+    if others or not earlier:
+        what = f"holds {', '.join(others[:3])}" if others else "is not an earlier demo's output folder"
+        raise UserError(f"{out} {what}; the demo writes tokenizer.json, train/ and sample.txt there: choose another "
+                        "output folder, or overwrite=True to write there anyway", params=("overwrite",))
+
+
 def run(s: DemoSettings) -> DemoResult:
     """Run the demo steps in order, printing as it goes; outputs under `s.out`."""
     import torch
@@ -94,6 +120,7 @@ def run(s: DemoSettings) -> DemoResult:
         raise UserError(f"real_model {name!r} is neither a registered model ({', '.join(MODELS)}), a model file or "
                         "folder, nor a Hugging Face Hub id; 'none' skips that step", params="real_model")
     out = Path(s.out)
+    check_demo_folder(out, s.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     res = DemoResult(out=out)
     started = time.perf_counter()

@@ -139,7 +139,7 @@ def read_classifier_info(folder: str | Path) -> ClassifierInfo:
     try:
         info = ClassifierInfo(**d)
         info.spec  # noqa: B018 (checks the "trainable" entry)
-    except TypeError as e:
+    except (TypeError, ValueError, AttributeError, KeyError) as e:  # a field of the wrong shape
         raise UserError(f"{path} is damaged: {e}") from None
     if not isinstance(getattr(torch, str(info.dtype), None), torch.dtype):
         raise UserError(f"{path}: unknown dtype {info.dtype!r}")
