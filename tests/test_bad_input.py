@@ -362,8 +362,7 @@ def test_more_mistakes_are_one_clear_line(capsys, tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("mine")
     assert "see: llmscratch export --help" in _error(capsys, "export", "--model", "x", "--format", "gguf", "-o", "y")
-    assert "afile: a file is already there, where a folder is needed" in _error(capsys, "demo", "--quick", "--out",
-                                                                               afile)
+    assert "cannot be made: " in _error(capsys, "demo", "--quick", "--out", afile)  # before any work
     assert afile.read_text() == "mine"
     assert "is a file; verify checks the model folder" in _error(capsys, "deploy", "verify", afile)
     assert "neither a registered model" in _error(capsys, "demo", "--real-model", "nosuch", "--out", tmp_path / "d")
