@@ -14,6 +14,7 @@ from datetime import datetime
 from functools import lru_cache
 
 from llmscratch.generate import SamplingConfig, check_fits, stream_text
+from llmscratch.tokenizer import with_bos
 from llmscratch.utils import UserError
 
 # Tokens that end a turn in common chat templates (ChatML, Llama 3, Phi-3, Gemma, Llama 2, GPT-2 style).
@@ -101,7 +102,7 @@ def chat_prompt_ids(tokenizer, template: str, messages: Sequence[Mapping[str, st
     text = render(messages)
     spelled = [i for i, m in enumerate(messages) if any(t in str(m.get("content", "")) for t in specials)]
     if not spelled:  # the usual case
-        return _with_bos(tokenizer, tokenizer.encode(text, allowed_special="all"))
+        return with_bos(tokenizer, tokenizer.encode(text, allowed_special="all"))
     if any(_CONTENT_MARK in str(m.get("content", "")) for m in messages):
         raise UserError(f"messages[{spelled[0]}].content spells a special token of this model's tokenizer, and "
                         "another message holds the character U+E000", params=f"messages[{spelled[0]}].content")
@@ -115,16 +116,7 @@ def chat_prompt_ids(tokenizer, template: str, messages: Sequence[Mapping[str, st
     ids: list[int] = []
     for i, part in enumerate(parts):
         ids += tokenizer.encode(part, allowed_special="all") if i % 2 == 0 else tokenizer.encode_ordinary(part)
-    return _with_bos(tokenizer, ids)
-
-
-def _with_bos(tokenizer, ids: list[int]) -> list[int]:
-    """`ids` with the BOS token first when the tokenizer's model expects one (Gemma) and a template (one of the
-    user's, say) did not write it."""
-    bos = getattr(tokenizer, "bos_id", None)
-    if getattr(tokenizer, "add_bos", False) and bos is not None and ids[:1] != [bos]:
-        return [bos, *ids]
-    return ids
+    return with_bos(tokenizer, ids)
 
 
 class ChatSession:

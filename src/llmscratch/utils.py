@@ -103,16 +103,30 @@ def file_in_the_way(path: str | os.PathLike) -> Path | None:
     return near if near is not None and not near.is_dir() else None
 
 
-def json_format_of(path: str | os.PathLike) -> str | None:
-    """The "format" entry of the JSON object in file `path` (how our files say what they are), or None."""
+def check_folder_can_be_made(out: str | os.PathLike) -> None:
+    """Refuse, before any work, an output folder that a file stands in the way of (itself or a folder above)."""
+    if (blocked := file_in_the_way(out)) is not None:
+        raise UserError(f"the output folder {out} cannot be made: {blocked} is a file")
+
+
+def json_object(path: str | os.PathLike, limit: int = 1 << 28) -> dict | None:
+    """The JSON object in the regular file `path` (how our own files are recognised), or None: no such file, a
+    link, unreadable, larger than `limit` bytes, not JSON, not an object."""
     import json
 
+    path = Path(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.loads(f.read(1 << 26))
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > limit:
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return data.get("format") if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else None
+
+
+def json_format_of(path: str | os.PathLike) -> str | None:
+    """The "format" entry of the JSON object in file `path` (how our files say what they are), or None."""
+    return (json_object(path) or {}).get("format")
 
 
 def check_file_replaceable(path: str | os.PathLike, ours: bool, what: str, overwrite: bool = False) -> None:

@@ -46,32 +46,27 @@ def register(subparsers) -> None:
     )
 
 
-def _out_folder_can_be_made(out) -> None:
-    """Refuse, before a benchmark runs for minutes, an output folder that a file stands in the way of."""
-    from llmscratch.utils import UserError, file_in_the_way
-
-    if (blocked := file_in_the_way(out)) is not None:
-        raise UserError(f"the output folder {out} cannot be made: {blocked} is a file")
-
-
 def _generate(cfg: GenerateBenchConfig) -> None:
     from llmscratch.bench.generate import run_generate_bench
+    from llmscratch.utils import check_folder_can_be_made
 
-    _out_folder_can_be_made(cfg.out)
+    check_folder_can_be_made(cfg.out)
     run_generate_bench(cfg)
 
 
 def _train(cfg: TrainBenchConfig) -> None:
     from llmscratch.bench.train import run_train_bench
+    from llmscratch.utils import check_folder_can_be_made
 
-    _out_folder_can_be_made(cfg.out_dir)
+    check_folder_can_be_made(cfg.out_dir)
     run_train_bench(cfg)
 
 
 def _serve(cfg: ServeBenchConfig) -> None:
     from llmscratch.bench.serve import run_serve_bench
+    from llmscratch.utils import check_folder_can_be_made
     from llmscratch.weights import check_model_name
 
-    _out_folder_can_be_made(cfg.out)
+    check_folder_can_be_made(cfg.out)
     check_model_name(cfg.model)  # before a server is started for it
     run_serve_bench(cfg)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from llmscratch.tokenizer import with_bos
 from llmscratch.utils import UserError, check_input_file
 
 SMS_SPAM_LABELS = ("ham", "spam")
@@ -331,10 +332,7 @@ def encode_text(tokenizer, text: str) -> list[int]:
     as its characters: texts are data, not markup), the BOS token first for models that expect it (Gemma); []
     when the text itself has no tokens."""
     ids = list(tokenizer.encode(text, allowed_special=frozenset(), disallowed_special=()))
-    if not ids:
-        return []
-    bos = getattr(tokenizer, "bos_id", None)
-    return [bos, *ids] if getattr(tokenizer, "add_bos", False) and bos is not None else ids
+    return with_bos(tokenizer, ids) if ids else []
 
 
 class ClassificationDataset(Dataset):

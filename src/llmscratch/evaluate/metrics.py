@@ -124,11 +124,9 @@ class MetricsSpec:
 
 def _is_metrics_file(path: Path) -> bool:
     """Whether `path` holds what `run_metrics` writes (a JSON object with its keys)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and {"responses", "reference", "rouge_l_f1"} <= set(data)
+    from llmscratch.utils import json_object
+
+    return {"responses", "reference", "rouge_l_f1"} <= set(json_object(path) or {})
 
 
 def run_metrics(spec: MetricsSpec) -> dict:

@@ -88,19 +88,14 @@ DEMO_OUTPUTS = {"tokenizer.json", "tokenizer.vocab", "sample.txt", "train"}  # w
 def check_demo_folder(out: Path, overwrite: bool = False) -> None:
     """Refuse (before any work) an --out folder that holds anything but an earlier demo's outputs, unless
     `overwrite`: the demo replaces its outputs in place."""
-    import json
+    from llmscratch.utils import check_folder_can_be_made, json_object
 
-    from llmscratch.utils import file_in_the_way
-
-    if (blocked := file_in_the_way(out)) is not None:
-        raise UserError(f"the output folder {out} cannot be made: {blocked} is a file")
+    check_folder_can_be_made(out)
     if overwrite or not out.is_dir() or not any(out.iterdir()):
         return
     others = sorted(p.name for p in out.iterdir() if p.name not in DEMO_OUTPUTS)
-    try:
-        earlier = json.loads((out / "train" / "train_config.json").read_text(encoding="utf-8"))["extra"]["demo"]
-    except (OSError, ValueError, KeyError, TypeError):
-        earlier = False
+    extra = (json_object(out / "train" / "train_config.json") or {}).get("extra")
+    earlier = isinstance(extra, dict) and extra.get("demo") is True
     if others or not earlier:
         what = f"holds {', '.join(others[:3])}" if others else "is not an earlier demo's output folder"
         raise UserError(f"{out} {what}; the demo writes tokenizer.json, train/ and sample.txt there: choose another "

@@ -37,14 +37,19 @@ def encode_prompt(tokenizer, text: str, allowed_special="all") -> list[int]:
     """Ids of a prompt: special tokens in the text allowed (or only `allowed_special`, as `encode` takes it), and
     the BOS token first when the tokenizer's model expects one (`add_bos`, Gemma) and the ids do not already start
     with it."""
-    ids = list(tokenizer.encode(text, allowed_special=allowed_special))
+    return with_bos(tokenizer, list(tokenizer.encode(text, allowed_special=allowed_special)))
+
+
+def with_bos(tokenizer, ids: list[int]) -> list[int]:
+    """`ids` with the BOS token first when the tokenizer's model expects one (`add_bos`, Gemma) and they do not
+    start with it already."""
     bos = getattr(tokenizer, "bos_id", None)
     if getattr(tokenizer, "add_bos", False) and bos is not None and ids[:1] != [bos]:
-        ids = [bos, *ids]
+        return [bos, *ids]
     return ids
 
 
 __all__ = [
     "PreTokenizer", "SentencePieceTokenizer", "Tokenizer", "encode_prompt", "fingerprint", "get_pre_tokenizer",
-    "load_tokenizer", "train",
+    "load_tokenizer", "train", "with_bos",
 ]

@@ -50,8 +50,9 @@ from llmscratch.utils import (
     UserError,
     atomic_folder,
     atomic_write_text,
-    file_in_the_way,
+    check_folder_can_be_made,
     folder_problem,
+    json_object,
 )
 
 
@@ -89,8 +90,7 @@ def check_run_folder(out: str | Path, resume: bool = False, overwrite: bool = Fa
     The Trainer checks its own when it starts; recipes call this first with theirs, before they load or write
     anything."""
     out = Path(out)
-    if (blocked := file_in_the_way(out)) is not None:
-        raise UserError(f"the output folder {out} cannot be made: {blocked} is a file")
+    check_folder_can_be_made(out)
     if resume or overwrite:
         return
     existing = ckpt.list_checkpoints(out / "checkpoints")
@@ -120,15 +120,7 @@ def check_run_folder(out: str | Path, resume: bool = False, overwrite: bool = Fa
 
 def _is_train_config(path: Path) -> bool:
     """Whether `path` is a train_config.json one of our runs wrote (a regular file holding a TrainConfig)."""
-    import json
-
-    if path.is_symlink() or not path.is_file():
-        return False
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and {"lr", "batch_size", "seed"} <= set(data)
+    return {"lr", "batch_size", "seed"} <= set(json_object(path) or {})
 
 
 class Trainer:

@@ -414,7 +414,7 @@ template <int M, bool Q4, typename S>
 void vnni_range(const llms::XQ& X, int64_t K, const uint8_t* w, const S* s, const S* mn, bool per_row, float* y,
                 int64_t N, int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
-        if (M == 1) vnni_row1<Q4, S>(X, K, w, s, mn, per_row, y, n);
+        if constexpr (M == 1) vnni_row1<Q4, S>(X, K, w, s, mn, per_row, y, n);
         else vnni_row<M, Q4, S>(X, K, w, s, mn, per_row, y, N, n);
     }
 }
