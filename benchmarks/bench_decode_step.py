@@ -3,6 +3,7 @@
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_decode_step.py --model smollm2-135m-instruct --quantize int8
     ... --compile          # the compiled decode step (generate.compiled_decode_step): first-call and steady figures
     ... --profile          # a torch.profiler table of 10 steps (self CPU time per op)
+    ... --small-pages      # weights left on 4 KB pages (by default on 2 MB pages, as serve and chat decode)
 
 Prints the load, then the median ms/step of each round, the best round and the fastest single step (the least
 disturbed by other work on a shared machine). Positions advance every step as in real decoding.
@@ -33,6 +34,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--compile", action="store_true", help="time the compiled decode step")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--small-pages", action="store_true",
+                   help="leave the weights on 4 KB pages (serve and chat move them to 2 MB pages)")
     args = p.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     torch.set_num_threads(args.threads)
@@ -48,7 +51,13 @@ def main() -> None:
         if not args.quantize:
             set_weight_layout(model)
     else:
-        prepare_decoding("cpu", model)
+        import inspect
+
+        if "huge_pages" in inspect.signature(prepare_decoding).parameters:
+            moved = prepare_decoding("cpu", model, huge_pages=not args.small_pages)
+            print(f"weights on 2 MB pages: {moved / 1e6:.1f} MB")
+        else:  # older checkouts
+            prepare_decoding("cpu", model)
     cache = model.new_cache(args.batch, 16 + 10 + args.rounds * args.steps + 20)
     ids = torch.randint(0, 1000, (args.batch, 16))
     tok = torch.full((args.batch, 1), 5)

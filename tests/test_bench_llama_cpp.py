@@ -137,6 +137,10 @@ def test_bench_generate_with_llama_cpp_peer(fake_llama_cpp, tiny_gguf, tmp_path,
     data = run_generate_bench(cfg, echo=lines.append)
     text = "\n".join(lines)
     part = data["models"][0]
+    from llmscratch.model.base import huge_pages_available
+
+    assert part["model"]["weights_on_2mb_pages"] == huge_pages_available()  # decoding as serve and chat do
+    assert ("weights on 2 MB pages" in text) == huge_pages_available()
     files = part["llama_cpp"]["files"]
     assert [f["label"] for f in files] == ["F32 (the file)", "Q8_0 copy"]  # the file is F32: no F32 copy
     assert (tmp_path / "cache" / "gguf-copies" / "tiny.Q8_0.gguf").is_file()

@@ -118,7 +118,7 @@ def test_quantize_gguf_on_another_source_is_refused():
 
 def test_generate_and_serve_take_quantize_gguf(tmp_path, capsys):
     from llmscratch.cli import main
-    from llmscratch.cli.serve import _loader
+    from llmscratch.serve.app import load_served_model
     from llmscratch.serve.config import ServeConfig
 
     rng = np.random.default_rng(0)
@@ -126,7 +126,7 @@ def test_generate_and_serve_take_quantize_gguf(tmp_path, capsys):
     main(["generate", "--model", str(tmp_path / "tiny.gguf"), "--prompt", "hello", "--max-new-tokens", "3",
           "--quantize", "gguf"])
     assert capsys.readouterr().out.strip()
-    loaded = _loader(ServeConfig(model=str(tmp_path / "tiny.gguf"), quantize="gguf"))()
+    loaded = load_served_model(ServeConfig(model=str(tmp_path / "tiny.gguf"), quantize="gguf"))
     assert loaded.model.quantization["format"] == "gguf"
     with pytest.raises(SystemExit) as e:
         main(["generate", "--model", "llama-tiny", "--prompt", "hi", "--quantize", "gguf"])

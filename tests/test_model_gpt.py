@@ -10,7 +10,7 @@ import torch
 from llmscratch.generate import SamplingConfig, generate
 from llmscratch.model import GPT, build_model, config_from_dict, config_to_dict, get_config
 from llmscratch.model.attention import attention_fused, attention_manual, attention_mask
-from llmscratch.model.base import model_size, set_weight_layout
+from llmscratch.model.base import huge_pages_available, model_size, move_to_huge_pages, set_weight_layout
 
 
 def tiny_gpt(seed: int = 0, **overrides) -> GPT:
@@ -177,6 +177,65 @@ def test_weight_layout_changes_memory_order_only():
     set_weight_layout(model, transposed=False)
     assert all(p.is_contiguous() for p in model.parameters())
     torch.testing.assert_close(model(ids), before, atol=1e-5, rtol=1e-5)
+
+
+def test_huge_pages_move_keeps_names_values_and_ties():
+    if not huge_pages_available():
+        pytest.skip("this machine gives no transparent huge pages (not Linux, or THP set to never)")
+    model = tiny_gpt(7).eval()
+    ids = torch.randint(0, 512, (2, 10))
+    before = model(ids)
+    params = {n: p for n, p in model.named_parameters()}
+    state = {n: t.clone() for n, t in model.state_dict().items()}
+    moved = move_to_huge_pages(model, min_bytes=1)
+    assert moved >= sum(p.numel() * 4 for p in params.values() if p is not model.head.weight)
+    assert {n: p for n, p in model.named_parameters()} == params  # the same parameter objects
+    assert model.head.weight is model.tok_emb.weight  # still tied
+    assert len({p.untyped_storage().data_ptr() for p in model.parameters()}) == 1  # all in the one region
+    assert min(p.data_ptr() for p in model.parameters()) % (2 << 20) == 0  # which starts on a 2 MB boundary
+    assert all(torch.equal(t, state[n]) for n, t in model.state_dict().items())
+    assert torch.equal(model(ids), before)
+    assert generate(model, [[1, 2, 3]], SamplingConfig(max_new_tokens=8)) == generate(
+        tiny_gpt(7), [[1, 2, 3]], SamplingConfig(max_new_tokens=8))
+
+
+def test_huge_pages_keep_the_transposed_layout():
+    if not huge_pages_available():
+        pytest.skip("this machine gives no transparent huge pages (not Linux, or THP set to never)")
+    model = set_weight_layout(tiny_gpt(7).eval(), transposed=True)
+    ids = torch.randint(0, 512, (2, 10))
+    before = model(ids)
+    strides = {n: p.stride() for n, p in model.named_parameters()}
+    assert move_to_huge_pages(model, min_bytes=1) > 0
+    assert {n: p.stride() for n, p in model.named_parameters()} == strides  # still stored (in, out)
+    region = model.head.weight.untyped_storage().data_ptr()
+    assert model.blocks[0].attn.qkv.weight.untyped_storage().data_ptr() == region
+    assert torch.equal(model(ids), before)
+
+
+def test_huge_pages_move_nothing_when_the_region_cannot_be_made(monkeypatch):
+    import mmap
+
+    def refuse(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    model = tiny_gpt(7)
+    pointers = [p.data_ptr() for p in model.parameters()]
+    assert move_to_huge_pages(model, min_bytes=1) == 0
+    assert [p.data_ptr() for p in model.parameters()] == pointers
+
+
+def test_huge_pages_move_nothing_where_the_system_says_never(tmp_path, monkeypatch):
+    from llmscratch.model import base
+
+    setting = tmp_path / "enabled"
+    setting.write_text("always madvise [never]\n")
+    monkeypatch.setattr(base, "_THP_SETTING", setting)
+    model = tiny_gpt(7)
+    pointers = [p.data_ptr() for p in model.parameters()]
+    assert not huge_pages_available() and move_to_huge_pages(model, min_bytes=1) == 0
+    assert [p.data_ptr() for p in model.parameters()] == pointers
 
 
 def test_model_info_cli(capsys):

@@ -303,3 +303,21 @@ def test_products_of_no_rows_are_empty_not_an_error():
             assert QuantLinear.from_linear(lin, fmt, 32)(x).shape == (0, 70)
         model = tiny("llama-tiny")
         assert model.head(torch.randn(2, 0, model.config.emb_dim)).shape == (2, 0, model.config.vocab_size)
+
+
+def test_a_quantized_model_on_huge_pages_decodes_the_same_and_saves(tmp_path):
+    from llmscratch.model.base import huge_pages_available, move_to_huge_pages
+    from llmscratch.weights import load_model
+    from llmscratch.weights.ours import save_pretrained
+
+    if not huge_pages_available():
+        pytest.skip("this machine gives no transparent huge pages (not Linux, or THP set to never)")
+    moved = quantize_model(tiny("llama-tiny"), "int8", head=True)  # a tied head: the embedding reads its rows
+    want = generate(quantize_model(tiny("llama-tiny"), "int8", head=True), [[1, 2, 3]],
+                    SamplingConfig(max_new_tokens=12))
+    assert move_to_huge_pages(moved, min_bytes=1) > 0
+    assert moved.tok_emb._table[0] is moved.head  # the embedding still reads the head's rows
+    assert generate(moved, [[1, 2, 3]], SamplingConfig(max_new_tokens=12)) == want
+    save_pretrained(moved, None, tmp_path / "q")  # tensors that share one region save as separate tensors
+    again = load_model(tmp_path / "q").model
+    assert generate(again, [[1, 2, 3]], SamplingConfig(max_new_tokens=12)) == want

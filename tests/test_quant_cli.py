@@ -105,11 +105,11 @@ def test_bench_generate_adds_quantized_variants_and_says_llama_cpp_is_absent(tmp
 
 
 def test_serve_loader_quantizes_when_asked():
-    from llmscratch.cli.serve import _loader
+    from llmscratch.serve.app import load_served_model
     from llmscratch.serve.config import ServeConfig
 
-    assert _loader(ServeConfig(model="llama-tiny")) is None  # the server's own loader
-    loaded = _loader(ServeConfig(model="llama-tiny", quantize="int4"))()
+    assert not getattr(load_served_model(ServeConfig(model="llama-tiny")).model, "quantization", None)
+    loaded = load_served_model(ServeConfig(model="llama-tiny", quantize="int4"))
     assert loaded.model.quantization["format"] == "int4"
     assert isinstance(loaded.model.get_submodule("head"), QuantLinear)
 

@@ -23,6 +23,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -122,26 +123,22 @@ def _theirs(hf, prompt: list[int], cache: bool = True) -> Callable[[int], list[i
     return run
 
 
-def _variants(model, hf, prompt: list[int], quantized: dict | None = None,
+def _variants(model, transposed, hf, prompt: list[int], quantized: dict | None = None,
               long_prompt: list[int] | None = None) -> list[Variant]:
-    """Our variants (KV cache in both weight layouts, no cache, each quantized copy) and transformers' (cache on
-    and off); cached ones get a prefill run over `long_prompt` (one new token) when it is given."""
+    """Our variants (KV cache on `model`, and on `transposed`, a copy with its weights stored (in, out); no cache;
+    each quantized copy) and transformers' (cache on and off); cached ones get a prefill run over `long_prompt`
+    (one new token) when it is given."""
     from llmscratch.model import quant_kernel
-    from llmscratch.model.base import set_weight_layout
-
-    def layout(transposed: bool):
-        return lambda: set_weight_layout(model, transposed)  # a no-op when already so
 
     def prefill(run_for):
         return None if not long_prompt else partial(run_for(long_prompt), 1)
 
     variants = [
-        Variant("ours, KV cache", "ours", True, _ours(model, prompt), f"kernel: {quant_kernel.status()}", layout(False),
-                prefill(partial(_ours, model))),
-        Variant(TORCH_MATMUL, "ours", True, _ours(model, prompt),
-                "torch's matmul on weights stored (in, out), its fastest layout for one row here", layout(True)),
-        Variant("ours, no cache", "ours", False, _ours(model, prompt, cache=False), "whole sequence every step",
-                layout(True)),
+        Variant("ours, KV cache", "ours", True, _ours(model, prompt), f"kernel: {quant_kernel.status()}",
+                prefill=prefill(partial(_ours, model))),
+        Variant(TORCH_MATMUL, "ours", True, _ours(transposed, prompt),
+                "torch's matmul on weights stored (in, out), its fastest layout for one row here"),
+        Variant("ours, no cache", "ours", False, _ours(transposed, prompt, cache=False), "whole sequence every step"),
     ]
     for fmt, qmodel in (quantized or {}).items():
         variants.append(Variant(f"ours, KV cache, {fmt}", "ours", True, _ours(qmodel, prompt),
@@ -174,6 +171,7 @@ class _Section:
     prefill: dict[str, list[float]] = field(default_factory=dict)  # variant -> seconds per prefill run
     peer: dict = field(default_factory=dict)  # llama.cpp: {"error": why} or {"tools": Tools, "files": [PeerFile]}
     startup: dict[str, dict] = field(default_factory=dict)  # weight format or llama.cpp file -> Startup.to_dict()
+    huge_pages: bool = False  # our variants decode with their weights on 2 MB pages
 
 
 def _model_specs(cfg: GenerateBenchConfig) -> list[str]:
@@ -218,12 +216,19 @@ def _bench_model(spec: str, cfg: GenerateBenchConfig, echo: Callable[[str], None
     """Load one model, check greedy outputs agree, time every variant and length (and llama.cpp) interleaved."""
     import torch
 
-    from llmscratch.model.base import model_size, set_weight_layout
+    from llmscratch.model.base import model_size, move_to_huge_pages, set_weight_layout
+    from llmscratch.model.quant_kernel import HUGE_PAGES_MIN_TOKENS
 
     loaded = _load(spec, cfg)
     model = loaded.model
     size = model_size(model)
     quantized = _quantized_copies(model, cfg.quantize, spec)
+    transposed = set_weight_layout(deepcopy(model))  # for torch's matmul and the no-cache runs
+    # decoding as `serve` and a chat session do: every copy's weights on 2 MB pages
+    huge_pages = all([move_to_huge_pages(m) > 0 for m in (model, transposed, *quantized.values())])
+    if huge_pages:
+        echo(f"our variants: weights on 2 MB pages, as `serve` and `chat` decode (`generate` from "
+             f"{HUGE_PAGES_MIN_TOKENS} new tokens on)")
     bytes_per_token = weight_bytes_per_token(model, quantized)
     tied = " (tied embedding/head read once, as the head)" if getattr(model.config, "tie_embeddings", True) else ""
     echo(f"model: {loaded.name} ({loaded.source}), {model.config.family}, {size.params:,} parameters, float32, CPU, "
@@ -236,7 +241,7 @@ def _bench_model(spec: str, cfg: GenerateBenchConfig, echo: Callable[[str], None
     hf = common.transformers_twin(model) if cfg.transformers else None
     if cfg.transformers and hf is None:
         echo("transformers is not installed: benchmarking ours only")
-    variants = _variants(model, hf, prompt, quantized, long_prompt)
+    variants = _variants(model, transposed, hf, prompt, quantized, long_prompt)
     agree = _check_outputs(variants, cfg, echo)
     peer = _llama_cpp_peer(spec, cfg, echo)
 
@@ -250,11 +255,10 @@ def _bench_model(spec: str, cfg: GenerateBenchConfig, echo: Callable[[str], None
               for f in peer.get("files", [])}
     named = common.interleaved_times(cases, cfg.repeats, warmup=False, progress=cfg.progress,
                                      desc=f"generate bench {loaded.name}")
-    set_weight_layout(model, transposed=False)  # leave the model in torch's usual layout
     times = {(v.name, n): named[f"{v.name}, {n} tokens"] for n in cfg.tokens for v in variants}
     prefill = {v.name: named[f"{v.name}, prefill"] for v in variants if v.prefill}
     section = _Section(spec, loaded, size.params, bytes_per_token, variants, times, agree, hf is not None, prefill,
-                       peer)
+                       peer, huge_pages=huge_pages)
     if cfg.startup:
         section.startup = _startups(spec, cfg, peer, echo)
     return section
@@ -502,7 +506,8 @@ def _section_result(sec: _Section, cfg: GenerateBenchConfig, bw, echo: Callable[
         "model": {"spec": sec.spec, "name": sec.loaded.name, "source": sec.loaded.source,
                   "family": sec.loaded.model.config.family, "params": sec.params,
                   "bytes_read_per_token": sec.bytes_per_token["float32"], "dtype": "float32",
-                  "bytes_read_per_token_by_weights": sec.bytes_per_token},
+                  "bytes_read_per_token_by_weights": sec.bytes_per_token,
+                  "weights_on_2mb_pages": sec.huge_pages},
         "decode_limit_tokens_per_s": round(limits["float32"], 2),
         "decode_limits_tokens_per_s": {f: round(v, 2) for f, v in limits.items()},
         "outputs_identical": sec.outputs_identical,

@@ -57,13 +57,14 @@ def _chat(args: argparse.Namespace) -> None:
         template = read_text_file(args.template, "chat template")
         if not template.strip():
             raise UserError(f"the chat template {args.template} is empty")
-    from llmscratch.model.quant_kernel import prepare_decoding
+    from llmscratch.model.quant_kernel import HUGE_PAGES_MIN_TOKENS, prepare_decoding
     from llmscratch.weights import load_model
     from llmscratch.weights.registry import resolve
 
     device = pick_device(args.device)
     loaded = load_model(resolve(args.model, args.source), device=device, quantize=args.quantize)
-    prepare_decoding(device, loaded.model)
+    long_run = args.message is None or sampling.max_new_tokens >= HUGE_PAGES_MIN_TOKENS  # a session: many replies
+    prepare_decoding(device, loaded.model, huge_pages=long_run)
     half = loaded.model.config.context_length // 2
     if args.max_new_tokens is None and 0 < half < sampling.max_new_tokens:  # a small model: room for the prompt
         sampling = dataclasses.replace(sampling, max_new_tokens=half)

@@ -53,7 +53,7 @@ def _generate(args: argparse.Namespace) -> None:
     import torch
 
     from llmscratch.generate import GenerationStats, SamplingConfig, compile_decoding, generate_text, stream_text
-    from llmscratch.model.quant_kernel import prepare_decoding
+    from llmscratch.model.quant_kernel import HUGE_PAGES_MIN_TOKENS, prepare_decoding
     from llmscratch.tokenizer import encode_prompt
     from llmscratch.utils import UserError, pick_device
     from llmscratch.weights import load_model
@@ -68,7 +68,7 @@ def _generate(args: argparse.Namespace) -> None:
         raise UserError("the prompt is empty; give some text to continue")
     device = pick_device(args.device)
     loaded = load_model(args.model, device=device, dtype=getattr(torch, args.dtype), quantize=args.quantize)
-    prepare_decoding(device, loaded.model)
+    prepare_decoding(device, loaded.model, huge_pages=cfg.max_new_tokens >= HUGE_PAGES_MIN_TOKENS)
     if args.compile:
         compile_decoding(loaded.model)
     if loaded.random_weights:

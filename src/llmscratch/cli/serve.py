@@ -39,7 +39,7 @@ def serve(config: ServeConfig) -> None:
     except OSError as e:
         raise UserError(f"cannot listen on {config.host}:{port}: {e.strerror or e}") from None
     errors: list[BaseException] = []
-    server = build_server(config, loader=_loader(config), on_load_error=errors.append)
+    server = build_server(config, on_load_error=errors.append)
     print(f"llmscratch serve: loading {config.model}; listening on http://{config.host}:{port} (chat page at /, "
           f"OpenAI API at /v1)", file=sys.stderr, flush=True)
     server.run(sockets=[sock])
@@ -48,19 +48,3 @@ def serve(config: ServeConfig) -> None:
         if isinstance(e, UserError):
             raise e
         raise UserError(f"the model could not be loaded: {type(e).__name__}: {e}")
-
-
-def _loader(config: ServeConfig):
-    """The model loader for `config`: the server's own, quantizing afterwards when config.quantize says so."""
-    if not config.quantize:
-        return None
-
-    def load():
-        from llmscratch.model.quant import quantize_loaded
-        from llmscratch.serve.app import load_served_model
-
-        loaded = load_served_model(config)
-        quantize_loaded(loaded.model, config.quantize)
-        return loaded
-
-    return load

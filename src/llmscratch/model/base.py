@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import mmap
+import sys
 import types
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -267,6 +270,70 @@ def set_weight_layout(model: nn.Module, transposed: bool = True) -> nn.Module:
             elif not transposed and not w.is_contiguous():
                 w.data = w.data.contiguous()
     return model
+
+
+HUGE_PAGE = 2 << 20
+_THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def huge_pages_available() -> bool:
+    """True on Linux when a process may ask for transparent huge pages (the setting is "always" or "madvise")."""
+    try:
+        return sys.platform.startswith("linux") and "[never]" not in _THP_SETTING.read_text()
+    except OSError:
+        return False
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """True when `t` covers its memory without gaps or overlaps in some order of its dimensions (contiguous, or
+    transposed as `set_weight_layout` stores weights)."""
+    order = sorted(range(t.dim()), key=lambda d: -t.stride(d))
+    return t.permute(order).is_contiguous()
+
+
+def move_to_huge_pages(model: nn.Module, min_bytes: int = 1 << 16) -> int:
+    """Copy the model's dense CPU parameters and buffers of `min_bytes` or more, in module order, into one memory
+    region that Linux backs with 2 MB pages (transparent huge pages, asked for with madvise); returns the bytes
+    moved (0 where huge pages are not available, or the region could not be made).
+
+    A decode step reads every weight once, from memory: on 4 KB pages it needs a TLB entry (a page-table walk) per
+    4 KB, and the CPU's prefetchers stop at each page's end. Measured on SmolLM2 (this project's 2-core AMD EPYC,
+    two copies of one model alternating in one process): int8 steps 1.08-1.17x faster, float32 1.05x. Names,
+    values, memory order and tied weights stay the same: each tensor's `.data` is swapped in place, as
+    `set_weight_layout` does (tensors that are the same view of one memory stay one).
+    """
+    if not huge_pages_available():
+        return 0
+    groups: dict[tuple, list[torch.Tensor]] = {}  # one copy per distinct view (tied weights share it)
+    for m in model.modules():
+        for t in itertools.chain(m._parameters.values(), m._buffers.values()):
+            if (t is not None and t.device.type == "cpu" and t.numel() * t.element_size() >= min_bytes
+                    and _dense(t)):
+                same = groups.setdefault((t.data_ptr(), t.dtype, tuple(t.shape), t.stride()), [])
+                if all(u is not t for u in same):
+                    same.append(t)
+    sizes = [(ts[0].numel() * ts[0].element_size() + 63) // 64 * 64 for ts in groups.values()]  # 64-byte aligned
+    total = sum(sizes)
+    if total == 0:
+        return 0
+    try:
+        region = mmap.mmap(-1, total + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        whole = torch.frombuffer(region, dtype=torch.uint8)  # keeps `region` alive as long as any view of it
+        start = -whole.data_ptr() % HUGE_PAGE  # the first 2 MB boundary
+        region.madvise(mmap.MADV_HUGEPAGE, start, total)  # before the first write: pages are made on first touch
+    except (OSError, ValueError):  # no memory to map, or a system that refuses the advice: stay as we are
+        return 0
+    offset = start
+    with torch.no_grad():
+        for ts, size in zip(groups.values(), sizes):
+            t = ts[0]
+            flat = whole[offset : offset + t.numel() * t.element_size()].view(t.dtype)
+            new = flat.as_strided(t.shape, t.stride())  # the same memory order as before
+            new.copy_(t)
+            for u in ts:
+                u.data = new
+            offset += size
+    return total
 
 
 def _packed_linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:

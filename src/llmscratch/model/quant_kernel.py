@@ -151,15 +151,34 @@ def kernel(build: bool = True):
     return _module
 
 
-def prepare_decoding(device: torch.device | str, model: torch.nn.Module | None = None) -> None:
+# `generate` moves the weights to 2 MB pages (`prepare_decoding`) when it makes at least this many new tokens.
+# Measured on SmolLM2 here (a 2-core VM, where each new 2 MB page takes 2.5-3.5 ms to fault in): the move costs
+# 0.2-0.3 s for the Q4_1 file's 94 MB of weights and about 1 s for float32's 542 MB, and saves 5-17% of every step
+# (0.5-1 ms), so it pays from about 300 tokens for quantized weights and 1,000 for float32.
+HUGE_PAGES_MIN_TOKENS = 512
+
+
+def prepare_decoding(device: torch.device | str, model: torch.nn.Module | None = None,
+                     huge_pages: bool = False) -> int:
     """Before a command decodes on `device`: on the CPU, build our kernels now if this machine has none (once,
     about a minute, said on stderr), so that the decode ops of float models are there from the first token.
     Where they cannot be built, `model`'s Linear weights are stored (in, out), the layout torch's own matmul
-    multiplies one row by fastest here (`model.base.set_weight_layout`)."""
-    if torch.device(device).type == "cpu" and kernel() is None and model is not None:
+    multiplies one row by fastest here (`model.base.set_weight_layout`).
+
+    `huge_pages`: for processes that decode for a while (a chat session, a long generation), `model`'s weights
+    then move to memory on 2 MB pages (`model.base.move_to_huge_pages`): every step 5-17% faster, for a one-time
+    cost (see HUGE_PAGES_MIN_TOKENS). Returns the bytes moved."""
+    if torch.device(device).type != "cpu":
+        return 0
+    if kernel() is None and model is not None:
         from llmscratch.model.base import set_weight_layout
 
         set_weight_layout(model)
+    if not huge_pages or model is None:
+        return 0
+    from llmscratch.model.base import move_to_huge_pages
+
+    return move_to_huge_pages(model)
 
 
 def inference_ops(x: torch.Tensor):

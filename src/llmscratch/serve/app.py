@@ -225,17 +225,20 @@ def _routes(app: FastAPI, state: ServerState) -> None:
 
 
 def load_served_model(config: ServeConfig):
-    """The model `config.model` names, on `config.device` in `config.dtype`."""
+    """The model `config.model` names, on `config.device` in `config.dtype`, quantized as `config.quantize` says."""
     import torch
 
+    from llmscratch.model.base import move_to_huge_pages
     from llmscratch.model.quant_kernel import prepare_decoding
     from llmscratch.utils import pick_device
     from llmscratch.weights import load_model
 
-    gguf = "gguf" if getattr(config, "quantize", None) == "gguf" else None  # a GGUF file's blocks kept quantized
     device = pick_device(config.device)
-    loaded = load_model(config.model, device=device, dtype=getattr(torch, config.dtype), quantize=gguf)
-    prepare_decoding(device)
+    loaded = load_model(config.model, device=device, dtype=getattr(torch, config.dtype),
+                        quantize=getattr(config, "quantize", None))
+    prepare_decoding(device)  # kernels built; the weights keep torch's layout (a server multiplies batches)
+    if device.type == "cpu":
+        move_to_huge_pages(loaded.model)  # a server decodes for a long time: weights on 2 MB pages
     return loaded
 
 

@@ -21,6 +21,7 @@ A tied head is quantized once and the embedding reads its rows (`QuantEmbedding`
 from __future__ import annotations
 
 import mmap as mmap_module
+import warnings
 
 import numpy as np
 import torch
@@ -53,14 +54,22 @@ def _blocks(tensor, block_bytes: int) -> np.ndarray:
     return np.asarray(tensor.data, dtype=np.uint8).reshape(rows, -1, block_bytes)
 
 
+def _copy(b: np.ndarray) -> torch.Tensor:
+    """A contiguous copy of a strided view of the memory map (torch copies these 1.5x faster than numpy)."""
+    with warnings.catch_warnings():  # torch warns that the map is read-only: the view is only read, once
+        warnings.simplefilter("ignore", UserWarning)
+        view = torch.from_numpy(b)
+    return view.clone(memory_format=torch.contiguous_format)
+
+
 def _bytes(b: np.ndarray) -> torch.Tensor:
     """(rows, n, k) block bytes -> one uint8 tensor (rows, n * k), copied once out of the memory map."""
-    return torch.from_numpy(np.ascontiguousarray(b).reshape(b.shape[0], -1))
+    return _copy(b).reshape(b.shape[0], -1)
 
 
 def _f16(b: np.ndarray) -> torch.Tensor:
     """float16 values from (..., 2) little-endian bytes."""
-    return torch.from_numpy(np.ascontiguousarray(b).view(np.float16)[..., 0].copy())
+    return _copy(b).view(torch.float16)[..., 0]
 
 
 def q4_k_scales(sc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -59,7 +59,10 @@ def model_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, 
             aliases[name] = seen[key]
             continue
         seen[key] = name
-        tensors[name] = t.detach().to("cpu").contiguous()
+        t = t.detach().to("cpu").contiguous()
+        if t.untyped_storage().nbytes() != t.numel() * t.element_size():  # a view into more memory (weights moved
+            t = t.clone()  # to 2 MB pages): its own copy, as safetensors files hold no shared memory
+        tensors[name] = t
     return tensors, aliases
 
 
