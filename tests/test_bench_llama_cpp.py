@@ -141,6 +141,7 @@ def test_bench_generate_with_llama_cpp_peer(fake_llama_cpp, tiny_gguf, tmp_path,
 
     assert part["model"]["weights_on_2mb_pages"] == huge_pages_available()  # decoding as serve and chat do
     assert ("weights on 2 MB pages" in text) == huge_pages_available()
+    assert data["bandwidth"]["huge_pages"] == huge_pages_available()  # the limits: the same kind of memory
     files = part["llama_cpp"]["files"]
     assert [f["label"] for f in files] == ["F32 (the file)", "Q8_0 copy"]  # the file is F32: no F32 copy
     assert (tmp_path / "cache" / "gguf-copies" / "tiny.Q8_0.gguf").is_file()

@@ -132,4 +132,4 @@ def test_max_steps_and_max_seconds_shorten_a_run(tiny_folder, tmp_path, capsys):
     report = json.loads((tmp_path / "steps" / "report.json").read_text())
     assert report["train"]["steps"] == 2 and "--max-steps 2" in report["command"]
     main([*common, "--max-seconds", "1e-6", "--out", str(tmp_path / "seconds")])
-    assert "(1 steps, stopped: time limit)" in capsys.readouterr().out
+    assert "(1 step, stopped: time limit)" in capsys.readouterr().out

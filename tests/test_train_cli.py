@@ -163,3 +163,9 @@ def test_llama_preset_trains_and_resume_checks_the_model(tmp_path, corpus, capsy
         main(args_for(corpus, tmp_path / "llama", "--max-steps", "3", "--resume"))  # gpt2-tiny now
     assert e.value.code == 2
     assert "holds another model (family 'llama' there, 'gpt2' now)" in capsys.readouterr().err
+
+
+def test_one_step_is_said_as_one_step(tmp_path, corpus, capsys):
+    main(args_for(corpus, tmp_path / "one", "--max-steps", "1", "--sample-tokens", "0"))
+    out = capsys.readouterr().out
+    assert "1 step (" in out and "trained 1 step (" in out and "1 steps" not in out

@@ -284,6 +284,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def plural(n: int, word: str) -> str:
+    """`n` and `word`, with an s unless n is 1: "1 step", "12 steps"."""
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
+
+
 def derived_seed(seed: int, key: object) -> int:
     """A 63-bit seed that depends on (seed, key) only: the seed of one epoch, one row of a batch... Unlike
     seed + key, (1, 0) and (0, 1) get unrelated seeds."""

@@ -95,6 +95,7 @@ class Bandwidth:
     matrix_mb: float
     sum_mb: float
     kernel_gbs: float | None = None  # our float32 kernel's W @ x (quant_kernel.float_linear); None without it
+    huge_pages: bool = False  # the matrix sat on 2 MB pages (as the weights of `bench generate`'s variants)
 
 
 def _median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -107,14 +108,20 @@ def _median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def _product_gbs(matrix_bytes: int, repeats: int) -> tuple[float, float, float | None]:
+def _product_gbs(matrix_bytes: int, repeats: int, huge_pages: bool = False) -> tuple[float, float, float | None, bool]:
     import torch
+    from torch import nn
 
+    from llmscratch.model.base import move_to_huge_pages
     from llmscratch.model.quant_kernel import float_linear
 
     cols = 4096
     rows = max(1, matrix_bytes // (4 * cols))
     w = torch.randn(rows, cols)
+    if huge_pages:
+        holder = nn.Module()
+        holder.register_buffer("w", w)
+        huge_pages = move_to_huge_pages(holder) > 0  # `w` itself now reads from 2 MB pages
     x_in, x_out = torch.randn(cols), torch.randn(1, rows)
     nbytes = w.numel() * 4
     by_rows = nbytes / _median_time(lambda: torch.mv(w, x_in), repeats) / GB
@@ -122,7 +129,7 @@ def _product_gbs(matrix_bytes: int, repeats: int) -> tuple[float, float, float |
     with torch.no_grad():
         ours = None if float_linear(x_in[None], w) is None else (
             nbytes / _median_time(lambda: float_linear(x_in[None], w), repeats) / GB)
-    return by_rows, by_columns, ours
+    return by_rows, by_columns, ours, huge_pages
 
 
 def _sum_gbs(sum_bytes: int, repeats: int) -> float:
@@ -132,13 +139,14 @@ def _sum_gbs(sum_bytes: int, repeats: int) -> float:
     return big.numel() * 4 / _median_time(big.sum, repeats) / GB
 
 
-def measure_bandwidth(matrix_bytes: int = 512 << 20, sum_bytes: int = 1 << 30, repeats: int = 7) -> Bandwidth:
-    """Bytes read per second by matrix-vector products over a float32 matrix of `matrix_bytes`, and by a sum
-    over `sum_bytes` (medians of `repeats`)."""
-    rows, columns, ours = _product_gbs(matrix_bytes, repeats)
+def measure_bandwidth(matrix_bytes: int = 512 << 20, sum_bytes: int = 1 << 30, repeats: int = 7,
+                      huge_pages: bool = False) -> Bandwidth:
+    """Bytes read per second by matrix-vector products over a float32 matrix of `matrix_bytes` (on 2 MB pages
+    with `huge_pages`, where the system gives them), and by a sum over `sum_bytes` (medians of `repeats`)."""
+    rows, columns, ours, on_huge_pages = _product_gbs(matrix_bytes, repeats, huge_pages)
     total = _sum_gbs(sum_bytes, repeats)
     return Bandwidth(round(max(rows, columns, ours or 0.0), 2), round(rows, 2), round(columns, 2), round(total, 2),
-                     matrix_bytes / 1e6, sum_bytes / 1e6, None if ours is None else round(ours, 2))
+                     matrix_bytes / 1e6, sum_bytes / 1e6, None if ours is None else round(ours, 2), on_huge_pages)
 
 
 # ---------------------------------------------------------------------------------------------- timing

@@ -9,6 +9,7 @@ from llmscratch.config import add_command, to_argv
 from llmscratch.recipes.classify import ClassifyConfig
 from llmscratch.recipes.dpo import DPOConfig
 from llmscratch.recipes.instruct import InstructConfig
+from llmscratch.utils import plural
 
 
 def register(subparsers) -> None:
@@ -70,7 +71,7 @@ def _run_instruct(cfg: InstructConfig) -> None:
         stopped = f", stopped: {t['stop_reason']}" if t["stop_reason"] else ""
         print(f"validation loss {t['first_val_loss']:.4f} (after step {t.get('first_eval_step') or 1}) -> "
               f"{t['last_val_loss']:.4f} in "
-              f"{t['steps']} steps, "
+              f"{plural(t['steps'], 'step')}, "
               f"{t['seconds']:.0f} s{stopped}")
     print(f"tuned model in {r['files']['model']} (llmscratch chat --model {r['files']['model']}); report.json and "
           f"loss.png in {cfg.train.out_dir}")
@@ -95,5 +96,6 @@ def _run_classify(cfg: ClassifyConfig) -> None:
         print(f"{split + ' accuracy:':<21}{report['accuracy'][split] * 100:6.2f}%  (loss {report['loss'][split]:.4f}, "
               f"{rows[split]} texts)")
     stopped = f", stopped: {report['train']['stop_reason']}" if report["train"]["stop_reason"] else ""
-    print(f"training time: {t['train']:.1f} s ({report['train']['steps']} steps{stopped}); total {t['total']:.1f} s")
+    steps = plural(report["train"]["steps"], "step")
+    print(f"training time: {t['train']:.1f} s ({steps}{stopped}); total {t['total']:.1f} s")
     print(f"classifier, report.json and loss.png in {cfg.train.out_dir}")

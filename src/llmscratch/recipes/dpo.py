@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from llmscratch.config import check_fields, flat_settings, nested, setting
 from llmscratch.train.config import TrainConfig
-from llmscratch.utils import UserError, atomic_write_text
+from llmscratch.utils import UserError, atomic_write_text, plural
 
 if TYPE_CHECKING:
     import torch
@@ -302,7 +302,8 @@ def format_report(report: dict) -> str:
                          f"rejected {r['rejected_reward']:7.4f}  loss {r['loss']:.4f}"
                          + (f"  chosen NLL {r['chosen_nll']:.3f}" if "chosen_nll" in r else "")
                          + f"  ({r['pairs']} pairs)")
-    lines.append(f"training: {report['steps']} steps in {t['train']:.1f} s ({report['seconds_per_step']:.2f} s/step"
+    lines.append(f"training: {plural(report['steps'], 'step')} in {t['train']:.1f} s "
+                 f"({report['seconds_per_step']:.2f} s/step"
                  f"{', stopped: ' + report['stop_reason'] if report['stop_reason'] else ''}); peak memory "
                  f"{report['peak_memory_mb']:,.0f} MB; total {t['total']:.1f} s")
     lines.append(f"final model {report['final_model']}; report.json, dpo.png (loss, margin, accuracy), "

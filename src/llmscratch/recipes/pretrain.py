@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from llmscratch.config import check_fields, nested, setting
 from llmscratch.train.config import TrainConfig
-from llmscratch.utils import UserError
+from llmscratch.utils import UserError, plural
 
 INITS = ("gpt2", "torch")
 TRAIN_FLAGS = ("batch_size", "grad_accum", "epochs", "max_steps", "max_seconds", "lr", "min_lr", "schedule",
@@ -113,7 +113,7 @@ def initialize(model, scheme: str):
 
 def summarize(r) -> str:
     """A few lines on what a run (a TrainResult) did and where its files are."""
-    lines = [f"trained {r.steps} steps ({r.tokens_seen:,} tokens) in {r.seconds:.0f} s"
+    lines = [f"trained {plural(r.steps, 'step')} ({r.tokens_seen:,} tokens) in {r.seconds:.0f} s"
              + (f" (stopped: {r.stop_reason})" if r.stop_reason else "")]
     if r.evals:
         first, last = r.evals[0], r.evals[-1]

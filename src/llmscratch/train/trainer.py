@@ -53,6 +53,7 @@ from llmscratch.utils import (
     check_folder_can_be_made,
     folder_problem,
     json_object,
+    plural,
 )
 
 
@@ -357,8 +358,8 @@ class Trainer:
         if self.resume:
             self._resume()
             if self.state.step >= self.total:
-                self.echo(f"the checkpoint is at step {self.state.step}, the run has {self.total} steps: nothing "
-                          "left to train (more steps or epochs continue it)")
+                self.echo(f"the checkpoint is at step {self.state.step}, the run has {plural(self.total, 'step')}: "
+                          "nothing left to train (more steps or epochs continue it)")
         if info.is_main:
             cfg.save(self.out / "train_config.json")
         self.ddp_model = dist_.wrap(self.model, info)
@@ -366,7 +367,7 @@ class Trainer:
         self.eval_model = torch.compile(self.model) if cfg.compile else self.model
         self.save_every = cfg.save_every or cfg.eval_every or self.total
         n_train = self.model.num_params(trainable_only=True) if hasattr(self.model, "num_params") else "?"
-        self.echo(f"training {self.task.name}: {n_train} trainable parameters, {self.total} steps "
+        self.echo(f"training {self.task.name}: {n_train} trainable parameters, {plural(self.total, 'step')} "
                   f"({self.steps_per_epoch} per epoch, {info.world_size} process(es), global batch "
                   f"{cfg.batch_size * cfg.grad_accum * info.world_size}) on {info.device}; outputs in {self.out}")
         self._emit("on_fit_start")
