@@ -130,7 +130,8 @@ class Tokenizer:
             # bytes of the ordinary tokens by id, None for special ones and ids without a token
             names = [None if i in special else t for i, t in enumerate(self._id_to_bytes)]
             n, lookup = len(names), self._bytes_to_id
-            if min(map(min, merges), default=0) < 0 or max(map(max, merges), default=0) >= n:
+            ids = list(chain.from_iterable(merges))  # every id of every merge, for one min and one max
+            if min(ids, default=0) < 0 or max(ids, default=0) >= n:
                 merged = [None if not (0 <= a < n and 0 <= b < n) else 0 for a, b in merges]  # the first bad one
             else:
                 merged = [lookup.get(names[a] + names[b]) if names[a] is not None and names[b] is not None else None
