@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from llmscratch.tokenizer import encode_prompt
-from llmscratch.utils import UserError, derived_seed
+from llmscratch.utils import UserError, derived_seed, plural
 
 MIN_TEMPERATURE = 1e-6  # smallest temperature above 0: logits / it stay finite in float32
 
@@ -128,7 +128,7 @@ def check_fits(model, prompt_len: int, max_new_tokens: int, limit: int | None = 
     room, what = (ctx, "the model's context length") if limit is None or limit >= ctx else (limit, "the cache length")
     if prompt_len + max_new_tokens > room:
         raise UserError(
-            f"the prompt ({prompt_len} token{'s' if prompt_len != 1 else ''}) plus {name} ({max_new_tokens}) "
+            f"the prompt ({plural(prompt_len, 'token')}) plus {name} ({max_new_tokens}) "
             f"exceeds {what} of {room} tokens; shorten the prompt or ask for fewer new tokens", params=(name,)
         )
 

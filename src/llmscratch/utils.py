@@ -284,6 +284,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def human_bytes(n: float) -> str:
+    """Bytes for people (decimal units): "1.25 GB", "93.1 MB", "4.0 kB", "12 B"."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.{2 if unit == 'GB' else 1}f} {unit}"
+    return f"{n:.0f} B"
+
+
 def plural(n: int, word: str) -> str:
     """`n` and `word`, with an s unless n is 1: "1 step", "12 steps"."""
     return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"

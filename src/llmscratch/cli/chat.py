@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 import sys
 
+from llmscratch.utils import plural
+
 HELP = "commands: /reset (forget the conversation), /exit (quit); Ctrl-D or Ctrl-C also quit"
 
 
@@ -107,7 +109,7 @@ def _answer(session, text: str, prefix: str = "") -> None:
     """Send one user message and stream the reply to stdout."""
     dropped = session.add_user(text)
     if dropped:
-        print(f"(context full: dropped the {dropped} oldest turn{'s' if dropped > 1 else ''})", file=sys.stderr)
+        print(f"(context full: dropped the {plural(dropped, 'oldest turn')})", file=sys.stderr)
     print(prefix, end="", flush=True)
     for piece in session.stream_reply():
         print(piece, end="", flush=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from llmscratch.utils import human_bytes as _size
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -25,14 +27,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=_info)
     p = sub.add_parser("list", help="the model presets")
     p.set_defaults(func=_list)
-
-
-def _size(n: float) -> str:
-    """Bytes for people (decimal units)."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.{2 if unit == 'GB' else 1}f} {unit}"
-    return f"{n:.0f} B"
 
 
 def _count(n: int) -> str:
@@ -77,14 +71,12 @@ def _info(args: argparse.Namespace) -> None:
 def _stored_quantized(name: str) -> str | None:
     """How a model folder saved by `llmscratch quantize` holds its weights ("int4, group 32: 93.1 MB of
     safetensors"); None for anything else."""
-    import json
     from pathlib import Path
 
+    from llmscratch.utils import json_object
+
     folder = Path(name).expanduser()
-    try:
-        q = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("quantization")
-    except (OSError, ValueError, AttributeError):
-        return None
+    q = (json_object(folder / "config.json") or {}).get("quantization")
     if not isinstance(q, dict):
         return None
     on_disk = sum(p.stat().st_size for p in folder.glob("*.safetensors"))

@@ -49,7 +49,7 @@ def register(subparsers) -> None:
 
 def quantize(config: QuantizeConfig) -> None:
     from llmscratch.model.quant import HEAD_FORMAT, quantizable_layers, quantize_model, quantized_bytes
-    from llmscratch.utils import UserError, check_folder_spares, check_replaceable
+    from llmscratch.utils import UserError, check_folder_spares, check_replaceable, human_bytes
     from llmscratch.weights import load_model
     from llmscratch.weights.ours import save_pretrained
 
@@ -67,9 +67,5 @@ def quantize(config: QuantizeConfig) -> None:
     done = len(loaded.model.quantization["layers"])
     kept = f"; {candidates - done} kept in float32 (inputs not a multiple of the group, {group})" if done < candidates \
         else ""
-    print(f"wrote {folder}: {config.to}, {done} layers{kept}, weights {_mb(before)} -> "
-          f"{_mb(quantized_bytes(loaded.model))}")
-
-
-def _mb(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+    print(f"wrote {folder}: {config.to}, {done} layers{kept}, weights {human_bytes(before)} -> "
+          f"{human_bytes(quantized_bytes(loaded.model))}")

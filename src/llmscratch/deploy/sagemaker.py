@@ -419,13 +419,10 @@ def _delete(cfg: DeleteConfig) -> list[str]:
 def request_body(cfg: InvokeConfig, stream: bool) -> bytes:
     """The JSON the container's /invocations takes: {"inputs", "parameters"} (and "stream"), or with `cfg.chat`
     an OpenAI chat completion body {"messages", "max_tokens", "temperature"}."""
-    if cfg.chat:
-        body = {"messages": [{"role": "user", "content": cfg.prompt}], **{k: v for k, v in (
-            ("max_tokens", cfg.max_new_tokens), ("temperature", cfg.temperature)) if v is not None}}
-    else:
-        params = {k: v for k, v in (("max_new_tokens", cfg.max_new_tokens), ("temperature", cfg.temperature))
-                  if v is not None}
-        body = {"inputs": cfg.prompt, "parameters": params}
+    length = "max_tokens" if cfg.chat else "max_new_tokens"
+    params = {k: v for k, v in ((length, cfg.max_new_tokens), ("temperature", cfg.temperature)) if v is not None}
+    body = ({"messages": [{"role": "user", "content": cfg.prompt}], **params} if cfg.chat
+            else {"inputs": cfg.prompt, "parameters": params})
     if stream:
         body["stream"] = True
     return json.dumps(body).encode()

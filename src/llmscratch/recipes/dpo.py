@@ -216,13 +216,19 @@ def run(cfg: DPOConfig, command: str | None = None, echo=print, base=None) -> di
                         "beta": cfg.beta, "steps": result.steps})
     plot = plot_dpo(out / "metrics.jsonl", out / "dpo.png", f"DPO (beta {cfg.beta}): {cfg.model}")
     timings["total"] = time.perf_counter() - started
+    if cfg.reference != "live":
+        reference_way = "precomputed tables"
+    elif cfg.reference_model:
+        reference_way = f"the model {cfg.reference_model}"
+    elif type(reference).__name__ == "FrozenReference":
+        reference_way = "a frozen copy of the model"
+    else:
+        reference_way = "the policy with its adapters off"
     report = {
         "command": command, "config": flat_settings(cfg), "model": {"start": cfg.model, **summary},
         "data": {name: {"pairs": len(ds), "skipped": ds.skipped.total} for name, ds in splits.items()},
         "prompt_format": fmt, "reference": cfg.reference,
-        "reference_way": ("precomputed tables" if cfg.reference != "live" else f"the model {cfg.reference_model}"
-                          if cfg.reference_model else "a frozen copy of the model"
-                          if type(reference).__name__ == "FrozenReference" else "the policy with its adapters off"),
+        "reference_way": reference_way,
         "steps": result.steps, "stop_reason": result.stop_reason,
         "before": {"test": before} if before else None, "after": after, "timings_s": timings,
         "seconds_per_step": result.seconds / max(result.steps, 1), "peak_memory_mb": peak_memory_mb(device),
