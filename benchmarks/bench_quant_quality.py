@@ -31,7 +31,6 @@ from llmscratch.bench.generate import agreement  # noqa: E402
 from llmscratch.data.registry import fetch  # noqa: E402
 from llmscratch.generate import SamplingConfig, generate  # noqa: E402
 from llmscratch.model import quant_kernel  # noqa: E402
-from llmscratch.model.base import set_weight_layout  # noqa: E402
 from llmscratch.model.quant import quantize_loaded, quantized_bytes  # noqa: E402
 from llmscratch.weights import load_model  # noqa: E402
 
@@ -80,7 +79,8 @@ def main() -> None:
             for m in float_x.modules():
                 if hasattr(m, "int8_activations"):
                     m.int8_activations = False
-    set_weight_layout(base)  # what `generate` does for float32 on a CPU
+    for m in models.values():  # what `generate` does before decoding (the (in, out) layout only without our kernel)
+        quant_kernel.prepare_decoding("cpu", m)
     text = fetch("the-verdict").read_text(encoding="utf-8")
     ids = loaded.tokenizer.encode(text)
     prompt = ids[:args.prompt_tokens]
