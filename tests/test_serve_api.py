@@ -170,6 +170,14 @@ def test_invocations_stream_and_openai_bodies(server):
             "max_new_tokens": 8, "stop": [stop]}}) as r:
         events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
     assert events[-1]["details"]["finish_reason"] == "stop_sequence" and events[-1]["generated_text"] == want[:3]
+    r = httpx.post(url + "/invocations", json={"inputs": ["Hello", "Hello"], "parameters": {
+        "max_new_tokens": 8, "stop": [stop], "details": True}})  # the same details, not streamed
+    assert r.json() == [{"generated_text": want[:3], "details": {"finish_reason": "stop_sequence",
+                                                                 "generated_tokens": events[-1]["details"][
+                                                                     "generated_tokens"]}}] * 2
+    r = httpx.post(url + "/invocations", json={"inputs": "Hello", "parameters": {"max_new_tokens": 8,
+                                                                                "details": True}})
+    assert r.json() == [{"generated_text": want, "details": {"finish_reason": "length", "generated_tokens": 8}}]
     r = httpx.post(url + "/invocations", json={"messages": MESSAGES, "max_tokens": 6, "temperature": 0})
     assert r.json()["object"] == "chat.completion" and r.json()["choices"][0]["message"]["content"] == solo_chat(6)[0]
     r = httpx.post(url + "/invocations", json={"prompt": "Hello", "max_tokens": 8, "temperature": 0})
@@ -326,3 +334,20 @@ def test_max_len_sets_the_tokens_a_request_may_hold():
     with pytest.raises(UserError, match="max_len=300 is more than the model's context length"):
         with running_server(loaded_tiny(tiny_model(context_length=256)), max_len=300):
             pass
+
+
+def test_huggingface_hub_client_text_generation(server):
+    """huggingface_hub's InferenceClient (what TGI users call) sends every TGI parameter, most as null: plain,
+    with details, streamed; a parameter the server lacks is a clear error, not ignored."""
+    from huggingface_hub import InferenceClient
+    from huggingface_hub.errors import HfHubHTTPError
+
+    url, _ = server
+    want = generate_text(tiny_model(), byte_tokenizer(), "Hello", SamplingConfig(max_new_tokens=8))[0]
+    hf = InferenceClient(base_url=url + "/invocations")
+    assert hf.text_generation("Hello", max_new_tokens=8) == want
+    out = hf.text_generation("Hello", max_new_tokens=8, details=True)
+    assert out.generated_text == want and out.details.finish_reason == "length" and out.details.generated_tokens == 8
+    assert "".join(hf.text_generation("Hello", max_new_tokens=8, stream=True)) == want
+    with pytest.raises(HfHubHTTPError, match="repetition_penalty is not supported"):
+        hf.text_generation("Hello", max_new_tokens=8, repetition_penalty=1.3)

@@ -365,7 +365,8 @@ async def run_job(state: ServerState, job: Job, request: Request | None = None) 
     finally:
         for g in gens:
             g.cancel()
-    choices = [Choice(i, t, g.finish_reason, g.completion_tokens) for i, (t, g) in enumerate(zip(outs, gens))]
+    choices = [Choice(i, t, g.finish_reason, g.completion_tokens, g.stop_sequence)
+               for i, (t, g) in enumerate(zip(outs, gens))]
     return JSONResponse(protocol.answer(job, rid, model, choices, prompt_tokens, texts))
 
 

@@ -36,6 +36,7 @@ class Job:
     include_usage: bool = False
     return_full_text: bool = False
     ignore_eos: bool = False
+    details: bool = False  # hf: each answer with TGI's details (finish reason, generated tokens)
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -146,13 +147,18 @@ _UNSUPPORTED = {"logprobs": (None, False, 0), "top_logprobs": (None, 0), "tools"
                 "best_of": (None, 1), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
                 "logit_bias": (None, {}), "response_format": (None, {"type": "text"})}
 
+# the same for the parameters of a Hugging Face / TGI body
+_UNSUPPORTED_HF = {"repetition_penalty": (None, 1), "frequency_penalty": (None, 0), "typical_p": (None, 1),
+                   "best_of": (None, 1), "watermark": (None, False), "decoder_input_details": (None, False),
+                   "top_n_tokens": (None, 0), "truncate": (None,), "grammar": (None,), "adapter_id": (None,)}
 
-def _refuse_unsupported(body: Mapping) -> None:
-    for name, fine in _UNSUPPORTED.items():
+
+def _refuse_unsupported(body: Mapping, unsupported: Mapping = _UNSUPPORTED, prefix: str = "") -> None:
+    for name, fine in unsupported.items():
         value = body.get(name)
         if not any(value == f and isinstance(value, bool) == isinstance(f, bool) for f in fine):
-            raise bad_request(f"{name} is not supported by this server (got {json.dumps(value)[:80]})", name,
-                              "unsupported")
+            raise bad_request(f"{prefix}{name} is not supported by this server (got {json.dumps(value)[:80]})",
+                              prefix + name, "unsupported")
 
 
 def _openai_common(body: Mapping, kind: str, max_n: int, max_tokens_limit: int) -> Job:
@@ -272,6 +278,7 @@ def parse_hf(body: Mapping, max_tokens_limit: int) -> Job:
     if not isinstance(params, dict):
         raise _wrong_type("parameters", "an object", params)
     p = "parameters."
+    _refuse_unsupported(params, _UNSUPPORTED_HF, p)
     max_tokens = get_int(params, "max_new_tokens", label=p + "max_new_tokens")
     if max_tokens is not None and not 1 <= max_tokens <= max_tokens_limit:
         raise bad_request(f"parameters.max_new_tokens must be in 1..{max_tokens_limit} (the most tokens a request "
@@ -286,7 +293,8 @@ def parse_hf(body: Mapping, max_tokens_limit: int) -> Job:
     if stream and len(prompts) > 1:
         raise bad_request("streaming takes one input, not a list", "inputs")
     return Job("hf", prompts, 1, sampling, max_tokens, stream, False,
-               get_bool(params, "return_full_text", label=p + "return_full_text"), False)
+               get_bool(params, "return_full_text", label=p + "return_full_text"), False,
+               get_bool(params, "details", label=p + "details"))
 
 
 def parse_invocation(body: Mapping, max_n: int, max_tokens_limit: int, vocab_size: int) -> Job:
@@ -313,6 +321,7 @@ class Choice:
     text: str
     finish_reason: str
     tokens: int
+    stop_sequence: bool = False  # a stop string ended it (finish_reason "stop")
 
 
 def new_id(kind: str) -> str:
@@ -329,6 +338,7 @@ def answer(job: Job, rid: str, model: str, choices: Sequence[Choice], prompt_tok
     """The whole (not streamed) answer."""
     if job.kind == "hf":
         return [{"generated_text": (prompt_texts[c.index] if job.return_full_text else "") + c.text}
+                | ({"details": hf_details(c.finish_reason, c.tokens, c.stop_sequence)} if job.details else {})
                 for c in choices]
     u = usage(prompt_tokens, sum(c.tokens for c in choices))
     if job.kind == "chat":
@@ -372,13 +382,17 @@ def hf_token_event(token_id: int | None, text: str) -> dict:
             "details": None}
 
 
+def hf_details(finish_reason: str, tokens: int, stop_sequence: bool = False) -> dict:
+    """TGI's details of one answer: finish reason eos_token, stop_sequence (a stop string ended it) or length."""
+    reason = "length" if finish_reason != "stop" else "stop_sequence" if stop_sequence else "eos_token"
+    return {"finish_reason": reason, "generated_tokens": tokens}
+
+
 def hf_final_event(token_id: int | None, text: str, full_text: str, finish_reason: str, tokens: int,
                    stop_sequence: bool = False) -> dict:
-    """TGI's last event: the last piece plus the whole generated text and details (finish reason eos_token,
-    stop_sequence when a stop string ended it, or length)."""
-    reason = "length" if finish_reason != "stop" else "stop_sequence" if stop_sequence else "eos_token"
+    """TGI's last event: the last piece plus the whole generated text and its details (always, as TGI)."""
     return {"token": {"id": token_id, "text": text, "logprob": None, "special": False}, "generated_text": full_text,
-            "details": {"finish_reason": reason, "generated_tokens": tokens}}
+            "details": hf_details(finish_reason, tokens, stop_sequence)}
 
 
 def sse(data: Any) -> bytes:
