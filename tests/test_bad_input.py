@@ -367,6 +367,10 @@ def test_more_mistakes_are_one_clear_line(capsys, tmp_path):
     assert "is a file; verify checks the model folder" in _error(capsys, "deploy", "verify", afile)
     assert "neither a registered model" in _error(capsys, "demo", "--real-model", "nosuch", "--out", tmp_path / "d")
     assert not (tmp_path / "d").exists()  # refused before any work
+    assert "is not a model folder" in _error(capsys, "demo", "--real-model", tmp_path, "--out", tmp_path / "d")
+    assert "is not a model: give a model folder" in _error(capsys, "demo", "--real-model", afile, "--out",
+                                                           tmp_path / "d")
+    assert not (tmp_path / "d").exists()
 
 
 def test_bench_and_classify_mistakes_found_by_a_new_user(capsys, tmp_path):

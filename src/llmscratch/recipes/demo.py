@@ -107,13 +107,15 @@ def run(s: DemoSettings) -> DemoResult:
     import torch
 
     from llmscratch.train.trainer import seed_everything
-    from llmscratch.weights import _looks_like_hub_id
+    from llmscratch.weights import _looks_like_hub_id, local_model_problem
     from llmscratch.weights.registry import MODELS
 
     name = s.real_model if s.real_model and s.real_model.lower() != "none" else None
     if name and name not in MODELS and not Path(name).exists() and not _looks_like_hub_id(name):  # before training
         raise UserError(f"real_model {name!r} is neither a registered model ({', '.join(MODELS)}), a model file or "
                         "folder, nor a Hugging Face Hub id; 'none' skips that step", params="real_model")
+    if name and name not in MODELS and Path(name).exists() and (problem := local_model_problem(name)):
+        raise UserError(f"real_model: {problem}; 'none' skips that step", params="real_model")
     out = Path(s.out)
     check_demo_folder(out, s.overwrite)
     out.mkdir(parents=True, exist_ok=True)

@@ -123,12 +123,21 @@ def load_path(
     if path.is_dir() and is_hf_folder(path):
         model, tok, template = load_hf_folder(path, device, dtype)
         return LoadedModel(model, tok, name, template, source or f"hf:{path}")
+    raise UserError(local_model_problem(path))
+
+
+def local_model_problem(path: str | os.PathLike) -> str | None:
+    """Why the file or folder `path` is not a model `load_path` can read, or None (checked without loading)."""
+    from llmscratch.weights.hf import is_hf_folder
+    from llmscratch.weights.ours import is_checkpoint
+
+    path = Path(path)
+    if path.is_file() and path.suffix == ".gguf" or path.is_dir() and (is_checkpoint(path) or is_hf_folder(path)):
+        return None
     if path.is_dir():
-        raise UserError(
-            f"{path} is not a model folder: it needs config.json (with 'family', ours; or 'model_type', Hugging "
-            "Face) and safetensors weights"
-        )
-    raise UserError(f"{path} is not a model: give a model folder or a .gguf file")
+        return (f"{path} is not a model folder: it needs config.json (with 'family', ours; or 'model_type', Hugging "
+                "Face) and safetensors weights")
+    return f"{path} is not a model: give a model folder or a .gguf file"
 
 
 def load_preset(
