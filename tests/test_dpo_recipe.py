@@ -63,6 +63,13 @@ def test_preferences_are_learned_and_the_model_is_saved(tmp_path, tiny_folder, t
     assert metrics | {f"train_{m}" for m in metrics} | {"eval_train_loss"} <= set(evals[-1])
     assert evals[-1]["train_accuracy"] == 1.0
     assert (out / "reference_logprobs.safetensors").is_file() == (reference == "precomputed")
+    # each test pair, in file order, with its rewards: the same figures as the split's means
+    pairs = [json.loads(line) for line in (out / "test_pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == after["pairs"] == 4 and [p["where"] for p in pairs] == sorted(
+        (p["where"] for p in pairs), key=lambda w: int(w.split()[-1]))
+    assert {"instruction", "chosen", "rejected", "chosen_reward", "rejected_reward", "margin"} <= set(pairs[0])
+    assert sum(p["margin"] for p in pairs) / 4 == pytest.approx(after["margin"], abs=1e-6)
+    assert report["test_pairs_wrong"] == sum(p["margin"] <= 0 for p in pairs) == 0
     # the final folder is a plain model (LoRA merged into its weights), trained away from the start
     final, start = load_model(out / "final").model, load_model(tiny_folder).model
     assert not any("lora" in n for n, _ in final.named_parameters())

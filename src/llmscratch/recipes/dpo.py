@@ -145,14 +145,34 @@ def autocast_for(device: torch.device):
     return contextlib.nullcontext
 
 
-def evaluate_pairs(model, task, split: str, batch_size: int, device, desc: str | None = None) -> dict:
-    """Mean DPO loss, chosen/rejected rewards, margin and reward accuracy of `model` over a split (the one
-    evaluation loop: eval mode, no gradients), and the number of pairs."""
-    from llmscratch.train.evaluate import means, task_sums
+def evaluate_pairs(model, task, split: str, batch_size: int, device, desc: str | None = None
+                   ) -> tuple[dict, list[dict]]:
+    """Mean DPO loss, chosen/rejected rewards, margin, reward accuracy and chosen NLL of `model` over a split (the
+    one evaluation loop: eval mode, no gradients) with the number of pairs; and each pair's entry with its rewards
+    and margin, in file order."""
+    import torch
 
-    sums = task_sums(model, task, task.split_batches(split, batch_size), device, autocast=autocast_for(device),
-                     desc=desc, total=len(task.splits[split]))
-    return {**means(sums), "pairs": int(sums["loss"][1])}
+    from llmscratch.train.evaluate import eval_outputs
+
+    def outputs(m, batch):
+        return batch["index"], task.outputs(m, batch)
+
+    parts = list(eval_outputs(model, task.split_batches(split, batch_size), outputs, device,
+                              autocast=autocast_for(device), desc=desc, total=len(task.splits[split])))
+
+    def cat(name: str) -> torch.Tensor:
+        return torch.cat([getattr(out, name).detach().float().cpu() for _, (_, out) in parts])  # (pairs,)
+
+    loss, chosen, rejected, nll = cat("loss"), cat("chosen_rewards"), cat("rejected_rewards"), cat("chosen_nll")
+    margin = chosen - rejected
+    metrics = {"loss": loss.mean().item(), "chosen_reward": chosen.mean().item(),
+               "rejected_reward": rejected.mean().item(), "margin": margin.mean().item(),
+               "accuracy": (margin > 0).float().mean().item(), "chosen_nll": nll.mean().item(), "pairs": len(loss)}
+    index = torch.cat([i.cpu() for _, (i, _) in parts]).tolist()
+    entries = task.splits[split].entries
+    per_pair = [{**entries[i], "chosen_reward": c, "rejected_reward": r, "margin": c - r}
+                for i, c, r in zip(index, chosen.tolist(), rejected.tolist())]
+    return metrics, per_pair
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -170,12 +190,13 @@ def peak_memory_mb(device: torch.device) -> float:
 # ---------------------------------------------------------------------------------------------------------
 
 
-OUTPUTS = ("report.json", "dpo.png", "reference_logprobs.safetensors")  # the recipe's files in the run folder
+OUTPUTS = ("report.json", "dpo.png", "reference_logprobs.safetensors", "test_pairs.jsonl")  # the recipe's files
 
 
 def run(cfg: DPOConfig, command: str | None = None, echo=print, base=None) -> dict:
     """Load, check the data, set up the reference, train, evaluate validation and test pairs, write OUT/final
-    (LoRA merged), OUT/report.json and OUT/dpo.png. Returns the report. `base`: the starting model already
+    (LoRA merged), OUT/report.json, OUT/dpo.png and OUT/test_pairs.jsonl (each test pair with its rewards after
+    training). Returns the report. `base`: the starting model already
     loaded (anything with `.model`, `.tokenizer`, `.chat_template`) instead of loading cfg.model."""
     from llmscratch.data.classification import pad_id_of
     from llmscratch.evaluate.responses import default_prompt_format
@@ -205,12 +226,18 @@ def run(cfg: DPOConfig, command: str | None = None, echo=print, base=None) -> di
     before = None
     if not cfg.resume and len(splits["test"]):  # the policy is the reference: loss log 2, rewards 0 (a check)
         before = evaluate_pairs(model, task, "test", cfg.train.batch_size, device,
-                                "test pairs (before)" if cfg.train.progress else None)
+                                "test pairs (before)" if cfg.train.progress else None)[0]
     result = fit(cfg, model, task, tokenizer)
     timings["train"] = result.seconds
-    after = {split: evaluate_pairs(model, task, split, cfg.train.batch_size, device,
-                                   f"{split} pairs" if cfg.train.progress else None)
-             for split in ("val", "test") if len(splits[split])}
+    after, per_pair = {}, {}
+    for split in ("val", "test"):
+        if len(splits[split]):
+            after[split], per_pair[split] = evaluate_pairs(model, task, split, cfg.train.batch_size, device,
+                                                           f"{split} pairs" if cfg.train.progress else None)
+    test_pairs = None
+    if per_pair.get("test"):
+        test_pairs = out / "test_pairs.jsonl"
+        atomic_write_text(test_pairs, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in per_pair["test"]))
     final = save_tuned(model, tokenizer, loaded.chat_template, out / "final",
                        {"prompt_format": fmt, "base_model": cfg.model, "tuned": "dpo", "data": cfg.data,
                         "beta": cfg.beta, "steps": result.steps})
@@ -233,6 +260,8 @@ def run(cfg: DPOConfig, command: str | None = None, echo=print, base=None) -> di
         "before": {"test": before} if before else None, "after": after, "timings_s": timings,
         "seconds_per_step": result.seconds / max(result.steps, 1), "peak_memory_mb": peak_memory_mb(device),
         "device": str(device), "final_model": str(final), "plot": str(plot) if plot else None,
+        "test_pairs": str(test_pairs) if test_pairs else None,
+        "test_pairs_wrong": sum(p["margin"] <= 0 for p in per_pair.get("test", [])),
         "evaluations": result.evals,
     }
     atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
@@ -312,6 +341,9 @@ def format_report(report: dict) -> str:
                  f"({report['seconds_per_step']:.2f} s/step"
                  f"{', stopped: ' + report['stop_reason'] if report['stop_reason'] else ''}); peak memory "
                  f"{report['peak_memory_mb']:,.0f} MB; total {t['total']:.1f} s")
+    if report.get("test_pairs"):
+        lines.append(f"test pairs still wrong (rejected reward >= chosen): {report['test_pairs_wrong']}; each pair's "
+                     f"rewards: {report['test_pairs']}")
     lines.append(f"final model {report['final_model']}; report.json, dpo.png (loss, margin, accuracy), "
                  f"metrics.jsonl in {Path(report['final_model']).parent}")
     return "\n".join(lines)
