@@ -388,3 +388,59 @@ def test_bench_and_classify_mistakes_found_by_a_new_user(capsys, tmp_path):
         '{"format": "llmscratch-classifier", "version": 1, "label_names": ["a", "b"], "max_length": 16, '
         '"base_fingerprint": "x", "pad_id": 0, "tokenizer": "gpt2", "base_model": "llama-tiny", "trainable": "abc"}')
     assert "classifier.json is damaged" in _error(capsys, "classify", "--model", folder, "--text", "hi")
+
+
+def test_found_by_a_weights_tester(capsys, tmp_path, monkeypatch):
+    """Session 13's new-user pass over export and quantize: each was a traceback, or pointed to the wrong help."""
+    assert "(see: llmscratch export --help)" in _error(capsys, "export", "--model", "llama-tiny", "-o",
+                                                        tmp_path / "z", "extra")
+    assert "(see: llmscratch tokenizer decode --help)" in _error(capsys, "tokenizer", "decode", "--tokenizer",
+                                                                  "gpt2", "6252", "12")
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "mine.txt").write_text("mine")
+    monkeypatch.chdir(here)
+    for out in (".", ""):
+        assert "is the current folder or holds it" in _error(capsys, "export", "--model", "llama-tiny", "-o", out,
+                                                             "--overwrite")
+    assert "is the current folder" in _error(capsys, "quantize", "--model", "llama-tiny", "--to", "int8", "-o",
+                                             tmp_path, "--overwrite")
+    assert sorted(p.name for p in here.iterdir()) == ["mine.txt"]
+
+
+def test_a_full_disk_inside_safetensors_is_one_line(capsys, tmp_path, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    assert _error(capsys, "export", "--model", "llama-tiny", "--format", "ours", "-o", tmp_path / "out").endswith(
+        ": the disk is full (files written before are kept; partial outputs were removed)")
+    assert list(tmp_path.iterdir()) == []  # the partial folder is gone
+
+
+def test_sigterm_removes_partial_outputs(capsys, tmp_path, monkeypatch):
+    """`timeout`, job schedulers and container stops send SIGTERM: partial outputs go, as on Ctrl-C."""
+    import signal
+
+    import safetensors.torch
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises at the next bytecode
+
+    monkeypatch.setattr(safetensors.torch, "save_file", terminated)
+    missed = []  # without the command's own handler, this one gets the signal (and the test run survives)
+
+    def fallback(signum, frame):
+        missed.append(signum)
+
+    before = signal.signal(signal.SIGTERM, fallback)
+    try:
+        code, _, err = _run(capsys, "export", "--model", "llama-tiny", "--format", "ours", "-o", tmp_path / "out")
+        assert signal.getsignal(signal.SIGTERM) is fallback  # restored after the command
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert not missed and code == 128 + signal.SIGTERM and err.strip().endswith("llmscratch: terminated")
+    assert list(tmp_path.iterdir()) == []

@@ -99,7 +99,7 @@ def test_bad_pairs_are_counted_and_skipped():
     ds = PreferenceDataset(entries, encode, max_length=prompt_len + 12, end_id=tok.eos_id)
     assert len(ds) == 2  # the first pair, and the last one (its answers differ at their 12th token)
     assert (ds.skipped.equal, ds.skipped.empty, ds.skipped.no_room) == (1, 1, 1)
-    assert "3 pair(s)" in ds.skipped.describe() and "within the maximum length" in ds.skipped.describe()
+    assert "3 pairs" in ds.skipped.describe() and "within the maximum length" in ds.skipped.describe()
     assert PreferenceDataset(entries[:1], encode, max_length=99).skipped.describe() == "skipped none"
     ds2 = PreferenceDataset(entries[-1:], encode, max_length=prompt_len + 10, end_id=tok.eos_id)
     assert len(ds2) == 0 and ds2.skipped.equal == 1  # equal once both are cut to 10 answer tokens

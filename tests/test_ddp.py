@@ -46,7 +46,7 @@ def single(tmp_path_factory, corpus):
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, corpus, single):
     run = torchrun(pretrain_args(corpus, tmp_path / "ddp", 2))  # two processes of batch 2
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "2 process(es), global batch 4" in run.stdout
+    assert "2 processes, global batch 4" in run.stdout
     assert run.stdout.count("trained 8 steps") == 1  # rank 0 speaks for both
     ddp_train, ddp_val = losses(tmp_path / "ddp")
     assert len(ddp_train) == 8

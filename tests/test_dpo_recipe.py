@@ -90,7 +90,7 @@ def test_bad_input_fails_before_training(tmp_path, tiny_folder):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     messages = []
     report = run(cfg(tmp_path, tiny_folder, data, max_steps=1), echo=messages.append)
-    assert any("skipped 7 pair(s): 5 with equal chosen and rejected answers; 1 with an empty answer; 1 whose "
+    assert any("skipped 7 pairs: 5 with equal chosen and rejected answers; 1 with an empty answer; 1 whose "
                "prompt leaves no room" in m and m.endswith("max_length is 128 tokens") for m in messages)
     assert report["data"]["train"] == {"pairs": 27, "skipped": 7}
     with pytest.raises(UserError, match="no chosen field 'nope'"):

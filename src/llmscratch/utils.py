@@ -182,6 +182,9 @@ def check_replaceable(folder: str | os.PathLike, overwrite: bool = False, ours: 
     """Raise FolderInUse unless `folder` may be replaced by a new output (see `folder_problem`) or `overwrite`;
     a UserError when it cannot be made at all (a file above it)."""
     folder = Path(folder)
+    if folder.exists() and Path.cwd().resolve().is_relative_to(folder.resolve()):
+        raise UserError(f"{folder} is the current folder or holds it: an output folder is replaced whole; name a new "
+                        "folder for it")
     if not folder.exists() and (blocked := file_in_the_way(folder.parent)) is not None:
         raise UserError(f"cannot make the folder {folder}: {blocked} is a file")
     if not overwrite and (reason := folder_problem(folder, ours)) is not None:
@@ -292,9 +295,9 @@ def human_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
-def plural(n: int, word: str) -> str:
-    """`n` and `word`, with an s unless n is 1: "1 step", "12 steps"."""
-    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """`n` and `word`, with an s (or `many`) unless n is 1: "1 step", "12 steps", "2 processes"."""
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {many or word + 's'}"
 
 
 def derived_seed(seed: int, key: object) -> int:

@@ -132,10 +132,33 @@ def out_of_memory(e: BaseException) -> bool:
             or "can't allocate memory" in text or "CUDA out of memory" in text)
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: raised in the main thread so that partial outputs are removed on the way out, as on Ctrl-C."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated
+
+
+def wrapped_os_error(e: BaseException) -> OSError | None:
+    """The file system error inside another library's exception (safetensors: "... (os error 28)"), if any."""
+    found = re.search(r"\(os error (\d+)\)", str(e)) if type(e).__name__ == "SafetensorError" else None
+    return OSError(int(found[1]), os.strerror(int(found[1]))) if found else None
+
+
 def main(argv: list[str] | None = None) -> None:
+    import signal
+    import threading
+
     words = sys.argv[1:] if argv is None else argv
     parser = build_parser(words[0] if words and not words[0].startswith("-") else None)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the command's own parser, whose --help lists its flags
+        leaf_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
+    previous = signal.getsignal(signal.SIGTERM)
+    if main_thread:
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         args.func(args)
     except UserError as e:
@@ -143,17 +166,25 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("llmscratch: interrupted", file=sys.stderr)
         sys.exit(130)
+    except Terminated:
+        print("llmscratch: terminated", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
     except BrokenPipeError:
         sys.exit(0)
     except OSError as e:  # the user's files and disks: missing, read-only, full, a folder in place of a file
         _fail(os_error_message(e))
     except UnicodeDecodeError as e:  # a text, CSV or config file that is not UTF-8, read without a check
         _fail(f"a file given is not UTF-8 text ({e.reason} at byte {e.start})")
-    except (MemoryError, RuntimeError) as e:  # a setting asked for more memory than there is
+    except Exception as e:  # a full disk inside safetensors; a setting that asked for more memory than there is
+        if (os_error := wrapped_os_error(e)) is not None:
+            _fail(os_error_message(os_error))
         if not out_of_memory(e):
             raise
         _fail("out of memory: a setting (a size, a count, a batch) asks for more memory than this machine has"
               + (f" ({str(e).splitlines()[0][:200]})" if str(e) else ""))
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def run() -> None:

@@ -55,7 +55,7 @@ def _generate(args: argparse.Namespace) -> None:
     from llmscratch.generate import GenerationStats, SamplingConfig, compile_decoding, generate_text, stream_text
     from llmscratch.model.quant_kernel import HUGE_PAGES_MIN_TOKENS, prepare_decoding
     from llmscratch.tokenizer import encode_prompt
-    from llmscratch.utils import UserError, pick_device
+    from llmscratch.utils import UserError, pick_device, plural
     from llmscratch.weights import load_model
 
     cfg = SamplingConfig(
@@ -96,8 +96,8 @@ def _generate(args: argparse.Namespace) -> None:
         text = generate_text(loaded.model, tok, args.prompt, cfg, use_cache, stats)[0]
         print(text)
     print(
-        f"{stats.new_tokens} tokens in {stats.seconds:.2f} s ({stats.tokens_per_second:.1f} tokens/s; prompt "
-        f"{stats.prompt_tokens} tokens, first token after {stats.first_token_seconds:.2f} s; KV cache "
+        f"{plural(stats.new_tokens, 'token')} in {stats.seconds:.2f} s ({stats.tokens_per_second:.1f} tokens/s; "
+        f"prompt {plural(stats.prompt_tokens, 'token')}, first token after {stats.first_token_seconds:.2f} s; KV cache "
         f"{'on' if use_cache else 'off'}; {loaded.name} on {next(loaded.model.parameters()).device})",
         file=sys.stderr,
     )

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from llmscratch.utils import UserError, read_text_file
+from llmscratch.utils import UserError, plural, read_text_file
 
 REGISTRY_NAME = "instruction-data-preference"
 
@@ -109,7 +109,8 @@ class Skipped:
                                                                   "within the maximum length"))
                  if n]
         firsts = ", ".join(f"{k}: {v}" for k, v in self.examples.items())
-        return f"skipped {self.total} pair(s): " + "; ".join(parts) + (f" (first ones: {firsts})" if firsts else "")
+        first = f" (first ones: {firsts})" if firsts else ""
+        return f"skipped {plural(self.total, 'pair')}: " + "; ".join(parts) + first
 
 
 @dataclass

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmscratch.config import check_fields, setting
-from llmscratch.utils import UserError, check_input_file
+from llmscratch.utils import UserError, check_input_file, plural
 
 RECORD_FIELDS = ("instruction", "input", "output", "response")
 OTHER_REFERENCES = ("chosen", "rejected")  # kept too when the entries have them (preference data), for metrics
@@ -93,7 +93,7 @@ def read_responses(path: str | os.PathLike) -> list[dict]:
     reported on stderr."""
     records, bad = read_jsonl(path, "responses")
     if bad:
-        print(f"warning: {path}: skipped {bad} line(s) that are not JSON objects", file=sys.stderr)
+        print(f"warning: {path}: skipped {plural(bad, 'line')} that are not JSON objects", file=sys.stderr)
     for n, rec in enumerate(records):
         missing = [f for f in ("index", *RECORD_FIELDS) if f not in rec]
         if missing:
@@ -204,7 +204,7 @@ def run_generate(spec: GenerateSpec) -> dict:
     check_not_input([out], [spec.data])
     existing, bad = read_jsonl(out) if out.is_file() else ([], 0)
     if bad > 1 or (bad and not existing):  # one cut last line is a crash's; more, and it is someone else's file
-        raise UserError(f"{out} is not a responses file ({bad} line(s) are not JSON records); answers are only "
+        raise UserError(f"{out} is not a responses file (lines that are not JSON records: {bad}); answers are only "
                         "appended to a file of earlier answers: write to another file (-o)")
     loaded = load_model(spec.model, device=pick_device(spec.device))
     if loaded.tokenizer is None:

@@ -368,7 +368,7 @@ class Trainer:
         self.save_every = cfg.save_every or cfg.eval_every or self.total
         n_train = self.model.num_params(trainable_only=True) if hasattr(self.model, "num_params") else "?"
         self.echo(f"training {self.task.name}: {n_train} trainable parameters, {plural(self.total, 'step')} "
-                  f"({self.steps_per_epoch} per epoch, {info.world_size} process(es), global batch "
+                  f"({self.steps_per_epoch} per epoch, {plural(info.world_size, 'process', 'processes')}, global batch "
                   f"{cfg.batch_size * cfg.grad_accum * info.world_size}) on {info.device}; outputs in {self.out}")
         self._emit("on_fit_start")
 
