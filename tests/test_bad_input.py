@@ -406,6 +406,22 @@ def test_found_by_a_weights_tester(capsys, tmp_path, monkeypatch):
     assert "is the current folder" in _error(capsys, "quantize", "--model", "llama-tiny", "--to", "int8", "-o",
                                              tmp_path, "--overwrite")
     assert sorted(p.name for p in here.iterdir()) == ["mine.txt"]
+    # folders that hold something else than a model say what they are
+    (here / "cls").mkdir()
+    (here / "cls" / "classifier.json").write_text("{}")
+    assert "is a classifier (classifier.json)" in _error(capsys, "generate", "--model", "cls", "--prompt", "x")
+    (here / "run" / "final").mkdir(parents=True)
+    (here / "run" / "train_config.json").write_text("{}")
+    assert "is a training run, not a model folder: its model is run/final" in _error(
+        capsys, "export", "--model", "run", "-o", tmp_path / "x")
+    # a mistyped path below an existing folder is not taken for a Hugging Face Hub id (and never downloaded)
+    assert "unknown model 'run/finale': not a file or folder" in _error(capsys, "generate", "--model", "run/finale",
+                                                                        "--prompt", "x")
+    assert "not fetched from hub; run `llmscratch models fetch gpt2-xl --source hub`" in _error(
+        capsys, "models", "path", "gpt2-xl", "--source", "hub")
+    assert "--head-format applies to a quantized head" in _error(
+        capsys, "quantize", "--model", "llama-tiny", "--to", "int4", "--no-quantize-head", "--head-format", "int8",
+        "-o", tmp_path / "q")
 
 
 def test_a_full_disk_inside_safetensors_is_one_line(capsys, tmp_path, monkeypatch):

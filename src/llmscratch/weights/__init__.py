@@ -134,6 +134,11 @@ def local_model_problem(path: str | os.PathLike) -> str | None:
     path = Path(path)
     if path.is_file() and path.suffix == ".gguf" or path.is_dir() and (is_checkpoint(path) or is_hf_folder(path)):
         return None
+    if path.is_dir() and (path / "classifier.json").is_file():
+        return (f"{path} is a classifier (classifier.json), not a language model: `llmscratch classify --model "
+                f"{path}` uses it")
+    if path.is_dir() and (path / "final").is_dir() and (path / "train_config.json").is_file():
+        return f"{path} is a training run, not a model folder: its model is {path / 'final'}"
     if path.is_dir():
         return (f"{path} is not a model folder: it needs config.json (with 'family', ours; or 'model_type', Hugging "
                 "Face) and safetensors weights")
@@ -204,8 +209,9 @@ def registered_config(name: str):
 
 
 def _looks_like_hub_id(text: str) -> bool:
+    """owner/name, where no local folder is called owner (then it is a mistyped path, not a download)."""
     parts = text.split("/")
-    return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "~")) and not Path(parts[0]).is_dir()
 
 
 __all__ = ["LoadedModel", "check_model_name", "load_model", "load_path", "load_preset", "model_config",

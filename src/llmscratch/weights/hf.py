@@ -205,6 +205,8 @@ def export_hf(
     exporter = EXPORTERS[family]
     hf_config = exporter.config_to_hf(model.config)
     tensors = exporter.state_dict_to_hf(model)
+    floats = [t.dtype for t in tensors.values() if t.is_floating_point()]
+    hf_config["torch_dtype"] = str(floats[0] if floats else torch.float32).removeprefix("torch.")
     folder = Path(folder)
     with atomic_folder(folder, overwrite) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})

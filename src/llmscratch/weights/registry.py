@@ -207,6 +207,19 @@ def local_path(name: str, source: str | None = None) -> Path | None:
     return None
 
 
+def license_files(spec: str | os.PathLike) -> list[Path]:
+    """The licence and terms files that came with a model: in its folder, or beside a registered model's fetched
+    weights (names in utils.LICENSE_FILES). A lone file elsewhere has none: its folder may hold anything."""
+    from llmscratch.utils import LICENSE_FILES
+
+    path = Path(spec).expanduser()
+    if not path.exists() and os.fspath(spec) in MODELS:
+        path = (local_path(os.fspath(spec)) or path).parent
+    if not path.is_dir():
+        return []
+    return [path / name for name in LICENSE_FILES if (path / name).is_file()]
+
+
 def ordered_sources(entry: ModelEntry, source: str | None = None) -> list[Source]:
     """The sources of `entry` to try, in order, for `source` ("auto", "hub", "wheel"; None: env or "auto")."""
     source = source or os.environ.get("LLMSCRATCH_MODEL_SOURCE") or "auto"
