@@ -323,6 +323,37 @@ def test_ctrl_c_finishes_the_step_saves_and_resume_continues(tmp_path):
     assert train(model, task, cfg_for(tmp_path / "b", max_steps=6, eval_every=100)).last_train_loss == r.last_train_loss
 
 
+def test_sigterm_finishes_the_step_saves_and_hands_the_signal_on(tmp_path):
+    """`timeout`, job schedulers and `docker stop` send SIGTERM: the step ends with a checkpoint, then the signal
+    goes to the handler there was before (the CLI's, which ends the process with "terminated")."""
+    import os
+    import signal
+
+    from llmscratch.train.callbacks import Callback
+
+    class Terminated(Exception):
+        pass
+
+    def cli_handler(signum, frame):
+        raise Terminated
+
+    class SigtermAtStep3(Callback):
+        def on_train_step(self, trainer, record):
+            if record["step"] == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    model, task = tiny_setup()
+    before = signal.signal(signal.SIGTERM, cli_handler)
+    try:
+        with pytest.raises(Terminated):
+            train(model, task, cfg_for(tmp_path, max_steps=6, eval_every=100), callbacks=[SigtermAtStep3()])
+        assert signal.getsignal(signal.SIGTERM) is cli_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-00000003"]
+    assert not (tmp_path / "run" / "final").exists()
+
+
 def test_resume_and_overwrite_together_are_refused(tmp_path):
     model, task = tiny_setup()
     with pytest.raises(UserError, match="resume=True .* overwrite=True"):

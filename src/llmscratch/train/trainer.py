@@ -153,6 +153,7 @@ class Trainer:
         self.callbacks = self.default_callbacks() + list(callbacks or [])
         self.evals: list[dict] = []
         self.stop_reason: str | None = None
+        self.stopped_by = signal.SIGINT  # the signal that stopped the run (stop_reason "interrupted")
         self.improved = False  # the last evaluation gave a new best validation loss
         self.last_loss: float | None = None
         self.resumed_from: Path | None = None
@@ -181,13 +182,14 @@ class Trainer:
         """Run to cfg's end (steps, epochs, time limit or early stopping); the run's outputs and figures."""
         try:
             self._start()
-            with self._ctrl_c_stops_after_a_checkpoint():
+            with self._signals_stop_after_a_checkpoint():
                 while self.state.step < self.total and self.stop_reason is None:
                     self._epoch()
             if self.stop_reason == "interrupted":  # saved: not a finished run, so no final model
                 self.echo(f"checkpoint of step {self.state.step} saved in {self.out / 'checkpoints'}: the same "
                           "command with --resume continues from it")
-                raise KeyboardInterrupt
+                signal.raise_signal(self.stopped_by)  # as if it came now, to the handler there was before
+                raise KeyboardInterrupt  # that handler returned (it ignores the signal): the run still stops here
             self._emit("on_fit_end")
         finally:
             for cb in self.callbacks:
@@ -196,26 +198,33 @@ class Trainer:
         return self._result()
 
     @contextlib.contextmanager
-    def _ctrl_c_stops_after_a_checkpoint(self):
-        """While training: a first Ctrl-C ends the run after the current step, evaluated and saved (then
-        KeyboardInterrupt); a second one stops at once. One process only (DDP ranks would disagree on the step),
-        on the main thread (where Python delivers signals)."""
-        if (self.info.enabled or threading.current_thread() is not threading.main_thread()
-                or signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None)):  # ignored, or set outside Python
+    def _signals_stop_after_a_checkpoint(self):
+        """While training: a first Ctrl-C (SIGINT) or SIGTERM (`timeout`, job schedulers, `docker stop`) ends the
+        run after the current step, evaluated and saved; `fit` then raises that signal again for the caller (the
+        CLI: "interrupted" or "terminated"). A second one stops at once. One process only (DDP ranks would disagree
+        on the step), on the main thread (where Python delivers signals); a signal ignored, or handled outside
+        Python, is left alone."""
+        previous: dict[int, object] = {}
+        if self.info.enabled or threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def first(signum, frame):
-            signal.signal(signal.SIGINT, previous)
-            self.echo("Ctrl-C: stopping after the current step with a checkpoint (Ctrl-C again: stop now, losing "
+            signal.signal(signum, previous[signum])
+            name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+            self.echo(f"{name}: stopping after the current step with a checkpoint ({name} again: stop now, losing "
                       "the steps since the last checkpoint)")
             self.stop("interrupted")
+            self.stopped_by = signum
 
-        previous = signal.signal(signal.SIGINT, first)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) not in (signal.SIG_IGN, None):
+                previous[sig] = signal.signal(sig, first)
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _epoch(self) -> None:
         """The steps left in the current epoch (or up to the end of the run)."""
