@@ -159,7 +159,7 @@ TYPES = {
 
 
 @pytest.mark.parametrize("tied", [True, False])
-def test_synthetic_gguf_loads_every_type_exactly(tmp_path, tied):
+def test_synthetic_gguf_loads_every_type_exactly(tmp_path, tied, capsys):
     rng = np.random.default_rng(0)
     cfg = LlamaConfig(**{**CONFIG.__dict__, "tie_embeddings": tied})
     types = dict(TYPES, **({} if tied else {"output.weight": Q.Q6_K}))
@@ -179,6 +179,12 @@ def test_synthetic_gguf_loads_every_type_exactly(tmp_path, tied):
     assert tok.encode("<|im_start|>hel", allowed_special="all") == [261, 256, 108]
     assert (tok.bos_id, tok.eos_id) == (261, 262)
     assert loaded.chat_template == TEMPLATE
+    if tied:  # `model info` names the file's tensor types, as it holds them
+        from llmscratch.cli import main
+
+        main(["model", "info", str(tmp_path / "tiny.gguf")])
+        shown = capsys.readouterr().out
+        assert "stored as GGUF: " in shown and "Q4_K x 2" in shown and "BF16 x 1" in shown
 
 
 def test_unsupported_tensor_type_is_named(tmp_path):

@@ -53,6 +53,8 @@ def _info(args: argparse.Namespace) -> None:
     print(f"weights: {_size(size.weight_bytes(4))} in float32, {_size(size.weight_bytes(2))} in bfloat16")
     if (q := _stored_quantized(args.name)) is not None:
         print(f"stored quantized: {q[0]}: {_size(q[1])} of safetensors on disk")
+    if (g := _stored_gguf(args.name)) is not None:
+        print(f"stored as GGUF: {g}")
     print(f"KV cache at full context ({config.context_length} tokens, batch 1): "
           f"{_size(size.kv_cache_bytes(4))} in float32, {_size(size.kv_cache_bytes(2))} in bfloat16")
     per_token = size.kv_cache_bytes(4, tokens=1)
@@ -85,6 +87,25 @@ def _stored_quantized(name: str) -> tuple[str, int] | None:
     on_disk = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
     group = f", group {q['group']}" if q.get("group") else ""
     return f"{q.get('format', '?')}{group}", on_disk
+
+
+def _stored_gguf(name: str) -> str | None:
+    """A .gguf file's (or a registered model's fetched GGUF's) size and tensor types ("94.1 MB file; tensors:
+    Q4_1 x 211, F32 x 61"); None for anything else."""
+    from collections import Counter
+    from pathlib import Path
+
+    from llmscratch.weights.gguf import ggml_type_name, open_gguf
+    from llmscratch.weights.registry import MODELS, local_path
+
+    path = Path(name).expanduser()
+    if not path.exists() and name in MODELS:
+        path = local_path(name) or path
+    if not (path.is_file() and path.suffix == ".gguf"):
+        return None
+    types = Counter(ggml_type_name(t) for t in open_gguf(path).tensors)
+    shown = ", ".join(f"{kind} x {n}" for kind, n in types.most_common())
+    return f"{_size(path.stat().st_size)} file; tensors: {shown}"
 
 
 def _list(args: argparse.Namespace) -> None:
