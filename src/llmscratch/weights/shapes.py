@@ -55,7 +55,9 @@ def checked_config(build: Callable[[], Any], source: str) -> Any:
         config = build()
     except (TypeError, ValueError, ArithmeticError, AttributeError, KeyError) as e:
         if isinstance(e, UserError):
-            raise
+            if source in str(e):
+                raise
+            raise UserError(f"{source}: {e}") from None
         raise UserError(f"{source}: not a valid model config: {e}") from None
     check_config(config, source)
     return config
