@@ -323,6 +323,27 @@ def test_ctrl_c_finishes_the_step_saves_and_resume_continues(tmp_path):
     assert train(model, task, cfg_for(tmp_path / "b", max_steps=6, eval_every=100)).last_train_loss == r.last_train_loss
 
 
+@pytest.mark.parametrize("batch_size,n", [(8, 2000), (4, 1000)])
+def test_resume_with_another_batch_size_or_less_data_moves_on(tmp_path, capsys, batch_size, n):
+    """The position in the epoch is counted again in the new batches (4 -> 8: 26 batches of 4 are 13 of 8); where
+    the epoch has no step left (data that got shorter), the next one starts. Both used to spin without a step."""
+    from llmscratch.train.callbacks import Callback
+
+    class StopAt26(Callback):
+        def on_train_step(self, trainer, record):
+            if record["step"] == 26:
+                trainer.stop("test")
+
+    model, task = tiny_setup()  # 112 windows: 28 steps of 4 per epoch
+    train(model, task, cfg_for(tmp_path, epochs=3), callbacks=[StopAt26()])
+    model, task = tiny_setup(n=n)
+    r = train(model, task, cfg_for(tmp_path, epochs=3, batch_size=batch_size, max_seconds=120), resume=True)
+    assert r.stop_reason is None and r.steps == 42  # 3 epochs of 14 steps either way
+    where = "epoch 2, batch 0" if n == 1000 else "epoch 1, batch 13"  # 1000 ids: 56 windows, 14 steps of 4
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-00000026"
+    assert f"resumed from {checkpoint} (step 26, {where})" in capsys.readouterr().out
+
+
 def test_sigterm_finishes_the_step_saves_and_hands_the_signal_on(tmp_path):
     """`timeout`, job schedulers and `docker stop` send SIGTERM: the step ends with a checkpoint, then the signal
     goes to the handler there was before (the CLI's, which ends the process with "terminated")."""

@@ -409,6 +409,7 @@ class Trainer:
         except ckpt.CheckpointError as e:
             raise UserError(f"cannot resume from {path}: {e}") from None
         self._warn_changes(saved, state)
+        self._place_in_epoch(state, saved.get("batch_size"))
         if info.rank < len(rng_states):
             ckpt.restore_rng(rng_states[info.rank])
         else:
@@ -416,6 +417,17 @@ class Trainer:
         state.world_size = info.world_size
         self.state, self.resumed_from, self.last_checkpoint = state, path, path
         self.echo(f"resumed from {path} (step {state.step}, epoch {state.epoch + 1}, batch {state.batch})")
+
+    def _place_in_epoch(self, state: ckpt.TrainState, saved_batch_size: int | None) -> None:
+        """The resumed position in the epoch in this run's micro-batches (another batch size or grad_accum counts
+        the same examples in other units; data that got shorter may leave none): the next epoch when the current
+        one has no whole step left, so that training always moves on."""
+        cfg = self.cfg
+        if saved_batch_size and saved_batch_size != cfg.batch_size:
+            state.batch = state.batch * saved_batch_size // cfg.batch_size
+        state.batch -= state.batch % cfg.grad_accum
+        if state.batch >= self.steps_per_epoch * cfg.grad_accum:
+            state.epoch, state.batch = state.epoch + 1, 0
 
     def _check_same_model(self, path: Path) -> None:
         """UserError when the checkpoint holds another model (family, sizes, vocabulary) than the one trained now."""
