@@ -460,3 +460,31 @@ def test_sigterm_removes_partial_outputs(capsys, tmp_path, monkeypatch):
         signal.signal(signal.SIGTERM, before)
     assert not missed and code == 128 + signal.SIGTERM and err.strip().endswith("llmscratch: terminated")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_found_by_a_training_tester(capsys, tmp_path):
+    """Session 13's new-user pass over data, tokenizer and pretraining: wrong, silent or missing messages."""
+    (tmp_path / "both.yaml").write_text("max_steps: 3\nmax-steps: 4\n")
+    assert "'max_steps' and 'max-steps' set the same thing" in _error(capsys, "pretrain", "--config",
+                                                                      tmp_path / "both.yaml")
+    (tmp_path / "run.toml").write_text("max_steps = 3\n")
+    assert "read from .yaml, .yml or .json files" in _error(capsys, "pretrain", "--config", tmp_path / "run.toml")
+    text = tmp_path / "t.txt"
+    text.write_text("the other thing is the best thing there\n" * 50)
+    code, out, err = _run(capsys, "tokenizer", "train", "--input", text, "--vocab-size", "5000", "--min-frequency",
+                          "60", "-o", tmp_path / "a.json", "--special-token", "the")
+    assert code == 0 and "no pair of tokens left occurs 60 or more times" in out
+    assert "the special token 'the' is an ordinary word" in err
+    assert "--min-frequency must be >= 1" in _error(capsys, "tokenizer", "train", "--input", text, "--vocab-size",
+                                                    "300", "--min-frequency", "0", "-o", tmp_path / "b.json")
+    # a tiny run trained with gpt2's tokenizer: its folder names the tokenizer, and tokenizer commands read it
+    from conftest import mirror_file
+
+    mirror_file("gpt2/vocab.bpe")
+    run = tmp_path / "run"
+    code, out, _ = _run(capsys, "pretrain", "--data", text, "--model", "gpt2-tiny", "--max-steps", "30",
+                        "--batch-size", "2", "--context", "16", "--no-progress", "--out", run)
+    assert code == 0 and "note: --max-steps is 30, but 1 epoch of this data is " in out
+    assert _run(capsys, "tokenizer", "encode", "--tokenizer", run / "final", "--text", "The data")[1].split() == [
+        "464", "1366"]
+    assert "is a training run, not a model folder: its model is" in _error(capsys, "model", "info", run)

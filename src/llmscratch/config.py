@@ -348,12 +348,15 @@ def _defaults_only(cls):
 def _from_file(path, flags: list[Flag]) -> dict[str, object]:
     """{dest: value} of a config file; unknown keys and values of the wrong type or range are UserErrors."""
     table = {key: (flag, const) for flag in flags for key, const in flag.keys().items()}
-    values = {}
+    values, given = {}, {}
     for key, raw in read_config_file(path).items():
         if _key(key) not in table:
             known = sorted({_key(f.option) for f in flags})
             raise UserError(f"{path}: unknown setting {key!r}; known: {', '.join(known)}")
         flag, const = table[_key(key)]
+        if flag.dest in given:
+            raise UserError(f"{path}: {given[flag.dest]!r} and {key!r} set the same thing; keep one")
+        given[flag.dest] = key
         name = f"{path}: {key}"
         if const is not None:
             on = coerce(raw, bool, name)
@@ -368,6 +371,8 @@ def _from_file(path, flags: list[Flag]) -> dict[str, object]:
 def read_config_file(path: str | Path) -> dict:
     """The mapping of a YAML (.yaml, .yml) or JSON config file; UserError when it is missing or unreadable."""
     path = check_input_file(path, "config")
+    if path.suffix.lower() not in (".yaml", ".yml", ".json"):
+        raise UserError(f"config file {path}: settings are read from .yaml, .yml or .json files")
     try:
         data = _parse(path.read_text(encoding="utf-8"), path.suffix.lower())
     except (UnicodeDecodeError, ValueError) as e:

@@ -37,7 +37,8 @@ def register(subparsers) -> None:
     p.add_argument("corpus", help="registry data set name or path of a UTF-8 text file")
     p.add_argument("-o", "--output", required=True, type=Path, help="token file to write, e.g. tokens.bin")
     p.add_argument("--tokenizer", default="gpt2", help="'gpt2' or a tokenizer file (default: gpt2)")
-    p.add_argument("--chunk-chars", type=int, default=1 << 22, help="bytes read per step (default: 4 MiB)")
+    p.add_argument("--chunk-chars", type=int, default=1 << 22,
+                   help="characters read and tokenized at a time (default: 4,194,304, about 4 MiB of ASCII)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true",
                    help="replace -o (and its .json header) even when they are not a token file of ours")

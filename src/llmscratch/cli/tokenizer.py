@@ -64,7 +64,8 @@ def register(subparsers) -> None:
 def _tokenizer_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", default="gpt2", metavar="SPEC",
                         help="'gpt2', a tokenizer file saved by 'tokenizer train', a Hugging Face "
-                        "tokenizer.json, or a folder holding one (default: gpt2)")
+                        "tokenizer.json, a folder holding one (a model folder: its tokenizer), a .gguf file or a "
+                        "registered model's name (the tokenizer it carries) (default: gpt2)")
 
 
 def _read_text(path: str | None) -> str:
@@ -94,13 +95,19 @@ def _train(args: argparse.Namespace) -> None:
         tok = train(text, args.vocab_size, args.special_token, pre=args.pre,
                     min_frequency=args.min_frequency, progress=True)
     except ValueError as e:
-        raise UserError(str(e)) from None
+        raise UserError(str(e), params=("min_frequency",)) from None
     seconds = time.perf_counter() - start
     tok.save(args.output)
-    note = "" if tok.vocab_size == args.vocab_size else f" (asked for {args.vocab_size}: the text ran out of pairs)"
+    why = (f"no pair of tokens left occurs {args.min_frequency} or more times" if args.min_frequency > 1
+           else "the text ran out of pairs")
+    note = "" if tok.vocab_size == args.vocab_size else f" (asked for {args.vocab_size}: {why})"
     print(f"trained {tok.vocab_size} tokens{note}: {len(tok.merges)} merges, "
           f"{len(tok.special_tokens)} special, in {seconds:.1f} s")
     print(f"wrote {args.output} and {vocab_view_path(args.output)}")
+    for word in [t for t in tok.special_tokens if t.replace("_", "").isalnum()]:
+        print(f"warning: the special token {word!r} is an ordinary word: text holding it is refused by `tokenizer "
+              "encode` unless --allow-special, which then cuts words around it; special tokens usually look like "
+              "<|name|>", file=sys.stderr)
 
 
 def _encode(args: argparse.Namespace) -> None:

@@ -61,7 +61,8 @@ def load_tokenizer(spec: str | os.PathLike):
     - "gpt2": GPT-2's tokenizer (files fetched through the data registry, entry "gpt2-bpe");
     - a file saved by `Tokenizer.save` or `SentencePieceTokenizer.save`;
     - a Hugging Face tokenizer.json, or a folder that holds one;
-    - a folder holding GPT-2-style encoder.json and vocab.bpe;
+    - a folder holding GPT-2-style encoder.json and vocab.bpe, or one of our model folders (its tokenizer, or
+      the one its tokenizer.ref.json names);
     - a .gguf file, or a registered model's name (`llmscratch models list`): the tokenizer it carries.
     """
     spec = os.fspath(spec)
@@ -77,6 +78,12 @@ def load_tokenizer(spec: str | os.PathLike):
             return load_tokenizer(path / "tokenizer.json")
         if (path / "encoder.json").is_file() and (path / "vocab.bpe").is_file():
             return read_gpt2_folder(path)
+        if (path / "tokenizer.ref.json").is_file():  # one of our model folders that names its tokenizer ("gpt2")
+            from llmscratch.weights.ours import load_tokenizer_of
+
+            if (named := load_tokenizer_of(path)) is None:
+                raise UserError(f"{path} has no tokenizer (its tokenizer.ref.json names none)")
+            return named
         raise UserError(f"tokenizer folder {path} holds neither tokenizer.json nor encoder.json + vocab.bpe")
     if path.is_file() and path.suffix == ".gguf":
         return _gguf_tokenizer(path)

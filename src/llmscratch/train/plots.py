@@ -117,9 +117,13 @@ def plot_panels(
 
 
 def _save(fig, out_png: str | Path) -> Path:
-    """Write `fig` to `out_png` atomically and free it."""
+    """Write `fig` to `out_png` atomically and free it; step axes get whole-number ticks (no step 2.5)."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
+    for ax in fig.axes:
+        if ax.get_xlabel() == "optimizer step":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     out_png = Path(out_png)
     try:
         with atomic_path(out_png) as tmp:

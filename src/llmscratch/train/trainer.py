@@ -375,10 +375,15 @@ class Trainer:
         self.train_model = torch.compile(self.ddp_model) if cfg.compile else self.ddp_model
         self.eval_model = torch.compile(self.model) if cfg.compile else self.model
         self.save_every = cfg.save_every or cfg.eval_every or self.total
-        n_train = self.model.num_params(trainable_only=True) if hasattr(self.model, "num_params") else "?"
+        n_train = f"{self.model.num_params(trainable_only=True):,}" if hasattr(self.model, "num_params") else "?"
         self.echo(f"training {self.task.name}: {n_train} trainable parameters, {plural(self.total, 'step')} "
-                  f"({self.steps_per_epoch} per epoch, {plural(info.world_size, 'process', 'processes')}, global batch "
-                  f"{cfg.batch_size * cfg.grad_accum * info.world_size}) on {info.device}; outputs in {self.out}")
+                  f"({self.steps_per_epoch} per epoch, {plural(info.world_size, 'process', 'processes')}, "
+                  f"global batch {cfg.batch_size * cfg.grad_accum * info.world_size}) on {info.device}; outputs in "
+                  f"{self.out}")
+        if cfg.max_steps is not None and cfg.max_steps > self.total:
+            self.echo(f"note: --max-steps is {cfg.max_steps:,}, but {plural(cfg.epochs, 'epoch')} of this data "
+                      f"{'is' if cfg.epochs == 1 else 'are'} {plural(self.total, 'step')}: raise --epochs to train "
+                      "longer")
         self._emit("on_fit_start")
 
     def _prepare_out_dir(self) -> None:

@@ -193,7 +193,8 @@ def model_config(spec: str | os.PathLike):
             raise UserError(f"{path}: Hugging Face model_type {hf['model_type']!r} is not supported")
         return checked_config(lambda: IMPORTERS[hf["model_type"]].config_from_hf(hf), str(path / "config.json"))
     if path.exists():
-        raise UserError(f"{text!r} is not a model folder (config.json + weights) or a .gguf file")
+        raise UserError(local_model_problem(path) or f"{text!r} is not a model folder (config.json + weights) or a "
+                        ".gguf file")
     return registered_config(text)
 
 

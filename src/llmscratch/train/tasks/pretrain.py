@@ -128,13 +128,15 @@ def _token_file_data(path: Path, tokenizer, context: int, stride: int, train_rat
     tokens = TokenFile(path)
     vocab = tokens.header.tokenizer.get("vocab_size")
     if tokenizer is not None and vocab is not None and vocab != tokenizer.vocab_size:
-        raise UserError(f"{path} was tokenized with a {vocab}-token vocabulary "
-                        f"({tokens.header.tokenizer.get('spec')}), but the tokenizer has {tokenizer.vocab_size}")
+        spec = tokens.header.tokenizer.get("spec")
+        raise UserError(f"{path} was tokenized with a vocabulary of {vocab:,} tokens ({spec}), but the tokenizer "
+                        f"given has {tokenizer.vocab_size:,}" + (f"; it was made with {spec}: give that one" if spec else ""),
+                        params=("tokenizer",))
     recorded = tokens.header.tokenizer.get("fingerprint")
     if tokenizer is not None and recorded and fingerprint(tokenizer) not in (None, recorded):
         raise UserError(f"{path} was tokenized with another tokenizer ({tokens.header.tokenizer.get('spec')}) than "
                         "the one given: its ids would stand for other tokens; give that tokenizer, or tokenize the "
-                        "text again with this one")
+                        "text again with this one", params=("tokenizer",))
     train_ids, val_ids = split_train_val(tokens, train_ratio)
     return _windows(train_ids, val_ids, context, stride, str(path), train_ratio)
 
