@@ -415,8 +415,8 @@ def test_found_by_a_weights_tester(capsys, tmp_path, monkeypatch):
     assert "is a training run, not a model folder: its model is run/final" in _error(
         capsys, "export", "--model", "run", "-o", tmp_path / "x")
     # a mistyped path below an existing folder is not taken for a Hugging Face Hub id (and never downloaded)
-    assert "unknown model 'run/finale': not a file or folder" in _error(capsys, "generate", "--model", "run/finale",
-                                                                        "--prompt", "x")
+    assert "no file or folder 'run/finale' (./run is a folder here" in _error(capsys, "generate", "--model",
+                                                                              "run/finale", "--prompt", "x")
     assert "not fetched from hub; run `llmscratch models fetch gpt2-xl --source hub`" in _error(
         capsys, "models", "path", "gpt2-xl", "--source", "hub")
     assert "--head-format applies to a quantized head" in _error(

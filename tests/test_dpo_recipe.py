@@ -69,6 +69,9 @@ def test_preferences_are_learned_and_the_model_is_saved(tmp_path, tiny_folder, t
         (p["where"] for p in pairs), key=lambda w: int(w.split()[-1]))
     assert {"instruction", "chosen", "rejected", "chosen_reward", "rejected_reward", "margin"} <= set(pairs[0])
     assert sum(p["margin"] for p in pairs) / 4 == pytest.approx(after["margin"], abs=1e-6)
+    # the figures after training are those of the training loop's own last evaluation (same weights, all pairs)
+    val = report["after"]["val"]
+    assert val["accuracy"] == evals[-1]["accuracy"] and val["margin"] == pytest.approx(evals[-1]["margin"], abs=1e-5)
     assert report["test_pairs_wrong"] == sum(p["margin"] <= 0 for p in pairs) == 0
     # the final folder is a plain model (LoRA merged into its weights), trained away from the start
     final, start = load_model(out / "final").model, load_model(tiny_folder).model

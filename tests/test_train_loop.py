@@ -375,6 +375,46 @@ def test_sigterm_finishes_the_step_saves_and_hands_the_signal_on(tmp_path):
     assert not (tmp_path / "run" / "final").exists()
 
 
+def test_a_signal_is_never_lost_and_a_second_one_stops_at_once(tmp_path):
+    """SIGTERM in a step that stops for another reason (a time limit) still reaches the caller after the run
+    ends (final model written); Ctrl-C then SIGTERM: the second stops at once, whatever its kind."""
+    import os
+    import signal
+
+    from llmscratch.train.callbacks import Callback
+
+    class Terminated(Exception):
+        pass
+
+    def cli_handler(signum, frame):
+        raise Terminated
+
+    class At(Callback):
+        def __init__(self, *signals, reason=None):
+            self.signals, self.reason = signals, reason
+
+        def on_train_step(self, trainer, record):
+            if record["step"] == 2:
+                if self.reason:
+                    trainer.stop(self.reason)
+                for sig in self.signals:
+                    os.kill(os.getpid(), sig)
+
+    before = signal.signal(signal.SIGTERM, cli_handler)
+    try:
+        model, task = tiny_setup()
+        with pytest.raises(Terminated):
+            train(model, task, cfg_for(tmp_path / "a", max_steps=6), callbacks=[At(signal.SIGTERM, reason="time")])
+        assert (tmp_path / "a" / "run" / "final").is_dir()  # the run had ended anyway: its model is kept
+        model, task = tiny_setup()
+        with pytest.raises(Terminated):
+            train(model, task, cfg_for(tmp_path / "b", max_steps=6), callbacks=[At(signal.SIGINT, signal.SIGTERM)])
+        assert not (tmp_path / "b" / "run" / "checkpoints").exists() or not any(
+            (tmp_path / "b" / "run" / "checkpoints").iterdir())  # stopped at once, before step 2 was saved
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def test_resume_and_overwrite_together_are_refused(tmp_path):
     model, task = tiny_setup()
     with pytest.raises(UserError, match="resume=True .* overwrite=True"):

@@ -369,9 +369,10 @@ def _from_file(path, flags: list[Flag]) -> dict[str, object]:
 
 
 def read_config_file(path: str | Path) -> dict:
-    """The mapping of a YAML (.yaml, .yml) or JSON config file; UserError when it is missing or unreadable."""
+    """The mapping of a YAML (.yaml, .yml) or JSON (.json, or no suffix) config file; UserError when it is missing,
+    unreadable or of another kind."""
     path = check_input_file(path, "config")
-    if path.suffix.lower() not in (".yaml", ".yml", ".json"):
+    if path.suffix.lower() not in (".yaml", ".yml", ".json", ""):  # no suffix (/dev/fd/63): JSON
         raise UserError(f"config file {path}: settings are read from .yaml, .yml or .json files")
     try:
         data = _parse(path.read_text(encoding="utf-8"), path.suffix.lower())

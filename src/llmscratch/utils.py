@@ -32,11 +32,11 @@ class FolderInUse(UserError):
         self.folder, self.reason = folder, reason
 
 
+# A model's licence and terms files, which `export` copies along.
+LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "NOTICE", "USE_POLICY.md", "GEMMA_TERMS.html")
 # Every file name our folder writers produce (model folders, Hugging Face exports, checkpoints, classifiers,
 # tuned models). A writer that puts a new name into a folder that atomic_folder replaces must add it here, or a
 # second run refuses to replace its own output (FolderInUse).
-# a model's licence and terms files, which `export` copies along
-LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "NOTICE", "USE_POLICY.md", "GEMMA_TERMS.html")
 OUTPUT_FILES = frozenset({
     "model.safetensors", "model.safetensors.index.json", "config.json", "tokenizer.json", "tokenizer.ref.json",
     "tokenizer.model", "chat_template.jinja", "generation_config.json", "vocab.json", "merges.txt",

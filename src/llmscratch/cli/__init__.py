@@ -155,9 +155,12 @@ def main(argv: list[str] | None = None) -> None:
     args, extra = parser.parse_known_args(argv)
     if extra:  # named by the command's own parser, whose --help lists its flags
         leaf_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
-    main_thread = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
     previous = signal.getsignal(signal.SIGTERM)
-    if main_thread:
+    # Only the main thread may set handlers; a SIGTERM ignored, or handled outside Python, stays so; torchrun
+    # workers keep the default, so that torchrun's teardown stops a rank blocked in a collective at once.
+    ours = (threading.current_thread() is threading.main_thread() and previous not in (signal.SIG_IGN, None)
+            and os.environ.get("WORLD_SIZE", "1") == "1")
+    if ours:
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         args.func(args)
@@ -183,8 +186,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail("out of memory: a setting (a size, a count, a batch) asks for more memory than this machine has"
               + (f" ({str(e).splitlines()[0][:200]})" if str(e) else ""))
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        if ours:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def run() -> None:

@@ -93,15 +93,12 @@ def _stored_gguf(name: str) -> str | None:
     """A .gguf file's (or a registered model's fetched GGUF's) size and tensor types ("94.1 MB file; tensors:
     Q4_1 x 211, F32 x 61"); None for anything else."""
     from collections import Counter
-    from pathlib import Path
 
     from llmscratch.weights.gguf import ggml_type_name, open_gguf
-    from llmscratch.weights.registry import MODELS, local_path
+    from llmscratch.weights.registry import local_copy
 
-    path = Path(name).expanduser()
-    if not path.exists() and name in MODELS:
-        path = local_path(name) or path
-    if not (path.is_file() and path.suffix == ".gguf"):
+    path = local_copy(name)
+    if path is None or not (path.is_file() and path.suffix == ".gguf"):
         return None
     types = Counter(ggml_type_name(t) for t in open_gguf(path).tensors)
     shown = ", ".join(f"{kind} x {n}" for kind, n in types.most_common())

@@ -150,29 +150,19 @@ def evaluate_pairs(model, task, split: str, batch_size: int, device, desc: str |
     """Mean DPO loss, chosen/rejected rewards, margin, reward accuracy and chosen NLL of `model` over a split (the
     one evaluation loop: eval mode, no gradients) with the number of pairs; and each pair's entry with its rewards
     and margin, in file order."""
-    import torch
-
-    from llmscratch.train.evaluate import eval_outputs
+    from llmscratch.train.evaluate import eval_outputs, means, merge_sums
 
     def outputs(m, batch):
         return batch["index"], task.outputs(m, batch)
 
-    parts = list(eval_outputs(model, task.split_batches(split, batch_size), outputs, device,
-                              autocast=autocast_for(device), desc=desc, total=len(task.splits[split])))
-
-    def cat(name: str) -> torch.Tensor:
-        return torch.cat([getattr(out, name).detach().float().cpu() for _, (_, out) in parts])  # (pairs,)
-
-    loss, chosen, rejected, nll = cat("loss"), cat("chosen_rewards"), cat("rejected_rewards"), cat("chosen_nll")
-    margin = chosen - rejected
-    metrics = {"loss": loss.mean().item(), "chosen_reward": chosen.mean().item(),
-               "rejected_reward": rejected.mean().item(), "margin": margin.mean().item(),
-               "accuracy": (margin > 0).float().mean().item(), "chosen_nll": nll.mean().item(), "pairs": len(loss)}
-    index = torch.cat([i.cpu() for _, (i, _) in parts]).tolist()
-    entries = task.splits[split].entries
-    per_pair = [{**entries[i], "chosen_reward": c, "rejected_reward": r, "margin": c - r}
-                for i, c, r in zip(index, chosen.tolist(), rejected.tolist())]
-    return metrics, per_pair
+    sums, per_pair, entries = [], [], task.splits[split].entries
+    for rows, (index, out) in eval_outputs(model, task.split_batches(split, batch_size), outputs, device,
+                                           autocast=autocast_for(device), desc=desc, total=len(entries)):
+        sums.append({"loss": (float(out.loss.sum()), rows), **out.metrics()})  # the training loop's figures
+        for i, c, r in zip(index.tolist(), out.chosen_rewards.tolist(), out.rejected_rewards.tolist()):
+            per_pair.append({**entries[i], "chosen_reward": c, "rejected_reward": r, "margin": c - r})
+    merged = merge_sums(sums)
+    return {**means(merged), "pairs": int(merged["loss"][1])}, per_pair
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -234,10 +224,12 @@ def run(cfg: DPOConfig, command: str | None = None, echo=print, base=None) -> di
         if len(splits[split]):
             after[split], per_pair[split] = evaluate_pairs(model, task, split, cfg.train.batch_size, device,
                                                            f"{split} pairs" if cfg.train.progress else None)
-    test_pairs = None
+    test_pairs = out / "test_pairs.jsonl"
     if per_pair.get("test"):
-        test_pairs = out / "test_pairs.jsonl"
         atomic_write_text(test_pairs, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in per_pair["test"]))
+    else:  # no test split: no file, not an earlier run's
+        test_pairs.unlink(missing_ok=True)
+        test_pairs = None
     final = save_tuned(model, tokenizer, loaded.chat_template, out / "final",
                        {"prompt_format": fmt, "base_model": cfg.model, "tuned": "dpo", "data": cfg.data,
                         "beta": cfg.beta, "steps": result.steps})

@@ -153,7 +153,7 @@ class Trainer:
         self.callbacks = self.default_callbacks() + list(callbacks or [])
         self.evals: list[dict] = []
         self.stop_reason: str | None = None
-        self.stopped_by = signal.SIGINT  # the signal that stopped the run (stop_reason "interrupted")
+        self.signalled: int | None = None  # SIGINT or SIGTERM arrived while training: passed on at the end
         self.improved = False  # the last evaluation gave a new best validation loss
         self.last_loss: float | None = None
         self.resumed_from: Path | None = None
@@ -188,12 +188,14 @@ class Trainer:
             if self.stop_reason == "interrupted":  # saved: not a finished run, so no final model
                 self.echo(f"checkpoint of step {self.state.step} saved in {self.out / 'checkpoints'}: the same "
                           "command with --resume continues from it")
-                signal.raise_signal(self.stopped_by)  # as if it came now, to the handler there was before
-                raise KeyboardInterrupt  # that handler returned (it ignores the signal): the run still stops here
-            self._emit("on_fit_end")
+            else:  # finished, or stopped for another reason (a time limit) in the step the signal came
+                self._emit("on_fit_end")
         finally:
             for cb in self.callbacks:
                 cb.close()
+        if self.signalled is not None:
+            signal.raise_signal(self.signalled)  # as if it came now, to the handler there was before
+            raise KeyboardInterrupt  # that handler returned (it ignores the signal): the run still stops here
         dist_.barrier()
         return self._result()
 
@@ -209,13 +211,11 @@ class Trainer:
             yield
             return
 
-        def first(signum, frame):
-            signal.signal(signum, previous[signum])
-            name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-            self.echo(f"{name}: stopping after the current step with a checkpoint ({name} again: stop now, losing "
-                      "the steps since the last checkpoint)")
+        def first(signum, frame):  # only flags: printing here could re-enter a write the signal interrupted
+            for sig, handler in previous.items():  # a second signal, of either kind, stops at once
+                signal.signal(sig, handler)
+            self.signalled = signum
             self.stop("interrupted")
-            self.stopped_by = signum
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             if signal.getsignal(sig) not in (signal.SIG_IGN, None):
@@ -233,6 +233,10 @@ class Trainer:
                                                self.info.world_size))
         for _ in range(self.steps_per_epoch - state.batch // cfg.grad_accum):
             record = self.step(batches)
+            if self.signalled is not None and self.stop_reason == "interrupted":
+                name = "Ctrl-C" if self.signalled == signal.SIGINT else "SIGTERM"
+                self.echo(f"{name}: stopping after this step with a checkpoint (Ctrl-C or SIGTERM again: stop now, "
+                          "losing the steps since the last checkpoint)")
             self._emit("on_train_step", record)
             last = state.step == self.total or self.stop_reason is not None
             if last or state.step == 1 or (cfg.eval_every and state.step % cfg.eval_every == 0):
@@ -424,12 +428,13 @@ class Trainer:
         self.echo(f"resumed from {path} (step {state.step}, epoch {state.epoch + 1}, batch {state.batch})")
 
     def _place_in_epoch(self, state: ckpt.TrainState, saved_batch_size: int | None) -> None:
-        """The resumed position in the epoch in this run's micro-batches (another batch size or grad_accum counts
-        the same examples in other units; data that got shorter may leave none): the next epoch when the current
-        one has no whole step left, so that training always moves on."""
-        cfg = self.cfg
-        if saved_batch_size and saved_batch_size != cfg.batch_size:
-            state.batch = state.batch * saved_batch_size // cfg.batch_size
+        """The resumed position in the epoch in this run's micro-batches per process (another batch size, process
+        count or grad_accum counts the same examples in other units; data that got shorter may leave none): the
+        next epoch when the current one has no whole step left, so that training always moves on."""
+        cfg, world = self.cfg, self.info.world_size
+        saved_batch_size = saved_batch_size or cfg.batch_size
+        if (saved_batch_size, state.world_size) != (cfg.batch_size, world):
+            state.batch = state.batch * saved_batch_size * state.world_size // (cfg.batch_size * world)
         state.batch -= state.batch % cfg.grad_accum
         if state.batch >= self.steps_per_epoch * cfg.grad_accum:
             state.epoch, state.batch = state.epoch + 1, 0

@@ -96,6 +96,10 @@ def check_model_name(spec: str | os.PathLike) -> None:
     text = os.fspath(spec)
     if Path(text).expanduser().exists() or text in MODELS or text in PRESETS or _looks_like_hub_id(text):
         return
+    owner = text.split("/")[0]
+    if text.count("/") == 1 and Path(owner).is_dir():
+        raise UserError(f"no file or folder {text!r} (./{owner} is a folder here, so {text!r} is read as a path, "
+                        "not as a Hugging Face Hub id: run from another folder to download that id)")
     raise UserError(
         f"unknown model {text!r}: not a file or folder, not a registered model ({', '.join(MODELS)}), not a "
         f"preset ({', '.join(PRESETS)}), not a Hugging Face Hub id (owner/name)"

@@ -24,7 +24,7 @@ import torch
 from llmscratch.tokenizer import load_tokenizer
 from llmscratch.tokenizer.files import read_gpt2_files
 from llmscratch.tokenizer.hf_json import write_hf_tokenizer
-from llmscratch.utils import UserError, atomic_folder, atomic_write_text
+from llmscratch.utils import LICENSE_FILES, UserError, atomic_folder, atomic_write_text
 from llmscratch.weights import hf_gemma, hf_gpt2, hf_llama
 from llmscratch.weights.shapes import checked_config
 
@@ -56,6 +56,7 @@ EXPORTERS: dict[str, Exporter] = {
 HUB_FILES = (
     "config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
     "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template.jinja",
+    *LICENSE_FILES,  # the model's terms travel with it (`export` copies them)
 )
 
 

@@ -207,17 +207,25 @@ def local_path(name: str, source: str | None = None) -> Path | None:
     return None
 
 
+def local_copy(spec: str | os.PathLike) -> Path | None:
+    """`spec` on this machine: the file or folder it names, or a registered model's fetched copy (a GGUF file, or
+    the Hub snapshot folder); None when neither exists."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    return local_path(os.fspath(spec)) if os.fspath(spec) in MODELS else None
+
+
 def license_files(spec: str | os.PathLike) -> list[Path]:
-    """The licence and terms files that came with a model: in its folder, or beside a registered model's fetched
-    weights (names in utils.LICENSE_FILES). A lone file elsewhere has none: its folder may hold anything."""
+    """The licence and terms files that came with a model (names in utils.LICENSE_FILES): in its folder, or beside
+    a registered model's fetched weights. A lone file of the user's has none: its folder may hold anything."""
     from llmscratch.utils import LICENSE_FILES
 
-    path = Path(spec).expanduser()
-    if not path.exists() and os.fspath(spec) in MODELS:
-        path = (local_path(os.fspath(spec)) or path).parent
-    if not path.is_dir():
+    copy = local_copy(spec)
+    if copy is None or (copy.is_file() and Path(spec).expanduser().exists()):
         return []
-    return [path / name for name in LICENSE_FILES if (path / name).is_file()]
+    folder = copy if copy.is_dir() else copy.parent
+    return [folder / name for name in LICENSE_FILES if (folder / name).is_file()]
 
 
 def ordered_sources(entry: ModelEntry, source: str | None = None) -> list[Source]:

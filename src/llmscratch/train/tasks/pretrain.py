@@ -129,9 +129,9 @@ def _token_file_data(path: Path, tokenizer, context: int, stride: int, train_rat
     vocab = tokens.header.tokenizer.get("vocab_size")
     if tokenizer is not None and vocab is not None and vocab != tokenizer.vocab_size:
         spec = tokens.header.tokenizer.get("spec")
+        hint = f"; it was made with {spec}: give that one" if spec else ""
         raise UserError(f"{path} was tokenized with a vocabulary of {vocab:,} tokens ({spec}), but the tokenizer "
-                        f"given has {tokenizer.vocab_size:,}" + (f"; it was made with {spec}: give that one" if spec else ""),
-                        params=("tokenizer",))
+                        f"given has {tokenizer.vocab_size:,}{hint}", params=("tokenizer",))
     recorded = tokens.header.tokenizer.get("fingerprint")
     if tokenizer is not None and recorded and fingerprint(tokenizer) not in (None, recorded):
         raise UserError(f"{path} was tokenized with another tokenizer ({tokens.header.tokenizer.get('spec')}) than "
