@@ -101,6 +101,8 @@ def tiny_gpt(seed=0):
         (SamplingConfig(top_p=1.5), "top_p"),
         (SamplingConfig(top_k=0), "top_k"),
         (SamplingConfig(stop_strings=("",)), "stop strings"),
+        (SamplingConfig(repetition_penalty=0.0), "repetition_penalty"),
+        (SamplingConfig(repetition_penalty=float("nan")), "repetition_penalty"),
     ],
 )
 def test_bad_settings_are_user_errors(cfg, message):
@@ -348,3 +350,23 @@ def test_generate_cli_points_a_chat_model_that_stops_at_once_to_chat(monkeypatch
     out, err = capsys.readouterr()
     assert out.strip() == ("hi" if script else "")
     assert ("llmscratch chat --model m" in err) == noted
+
+
+def test_repetition_penalty_equals_transformers_and_holds_in_batches():
+    """Greedy decoding with repetition_penalty equals a loop that applies transformers' own
+    RepetitionPenaltyLogitsProcessor to full forward passes; a row decoded in a batch equals it decoded alone."""
+    transformers = pytest.importorskip("transformers")
+    model, penalty = tiny_gpt(3), 1.7
+    prompts = [[5, 9, 5, 77, 3], [8, 8, 1]]
+    processor = transformers.RepetitionPenaltyLogitsProcessor(penalty)
+    cfg = SamplingConfig(max_new_tokens=12, repetition_penalty=penalty)
+    ours = generate(model, prompts, cfg)
+    for prompt, got in zip(prompts, ours):
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            for _ in range(12):
+                scores = processor(ids, model(ids)[:, -1].float())
+                ids = torch.cat([ids, scores.argmax(-1, keepdim=True)], dim=1)
+        assert got == ids[0, len(prompt):].tolist()
+        assert generate(model, [prompt], cfg)[0] == got  # alone as in the batch
+    assert ours != generate(model, prompts, SamplingConfig(max_new_tokens=12))  # the penalty changed something

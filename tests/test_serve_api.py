@@ -349,5 +349,13 @@ def test_huggingface_hub_client_text_generation(server):
     out = hf.text_generation("Hello", max_new_tokens=8, details=True)
     assert out.generated_text == want and out.details.finish_reason == "length" and out.details.generated_tokens == 8
     assert "".join(hf.text_generation("Hello", max_new_tokens=8, stream=True)) == want
-    with pytest.raises(HfHubHTTPError, match="repetition_penalty is not supported"):
-        hf.text_generation("Hello", max_new_tokens=8, repetition_penalty=1.3)
+    loop = "aaaaaaaaaa"  # greedy decoding falls into a loop after this prompt; a penalty of 2 breaks it
+    penalized = generate_text(tiny_model(), byte_tokenizer(), loop, SamplingConfig(max_new_tokens=8,
+                                                                                 repetition_penalty=2.0))[0]
+    assert penalized != generate_text(tiny_model(), byte_tokenizer(), loop, SamplingConfig(max_new_tokens=8))[0]
+    assert hf.text_generation(loop, max_new_tokens=8, repetition_penalty=2.0) == penalized
+    r = httpx.post(url + "/v1/completions", json={"prompt": loop, "max_tokens": 8, "temperature": 0,
+                                                  "repetition_penalty": 2.0})  # vLLM's extension, as OpenAI clients
+    assert r.json()["choices"][0]["text"] == penalized  # send it in extra_body
+    with pytest.raises(HfHubHTTPError, match="typical_p is not supported"):
+        hf.text_generation("Hello", max_new_tokens=8, typical_p=0.5)

@@ -65,8 +65,8 @@ CASES = {
     "response_format json_object": ("POST", CHAT, {"messages": USER, "response_format": {"type": "json_object"}}, {}),
     "more sequences than the server takes": ("POST", COMPLETE, {"prompt": ["a"] * 100, "max_tokens": 1}, {}),
     "SageMaker parameters a list": ("POST", INVOKE, {"inputs": "hi", "parameters": []}, {}),
-    "SageMaker parameters.repetition_penalty": ("POST", INVOKE, {"inputs": "hi", "parameters": {
-        "repetition_penalty": 1.2, "watermark": False, "details": False}}, {}),
+    "SageMaker parameters.typical_p": ("POST", INVOKE, {"inputs": "hi", "parameters": {
+        "typical_p": 0.9, "watermark": False, "details": False, "repetition_penalty": 1.1}}, {}),
     "a path out of the page's folder": ("GET", "/static/%2e%2e/app.py", None, {}),
 }
 
@@ -117,8 +117,7 @@ def test_bad_input(server, case):
                 "seed NaN": ("seed", "seed must be an integer, not nan"),
                 "max_tokens Infinity": ("max_tokens", "max_tokens must be an integer, not inf"),
                 "logprobs asked for": ("logprobs", "logprobs is not supported"),
-                "SageMaker parameters.repetition_penalty": ("parameters.repetition_penalty",
-                                                            "parameters.repetition_penalty is not supported"),
+                "SageMaker parameters.typical_p": ("parameters.typical_p", "parameters.typical_p is not supported"),
                 "more sequences than the server takes": ("prompt", "asks for 100 sequences"),
                 "temperature between 0 and 1e-6": ("temperature", "temperature must be"),
                 "a stop that is not a string": ("stop[1]", "stop[1] must be a string, not an integer"),

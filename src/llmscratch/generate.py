@@ -35,6 +35,7 @@ class SamplingConfig:
     seed: int | None = None
     stop_ids: Sequence[int] = ()
     stop_strings: Sequence[str] = field(default_factory=tuple)
+    repetition_penalty: float = 1.0  # > 1: tokens already in the prompt or the answer are less likely (CTRL's)
 
     def validate(self) -> None:
         """Raise UserError for a setting that makes no sense (out of range, NaN, infinite), before any work."""
@@ -52,6 +53,9 @@ class SamplingConfig:
             raise UserError(f"seed must be in -2**63..2**64-1, got {self.seed}", params="seed")
         if any(not s for s in self.stop_strings):
             raise UserError("stop strings must not be empty")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+            raise UserError(f"repetition_penalty must be > 0 and finite (1: none), got {self.repetition_penalty}",
+                            params="repetition_penalty")
 
 
 @dataclass
@@ -94,6 +98,16 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gene
         drop[:, 0] = False  # the most likely token always stays (a top_p that rounds to 0 in float32)
         probs = probs.masked_fill(drop, 0.0)
     return ids.gather(-1, _draw(probs, generator)[:, None])[:, 0]  # (B,)
+
+
+def penalize_repetition(logits: torch.Tensor, seen: Sequence[int], penalty: float) -> torch.Tensor:
+    """logits (vocab,) with every token id in `seen` made less likely by `penalty` (Keskar et al. 2019, as
+    transformers' repetition_penalty): a positive logit divided by it, a negative one multiplied. A new tensor."""
+    ids = torch.tensor(sorted(set(seen)), dtype=torch.long, device=logits.device)  # (n,)
+    picked = logits[ids]
+    out = logits.clone()
+    out[ids] = torch.where(picked > 0, picked / penalty, picked * penalty)
+    return out
 
 
 def _nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,6 +311,10 @@ class DecodeBatch:
 
     def _sample(self, reqs: list[Request], logits: torch.Tensor) -> list[int]:
         """Next token of each request from its logits row (n, vocab), with its own settings and generator."""
+        if any(r.cfg.repetition_penalty != 1 for r in reqs):
+            logits = torch.stack([row if r.cfg.repetition_penalty == 1 else
+                                  penalize_repetition(row, r.prompt + r.tokens, r.cfg.repetition_penalty)
+                                  for row, r in zip(logits, reqs)])  # (n, vocab)
         greedy = logits.argmax(dim=-1).tolist() if any(r.cfg.temperature == 0 for r in reqs) else None
         return [
             greedy[i] if r.cfg.temperature == 0 else int(sample_next(logits[i : i + 1], r.cfg, r.generator)[0])

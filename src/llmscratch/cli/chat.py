@@ -31,6 +31,9 @@ def register(subparsers) -> None:
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="longest reply in tokens (default 256, or half the model's context when that is less)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
+                   help="make tokens already in the conversation R times less likely (1: none, the default; "
+                   "1.1-1.3 curbs loops)")
     p.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
     p.add_argument("--device", default=None, help="cpu, cuda, mps or auto (default: best available)")
     p.add_argument("--source", choices=["auto", "hub", "wheel"], default=None,
@@ -49,7 +52,7 @@ def _chat(args: argparse.Namespace) -> None:
 
     sampling = SamplingConfig(
         max_new_tokens=256 if args.max_new_tokens is None else args.max_new_tokens, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+        top_k=args.top_k, top_p=args.top_p, seed=args.seed, repetition_penalty=args.repetition_penalty,
     )
     sampling.validate()
     if args.message is not None and not args.message.strip():

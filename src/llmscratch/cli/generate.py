@@ -25,6 +25,10 @@ def register(subparsers) -> None:
     p.add_argument("--top-k", type=int, default=None, help="sample only among the K most likely tokens")
     p.add_argument("--top-p", type=float, default=None,
                    help="sample only among the most likely tokens whose probabilities add up to P (0 < P <= 1)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
+                   help="make tokens already in the prompt or the answer R times less likely (a logit above 0 is "
+                   "divided by R, one below multiplied; as transformers' repetition_penalty): 1 (default) is none, "
+                   "1.1-1.3 curbs loops")
     p.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same text")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop before this text (repeatable); generation also stops at the end-of-text token")
@@ -61,7 +65,7 @@ def _generate(args: argparse.Namespace) -> None:
     cfg = SamplingConfig(
         max_new_tokens=DEFAULT_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        stop_strings=tuple(args.stop),
+        stop_strings=tuple(args.stop), repetition_penalty=args.repetition_penalty,
     )
     cfg.validate()
     if not args.prompt:

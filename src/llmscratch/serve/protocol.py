@@ -129,15 +129,19 @@ def get_stops(body: Mapping, name: str = "stop", label: str | None = None) -> tu
 
 
 def _sampling(temperature: float, top_p: float | None, top_k: int | None, seed: int | None,
-              stops: tuple[str, ...], prefix: str = "") -> SamplingConfig:
+              stops: tuple[str, ...], prefix: str = "", repetition_penalty: float | None = None) -> SamplingConfig:
     """A SamplingConfig; range mistakes are 400s naming the field."""
+    if repetition_penalty is not None and not 0 < repetition_penalty <= 10:
+        raise bad_request(f"{prefix}repetition_penalty must be in (0, 10] (1 is none), got {repetition_penalty}",
+                          prefix + "repetition_penalty")
     if temperature < 0 or temperature > 2:
         raise bad_request(f"{prefix}temperature must be in [0, 2] (0 is greedy), got {temperature}",
                           prefix + "temperature")
     if top_p is not None and not 0 < top_p <= 1:
         raise bad_request(f"{prefix}top_p must be in (0, 1], got {top_p}", prefix + "top_p")
     return SamplingConfig(max_new_tokens=0, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                          stop_strings=stops)
+                          stop_strings=stops, repetition_penalty=1.0 if repetition_penalty is None else
+                          repetition_penalty)
 
 
 # OpenAI fields we do not implement, with the values that ask for nothing (accepted); any other value is a 400
@@ -148,7 +152,7 @@ _UNSUPPORTED = {"logprobs": (None, False, 0), "top_logprobs": (None, 0), "tools"
                 "logit_bias": (None, {}), "response_format": (None, {"type": "text"})}
 
 # the same for the parameters of a Hugging Face / TGI body
-_UNSUPPORTED_HF = {"repetition_penalty": (None, 1), "frequency_penalty": (None, 0), "typical_p": (None, 1),
+_UNSUPPORTED_HF = {"frequency_penalty": (None, 0), "typical_p": (None, 1),
                    "best_of": (None, 1), "watermark": (None, False), "decoder_input_details": (None, False),
                    "top_n_tokens": (None, 0), "truncate": (None,), "grammar": (None,), "adapter_id": (None,)}
 
@@ -177,7 +181,8 @@ def _openai_common(body: Mapping, kind: str, max_n: int, max_tokens_limit: int) 
         raise _wrong_type("stream_options", "an object", options)
     include_usage = get_bool(options or {}, "include_usage", label="stream_options.include_usage")
     sampling = _sampling(get_float(body, "temperature", 1.0), get_float(body, "top_p"),
-                         get_int(body, "top_k", lo=1), get_int(body, "seed"), get_stops(body))
+                         get_int(body, "top_k", lo=1), get_int(body, "seed"), get_stops(body),
+                         repetition_penalty=get_float(body, "repetition_penalty"))
     return Job(kind, [], get_int(body, "n", 1, 1, max_n), sampling, max_tokens, stream, include_usage, False,
                get_bool(body, "ignore_eos"))
 
@@ -288,7 +293,8 @@ def parse_hf(body: Mapping, max_tokens_limit: int) -> Job:
     temperature = (1.0 if temperature is None else temperature) if do_sample else 0.0
     sampling = _sampling(temperature, get_float(params, "top_p", label=p + "top_p"),
                          get_int(params, "top_k", lo=1, label=p + "top_k"), get_int(params, "seed", label=p + "seed"),
-                         get_stops(params, "stop", label=p + "stop"), p)
+                         get_stops(params, "stop", label=p + "stop"), p,
+                         get_float(params, "repetition_penalty", label=p + "repetition_penalty"))
     stream = get_bool(body, "stream")
     if stream and len(prompts) > 1:
         raise bad_request("streaming takes one input, not a list", "inputs")
