@@ -485,6 +485,9 @@ def test_found_by_a_training_tester(capsys, tmp_path):
     code, out, _ = _run(capsys, "pretrain", "--data", text, "--model", "gpt2-tiny", "--max-steps", "30",
                         "--batch-size", "2", "--context", "16", "--no-progress", "--out", run)
     assert code == 0 and "note: --max-steps is 30, but 1 epoch of this data is " in out
+    code, out, _ = _run(capsys, "pretrain", "--data", text, "--model", "gpt2-tiny", "--max-steps", "30",
+                        "--batch-size", "2", "--context", "16", "--no-progress", "--out", run, "--resume")
+    assert code == 0 and "nothing left to train: the run was at step" in out and "trained" not in out
     assert _run(capsys, "tokenizer", "encode", "--tokenizer", run / "final", "--text", "The data")[1].split() == [
         "464", "1366"]
     assert "is a training run, not a model folder: its model is" in _error(capsys, "model", "info", run)

@@ -113,8 +113,14 @@ def initialize(model, scheme: str):
 
 def summarize(r) -> str:
     """A few lines on what a run (a TrainResult) did and where its files are."""
-    lines = [f"trained {plural(r.steps, 'step')} ({r.tokens_seen:,} tokens) in {r.seconds:.0f} s"
-             + (f" (stopped: {r.stop_reason})" if r.stop_reason else "")]
+    if r.resumed_at >= r.steps:
+        done = f"nothing left to train: the run was at step {r.steps} already ({r.tokens_seen:,} tokens)"
+    elif r.resumed_at:
+        done = (f"trained steps {r.resumed_at + 1}-{r.steps} in {r.seconds:.0f} s, resumed at step {r.resumed_at} "
+                f"({r.tokens_seen:,} tokens in all)")
+    else:
+        done = f"trained {plural(r.steps, 'step')} ({r.tokens_seen:,} tokens) in {r.seconds:.0f} s"
+    lines = [done + (f" (stopped: {r.stop_reason})" if r.stop_reason else "")]
     if r.evals:
         first, last = r.evals[0], r.evals[-1]
         lines.append(f"train loss {first['train_loss']:.3f} -> {last['train_loss']:.3f}"

@@ -75,6 +75,7 @@ class TrainResult:
     plot: Path | None = None
     metrics_path: Path | None = None
     resumed_from: Path | None = None
+    resumed_at: int = 0  # the step the run resumed from (0: it started here)
     seconds: float = 0.0
     stop_reason: str | None = None  # "early stopping", "time limit", or None (all steps done)
 
@@ -157,6 +158,7 @@ class Trainer:
         self.improved = False  # the last evaluation gave a new best validation loss
         self.last_loss: float | None = None
         self.resumed_from: Path | None = None
+        self.resumed_at = 0
         self.last_checkpoint: Path | None = None
         self.final_model: Path | None = None
         self.started = time.perf_counter()
@@ -425,6 +427,7 @@ class Trainer:
             seed_everything(self.cfg.seed + info.rank + 1_000_003 * state.step)
         state.world_size = info.world_size
         self.state, self.resumed_from, self.last_checkpoint = state, path, path
+        self.resumed_at = state.step
         self.echo(f"resumed from {path} (step {state.step}, epoch {state.epoch + 1}, batch {state.batch})")
 
     def _place_in_epoch(self, state: ckpt.TrainState, saved_batch_size: int | None) -> None:
@@ -501,7 +504,7 @@ class Trainer:
             plot=log.plot if log else None,
             best_model=self.out / "best" if main and self.cfg.export_models and s.best_step is not None else None,
             metrics_path=log.path if log and main else None, resumed_from=self.resumed_from,
-            seconds=time.perf_counter() - self.started, stop_reason=self.stop_reason,
+            resumed_at=self.resumed_at, seconds=time.perf_counter() - self.started, stop_reason=self.stop_reason,
         )
 
 
