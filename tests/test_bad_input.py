@@ -477,6 +477,9 @@ def test_found_by_a_training_tester(capsys, tmp_path):
     assert "the special token 'the' is an ordinary word" in err
     assert "--min-frequency must be >= 1" in _error(capsys, "tokenizer", "train", "--input", text, "--vocab-size",
                                                     "300", "--min-frequency", "0", "-o", tmp_path / "b.json")
+    assert "(one comma between two)" in _error(capsys, "tokenizer", "decode", "--tokenizer", tmp_path / "a.json",
+                                               "--ids", "1,2,,3")
+    assert _run(capsys, "tokenizer", "decode", "--tokenizer", tmp_path / "a.json", "--ids", "116, 104 ,101")[1] == "the"
     # a tiny run trained with gpt2's tokenizer: its folder names the tokenizer, and tokenizer commands read it
     from conftest import mirror_file
 

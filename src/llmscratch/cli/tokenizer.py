@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from llmscratch.utils import UserError, read_text_file
@@ -131,9 +132,9 @@ def _decode(args: argparse.Namespace) -> None:
 
     raw = args.ids if args.ids is not None else _read_text(args.input)
     try:
-        ids = [int(x) for x in raw.replace(",", " ").split()]
-    except ValueError:
-        raise UserError("token ids must be integers separated by spaces or commas") from None
+        ids = [int(x) for x in re.split(r"\s*,\s*|\s+", raw.strip())] if raw.strip() else []
+    except ValueError:  # also an empty item between two commas ("1,,2")
+        raise UserError("token ids must be integers separated by spaces or commas (one comma between two)") from None
     tok = load_tokenizer(args.tokenizer)
     try:
         text = tok.decode(ids)
