@@ -26,7 +26,9 @@ class PretrainConfig:
     context: int | None = setting(None, "context length in tokens (default: the preset's)", ge=2)
     stride: int | None = setting(None, "distance between window starts (default: the context length, no overlap)",
                                  ge=1)
-    train_ratio: float = setting(0.9, "share of the data used for training; the rest is validation", gt=0, le=1)
+    train_ratio: float = setting(0.9, "share of the data used for training; the rest is validation (a text is cut "
+                                 "by characters, then each part tokenized, as the book does; a token file is cut "
+                                 "by tokens, so the two can differ by a token or so)", gt=0, le=1)
     tokenizer: str = setting("gpt2", "gpt2, or a tokenizer file/folder (the model's vocabulary follows it)")
     dropout: float = setting(0.0, "dropout rate", ge=0, lt=1)
     no_qkv_bias: bool = setting(False, "no bias in the query/key/value projection")
