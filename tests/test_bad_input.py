@@ -480,6 +480,15 @@ def test_found_by_a_training_tester(capsys, tmp_path):
     assert "(one comma between two)" in _error(capsys, "tokenizer", "decode", "--tokenizer", tmp_path / "a.json",
                                                "--ids", "1,2,,3")
     assert _run(capsys, "tokenizer", "decode", "--tokenizer", tmp_path / "a.json", "--ids", "116, 104 ,101")[1] == "the"
+    # a token file trains with the tokenizer it was made with, unless another is given
+    assert _run(capsys, "data", "tokenize", text, "-o", tmp_path / "t.bin", "--tokenizer", tmp_path / "a.json")[0] == 0
+    code, out, _ = _run(capsys, "pretrain", "--data", tmp_path / "t.bin", "--model", "gpt2-tiny", "--max-steps", "1",
+                        "--batch-size", "2", "--context", "16", "--no-progress", "--out", tmp_path / "own")
+    from llmscratch.tokenizer import load_tokenizer
+    from llmscratch.weights import load_model
+
+    own = load_tokenizer(tmp_path / "a.json")
+    assert code == 0 and load_model(tmp_path / "own" / "final").tokenizer.vocab_size == own.vocab_size < 50257
     # a tiny run trained with gpt2's tokenizer: its folder names the tokenizer, and tokenizer commands read it
     from conftest import mirror_file
 

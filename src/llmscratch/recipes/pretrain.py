@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 from llmscratch.config import check_fields, nested, setting
 from llmscratch.train.config import TrainConfig
@@ -29,7 +30,8 @@ class PretrainConfig:
     train_ratio: float = setting(0.9, "share of the data used for training; the rest is validation (a text is cut "
                                  "by characters, then each part tokenized, as the book does; a token file is cut "
                                  "by tokens, so the two can differ by a token or so)", gt=0, le=1)
-    tokenizer: str = setting("gpt2", "gpt2, or a tokenizer file/folder (the model's vocabulary follows it)")
+    tokenizer: str | None = setting(None, "gpt2, or a tokenizer file/folder (the model's vocabulary follows it) "
+                                    "(default: a token file's own tokenizer, as its header records it; else gpt2)")
     dropout: float = setting(0.0, "dropout rate", ge=0, lt=1)
     no_qkv_bias: bool = setting(False, "no bias in the query/key/value projection")
     no_tie_embeddings: bool = setting(False, "a separate output head instead of the token embedding (the book's "
@@ -52,6 +54,18 @@ class PretrainConfig:
         return {k: v for k, v in d.items() if k not in ("train", "resume", "overwrite")}
 
 
+def recorded_tokenizer(data: str) -> str | None:
+    """The tokenizer a token file (*.bin) was made with, as its header records it, when it can still be loaded
+    ("gpt2", or a file that still exists); None for anything else."""
+    from llmscratch.data.pretrain import TokenFile
+
+    path = Path(data).expanduser()
+    if path.suffix != ".bin" or not path.is_file():
+        return None
+    spec = TokenFile(path).header.tokenizer.get("spec")
+    return spec if spec == "gpt2" or (spec and Path(spec).exists()) else None
+
+
 def run(cfg: PretrainConfig, callbacks=None) -> str | None:
     """Build tokenizer, data, model and task as `cfg` says, train; a summary (None on ranks > 0)."""
     from llmscratch.tokenizer import load_tokenizer
@@ -64,7 +78,8 @@ def run(cfg: PretrainConfig, callbacks=None) -> str | None:
     info = distributed.setup(cfg.train.device)
     try:
         seed_everything(cfg.train.seed)
-        tokenizer = load_tokenizer(cfg.tokenizer)
+        spec = cfg.tokenizer or recorded_tokenizer(cfg.data) or "gpt2"
+        tokenizer = load_tokenizer(spec)
         config = model_config(cfg, tokenizer.vocab_size)
         data = load_pretrain_data(cfg.data, tokenizer, config.context_length, cfg.stride, cfg.train_ratio)
         if info.is_main:
@@ -72,7 +87,7 @@ def run(cfg: PretrainConfig, callbacks=None) -> str | None:
         model = initialize(build_model(config), cfg.init)
         task = PretrainTask(data.train, data.val, seed=cfg.train.seed)
         trainer = Trainer(model, task, dataclasses.replace(cfg.train, extra=cfg.description()), tokenizer=tokenizer,
-                          tokenizer_ref=cfg.tokenizer if cfg.tokenizer == "gpt2" else None, resume=cfg.resume,
+                          tokenizer_ref=spec if spec == "gpt2" else None, resume=cfg.resume,
                           overwrite=cfg.overwrite, dist_info=info, callbacks=callbacks)
         result = trainer.fit()
         return summarize(result) if info.is_main else None
