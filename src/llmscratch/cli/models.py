@@ -60,9 +60,9 @@ def _path(args: argparse.Namespace) -> None:
 
     path = local_path(args.name, args.source)
     if path is None:
-        source = f" --source {args.source}" if args.source not in (None, "auto") else ""
-        raise UserError(f"model {args.name!r} is not fetched{' from ' + args.source if source else ''}; run "
-                        f"`llmscratch models fetch {args.name}{source}`")
+        given = args.source not in (None, "auto")
+        raise UserError(f"model {args.name!r} is not fetched{f' from {args.source}' if given else ''}; run "
+                        f"`llmscratch models fetch {args.name}{f' --source {args.source}' if given else ''}`")
     print(path)
 
 

@@ -96,8 +96,8 @@ def check_model_name(spec: str | os.PathLike) -> None:
     text = os.fspath(spec)
     if Path(text).expanduser().exists() or text in MODELS or text in PRESETS or _looks_like_hub_id(text):
         return
-    owner = text.split("/")[0]
-    if text.count("/") == 1 and Path(owner).is_dir():
+    if _hub_id_shaped(text):  # and ./owner is a folder here
+        owner = text.split("/")[0]
         raise UserError(f"no file or folder {text!r} (./{owner} is a folder here, so {text!r} is read as a path, "
                         "not as a Hugging Face Hub id: run from another folder to download that id)")
     raise UserError(
@@ -213,10 +213,15 @@ def registered_config(name: str):
     return model_config(fetch(name))
 
 
+def _hub_id_shaped(text: str) -> bool:
+    """Written as a Hugging Face Hub id: owner/name."""
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
+
+
 def _looks_like_hub_id(text: str) -> bool:
     """owner/name, where no local folder is called owner (then it is a mistyped path, not a download)."""
-    parts = text.split("/")
-    return len(parts) == 2 and all(parts) and not text.startswith((".", "~")) and not Path(parts[0]).is_dir()
+    return _hub_id_shaped(text) and not Path(text.split("/")[0]).is_dir()
 
 
 __all__ = ["LoadedModel", "check_model_name", "load_model", "load_path", "load_preset", "model_config",

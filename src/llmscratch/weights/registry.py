@@ -221,11 +221,13 @@ def license_files(spec: str | os.PathLike) -> list[Path]:
     a registered model's fetched weights. A lone file of the user's has none: its folder may hold anything."""
     from llmscratch.utils import LICENSE_FILES
 
-    copy = local_copy(spec)
-    if copy is None or (copy.is_file() and Path(spec).expanduser().exists()):
-        return []
-    folder = copy if copy.is_dir() else copy.parent
-    return [folder / name for name in LICENSE_FILES if (folder / name).is_file()]
+    path = Path(spec).expanduser()
+    if path.exists():  # the user's own file or folder
+        folder = path if path.is_dir() else None
+    else:  # a registered model's fetched copy: the Hub snapshot folder, or the folder its GGUF was put in
+        copy = local_copy(spec)
+        folder = None if copy is None else copy if copy.is_dir() else copy.parent
+    return [] if folder is None else [folder / name for name in LICENSE_FILES if (folder / name).is_file()]
 
 
 def ordered_sources(entry: ModelEntry, source: str | None = None) -> list[Source]:
